@@ -1,0 +1,431 @@
+//! Configuration in two layers: [`RawConfig`] is what serde reads from TOML (every field
+//! optional), [`Config`] is the resolved, validated, immutable value the engine runs on.
+//! Every default lives in [`defaults`], documented once.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ringcast_protocol::{limits, Dialect};
+use serde::Deserialize;
+
+/// Every default value, documented in one place (the README's config reference mirrors it).
+pub mod defaults {
+    use ringcast_protocol::limits;
+
+    /// Address the WebSocket (and, by default, REST) listener binds. Loopback only: the embedded
+    /// default app's secret is public, so Ringcast does not listen wider unless told to.
+    pub const LISTEN: &str = "127.0.0.1:6001";
+    /// Seconds of client silence before the server sends `pusher:ping`; also advertised to clients
+    /// in `connection_established` as `activity_timeout`.
+    pub const ACTIVITY_TIMEOUT_SECS: u32 = limits::ACTIVITY_TIMEOUT_SECS;
+    /// Seconds to wait for any frame after our `pusher:ping` before closing with 4201.
+    pub const PONG_TIMEOUT_SECS: u32 = limits::PONG_TIMEOUT_SECS;
+    /// Per-connection outbound byte budget: frames queued but not yet written. Past it the
+    /// connection is closed as a slow consumer (4100).
+    pub const OUTBOUND_BUDGET_BYTES: usize = limits::OUTBOUND_BUDGET_BYTES;
+    /// A single batched write that does not complete within this deadline closes the connection
+    /// as a slow consumer.
+    pub const WRITE_DEADLINE_MS: u64 = 10_000;
+    /// Largest inbound WebSocket message (and frame) accepted from a client; larger -> close 1009.
+    pub const MAX_MESSAGE_BYTES: usize = limits::MAX_FRAME_BYTES;
+    /// Channels one connection may be subscribed to (or have pending) at once.
+    pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1_000;
+    /// Subscribe/unsubscribe/sign-in messages one connection may send per second; past it the
+    /// message is refused with `pusher:error` (subscribe floods).
+    pub const CONTROL_MESSAGES_PER_SEC: u32 = 100;
+    /// Time a client has to send a complete HTTP request head.
+    pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+    /// On SIGINT/SIGTERM: time given to connections to receive their 4200 close before exit.
+    pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+    /// Entries in each SPSC queue of the core mesh (per ordered pair of cores); 0 = derived
+    /// from the worker count (131072 / workers, clamped to 1024..=32768).
+    pub const MESH_QUEUE_CAPACITY: usize = 0;
+    /// Messages a core keeps in its local overflow for one full peer queue before it starts
+    /// dropping *event deliveries* (counted as `ringcast_mesh_dropped_total`). Subscription
+    /// bookkeeping is never dropped.
+    pub const MESH_OVERFLOW_LIMIT: usize = 1 << 20;
+    /// Entries in the queue from the process (REST, control plane) into each core.
+    pub const INJECT_QUEUE_CAPACITY: usize = 65_536;
+
+    /// The embedded default app, used when no config file declares any app.
+    pub const DEFAULT_APP_ID: &str = "app-id";
+    pub const DEFAULT_APP_KEY: &str = "app-key";
+    pub const DEFAULT_APP_SECRET: &str = "app-secret";
+
+    /// Per-app defaults.
+    pub const APP_CLIENT_EVENTS: bool = false;
+    pub const APP_MAX_CONNECTIONS: u32 = 0; // 0 = unlimited
+    pub const APP_MAX_EVENT_BYTES: usize = limits::MAX_EVENT_DATA_BYTES;
+    pub const APP_MAX_PRESENCE_MEMBERS: usize = limits::MAX_PRESENCE_MEMBERS;
+    pub const APP_MAX_USER_INFO_BYTES: usize = limits::MAX_USER_INFO_BYTES;
+    pub const APP_CLIENT_EVENTS_PER_SEC: u32 = limits::CLIENT_EVENTS_PER_SEC;
+}
+
+/// The TOML file as read. Unknown keys are an error (a typo must not silently fall back to a
+/// default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub api_listen: Option<String>,
+    pub workers: Option<usize>,
+    pub activity_timeout: Option<u32>,
+    pub pong_timeout: Option<u32>,
+    pub outbound_budget_bytes: Option<usize>,
+    pub write_deadline_ms: Option<u64>,
+    pub max_message_bytes: Option<usize>,
+    pub max_subscriptions_per_connection: Option<usize>,
+    pub control_messages_per_sec: Option<u32>,
+    pub handshake_timeout_ms: Option<u64>,
+    pub shutdown_grace_ms: Option<u64>,
+    pub mesh_queue_capacity: Option<usize>,
+    pub mesh_overflow_limit: Option<usize>,
+    #[serde(default)]
+    pub apps: Vec<RawApp>,
+}
+
+/// One `[[apps]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    pub id: String,
+    pub key: String,
+    pub secret: Option<String>,
+    pub secrets: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+    pub client_events: Option<bool>,
+    pub max_connections: Option<u32>,
+    pub max_event_bytes: Option<usize>,
+    pub max_presence_members: Option<usize>,
+    pub max_user_info_bytes: Option<usize>,
+    pub client_events_per_sec: Option<u32>,
+    /// `"pusher"` (default) or `"relay"`: the WebSocket event prefix.
+    pub event_prefix: Option<String>,
+    /// Channel-name patterns (`*` wildcard) the server-side auth endpoint may sign for.
+    pub server_auth_channels: Option<Vec<String>>,
+}
+
+/// The resolved configuration: validated, immutable, shared by every core.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub api_listen: Option<SocketAddr>,
+    pub workers: usize,
+    pub activity_timeout_secs: u32,
+    pub pong_timeout: Duration,
+    pub outbound_budget_bytes: usize,
+    pub write_deadline: Duration,
+    pub max_message_bytes: usize,
+    pub max_subscriptions_per_connection: usize,
+    pub control_messages_per_sec: u32,
+    pub handshake_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub mesh_queue_capacity: usize,
+    pub mesh_overflow_limit: usize,
+    pub apps: Vec<AppConfig>,
+}
+
+/// One resolved app.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub id: String,
+    pub key: String,
+    /// Active secrets, newest first: requests signed with any are accepted; new signatures use
+    /// the first.
+    pub secrets: Vec<String>,
+    pub enabled: bool,
+    pub client_events: bool,
+    /// 0 = unlimited.
+    pub max_connections: u32,
+    pub max_event_bytes: usize,
+    pub max_presence_members: usize,
+    pub max_user_info_bytes: usize,
+    pub client_events_per_sec: u32,
+    pub dialect: Dialect,
+    pub server_auth_channels: Vec<String>,
+}
+
+/// A configuration the operator must fix.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ConfigError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+impl RawConfig {
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(format!("invalid config: {e}")))
+    }
+
+    /// Validates and fills defaults. `cores` is the machine's core count (the default worker count).
+    pub fn resolve(self, cores: usize) -> Result<Config, ConfigError> {
+        let listen = parse_addr(self.listen.as_deref().unwrap_or(defaults::LISTEN), "listen")?;
+        let api_listen = match self.api_listen.as_deref() {
+            Some(a) => Some(parse_addr(a, "api_listen")?),
+            None => None,
+        };
+        let workers = match self.workers {
+            Some(0) | None => cores.max(1),
+            Some(n) if n > 1024 => return err("workers must be at most 1024"),
+            Some(n) => n,
+        };
+        let activity = self
+            .activity_timeout
+            .unwrap_or(defaults::ACTIVITY_TIMEOUT_SECS);
+        if activity == 0 {
+            return err("activity_timeout must be > 0 (pusher-js refuses a zero timeout)");
+        }
+        let pong = self.pong_timeout.unwrap_or(defaults::PONG_TIMEOUT_SECS);
+        if pong == 0 {
+            return err("pong_timeout must be > 0");
+        }
+        let budget = self
+            .outbound_budget_bytes
+            .unwrap_or(defaults::OUTBOUND_BUDGET_BYTES);
+        if budget < 1024 {
+            return err("outbound_budget_bytes must be at least 1024");
+        }
+        let max_message = self
+            .max_message_bytes
+            .unwrap_or(defaults::MAX_MESSAGE_BYTES);
+        if !(256..=16 << 20).contains(&max_message) {
+            return err("max_message_bytes must be within 256..=16777216");
+        }
+        let mesh_cap = match self
+            .mesh_queue_capacity
+            .unwrap_or(defaults::MESH_QUEUE_CAPACITY)
+        {
+            0 => (131_072 / workers).clamp(1024, 32_768),
+            n => n.max(16),
+        };
+        let mut apps = Vec::new();
+        if self.apps.is_empty() {
+            apps.push(AppConfig::embedded_default());
+        }
+        for raw in self.apps {
+            apps.push(raw.resolve()?);
+        }
+        for (i, a) in apps.iter().enumerate() {
+            for b in &apps[i + 1..] {
+                if a.id == b.id {
+                    return err(format!("duplicate app id {:?}", a.id));
+                }
+                if a.key == b.key {
+                    return err(format!("duplicate app key {:?}", a.key));
+                }
+            }
+        }
+        Ok(Config {
+            listen,
+            api_listen,
+            workers,
+            activity_timeout_secs: activity,
+            pong_timeout: Duration::from_secs(pong.into()),
+            outbound_budget_bytes: budget,
+            write_deadline: Duration::from_millis(
+                self.write_deadline_ms
+                    .unwrap_or(defaults::WRITE_DEADLINE_MS)
+                    .max(1),
+            ),
+            max_message_bytes: max_message,
+            max_subscriptions_per_connection: self
+                .max_subscriptions_per_connection
+                .unwrap_or(defaults::MAX_SUBSCRIPTIONS_PER_CONNECTION)
+                .max(1),
+            control_messages_per_sec: self
+                .control_messages_per_sec
+                .unwrap_or(defaults::CONTROL_MESSAGES_PER_SEC)
+                .max(1),
+            handshake_timeout: Duration::from_millis(
+                self.handshake_timeout_ms
+                    .unwrap_or(defaults::HANDSHAKE_TIMEOUT_MS)
+                    .max(1),
+            ),
+            shutdown_grace: Duration::from_millis(
+                self.shutdown_grace_ms
+                    .unwrap_or(defaults::SHUTDOWN_GRACE_MS),
+            ),
+            mesh_queue_capacity: mesh_cap,
+            mesh_overflow_limit: self
+                .mesh_overflow_limit
+                .unwrap_or(defaults::MESH_OVERFLOW_LIMIT)
+                .max(1),
+            apps,
+        })
+    }
+}
+
+impl RawApp {
+    fn resolve(self) -> Result<AppConfig, ConfigError> {
+        if self.id.is_empty() || self.key.is_empty() {
+            return err("every [[apps]] entry needs a non-empty id and key");
+        }
+        if self.key.contains(['/', '?', '#', ':']) {
+            return err(format!("app key {:?} must not contain / ? # :", self.key));
+        }
+        let mut secrets = Vec::new();
+        if let Some(s) = self.secret {
+            secrets.push(s);
+        }
+        secrets.extend(self.secrets.unwrap_or_default());
+        secrets.retain(|s| !s.is_empty());
+        if secrets.is_empty() {
+            return err(format!("app {:?} needs `secret` or `secrets`", self.id));
+        }
+        let dialect = match self.event_prefix.as_deref() {
+            None | Some("pusher") => Dialect::Pusher,
+            Some("relay") => Dialect::Relay,
+            Some(other) => {
+                return err(format!(
+                    "app {:?}: event_prefix must be \"pusher\" or \"relay\", not {other:?}",
+                    self.id
+                ))
+            }
+        };
+        Ok(AppConfig {
+            id: self.id,
+            key: self.key,
+            secrets,
+            enabled: self.enabled.unwrap_or(true),
+            client_events: self.client_events.unwrap_or(defaults::APP_CLIENT_EVENTS),
+            max_connections: self
+                .max_connections
+                .unwrap_or(defaults::APP_MAX_CONNECTIONS),
+            max_event_bytes: self
+                .max_event_bytes
+                .unwrap_or(defaults::APP_MAX_EVENT_BYTES),
+            max_presence_members: self
+                .max_presence_members
+                .unwrap_or(defaults::APP_MAX_PRESENCE_MEMBERS),
+            max_user_info_bytes: self
+                .max_user_info_bytes
+                .unwrap_or(defaults::APP_MAX_USER_INFO_BYTES),
+            client_events_per_sec: self
+                .client_events_per_sec
+                .unwrap_or(defaults::APP_CLIENT_EVENTS_PER_SEC)
+                .max(1),
+            dialect,
+            server_auth_channels: self.server_auth_channels.unwrap_or_default(),
+        })
+    }
+}
+
+impl AppConfig {
+    /// The embedded default app: id `app-id`, key `app-key`, secret `app-secret`, client events on.
+    pub fn embedded_default() -> AppConfig {
+        AppConfig {
+            id: defaults::DEFAULT_APP_ID.into(),
+            key: defaults::DEFAULT_APP_KEY.into(),
+            secrets: vec![defaults::DEFAULT_APP_SECRET.into()],
+            enabled: true,
+            client_events: true,
+            max_connections: defaults::APP_MAX_CONNECTIONS,
+            max_event_bytes: defaults::APP_MAX_EVENT_BYTES,
+            max_presence_members: defaults::APP_MAX_PRESENCE_MEMBERS,
+            max_user_info_bytes: defaults::APP_MAX_USER_INFO_BYTES,
+            client_events_per_sec: defaults::APP_CLIENT_EVENTS_PER_SEC,
+            dialect: Dialect::Pusher,
+            server_auth_channels: Vec::new(),
+        }
+    }
+
+    /// The secret new signatures are made with.
+    pub fn primary_secret(&self) -> &str {
+        // Invariant: resolve() refuses an app without a secret.
+        &self.secrets[0]
+    }
+}
+
+impl Config {
+    /// The configuration used with no config file at all.
+    pub fn embedded_default(cores: usize) -> Config {
+        // Invariant: the default RawConfig resolves (all defaults are valid).
+        RawConfig::default()
+            .resolve(cores)
+            .expect("embedded defaults are valid")
+    }
+}
+
+fn parse_addr(s: &str, what: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        ConfigError(format!(
+            "{what}: {s:?} is not an address like 127.0.0.1:6001"
+        ))
+    })
+}
+
+#[allow(dead_code)]
+const _ASSERT_LIMITS: () = assert!(limits::MAX_CHANNEL_NAME_LEN == 200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_gives_embedded_default_app() {
+        let c = RawConfig::from_toml("").unwrap().resolve(4).unwrap();
+        assert_eq!(c.workers, 4);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:6001");
+        assert_eq!(c.apps.len(), 1);
+        assert_eq!(c.apps[0].key, "app-key");
+        assert!(c.apps[0].client_events);
+        assert_eq!(c.activity_timeout_secs, 120);
+    }
+
+    #[test]
+    fn apps_table_resolves_with_defaults_and_rotation() {
+        let c = RawConfig::from_toml(
+            r#"
+            listen = "0.0.0.0:7000"
+            workers = 2
+            [[apps]]
+            id = "1"
+            key = "k"
+            secret = "new"
+            secrets = ["old"]
+            max_connections = 3
+            event_prefix = "relay"
+            "#,
+        )
+        .unwrap()
+        .resolve(8)
+        .unwrap();
+        assert_eq!(c.workers, 2);
+        let a = &c.apps[0];
+        assert_eq!(a.secrets, vec!["new".to_string(), "old".to_string()]);
+        assert_eq!(a.primary_secret(), "new");
+        assert!(!a.client_events);
+        assert_eq!(a.max_connections, 3);
+        assert_eq!(a.dialect, Dialect::Relay);
+        assert_eq!(a.max_event_bytes, 10 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(RawConfig::from_toml("lisen = \"x\"").is_err());
+        let bad = |t: &str| RawConfig::from_toml(t).unwrap().resolve(1).is_err();
+        assert!(bad("listen = \"nope\""));
+        assert!(bad("activity_timeout = 0"));
+        assert!(bad("[[apps]]\nid=\"a\"\nkey=\"k\""));
+        assert!(bad("[[apps]]\nid=\"a\"\nkey=\"k\"\nsecret=\"s\"\n[[apps]]\nid=\"a\"\nkey=\"k2\"\nsecret=\"s\""));
+        assert!(bad(
+            "[[apps]]\nid=\"a\"\nkey=\"k\"\nsecret=\"s\"\nevent_prefix=\"x\""
+        ));
+    }
+}

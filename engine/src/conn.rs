@@ -1,0 +1,1164 @@
+//! One client connection: HTTP upgrade, then a reader (the connection's main task) and a writer
+//! task. The reader decodes frames and acts on Pusher messages; everything the connection must
+//! send is appended to its outbound queue as shared `Bytes`, and the writer drains that queue
+//! with one vectored write per wake-up.
+//!
+//! Slow consumers are policy: the outbound queue is capped by a byte budget and every batched
+//! write by a deadline; past either the connection is closed with 4100 and the reason counted.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use ringcast_protocol::{
+    close, limits, pusher, ws, AuthError, ChannelKind, ChannelName, ClientMessage, Dialect,
+    FrameDecoder, Message, Role, SocketId,
+};
+
+use crate::core::Core;
+use crate::metrics::CloseReason;
+use crate::msg::{AppIdx, ChanKey, MemberInfo, Msg};
+use crate::shared::App;
+
+/// Largest number of frames handed to one `writev` (Linux IOV_MAX is 1024).
+const MAX_IOV: usize = 1024;
+/// Read buffer size for a connection that sends little (most of them).
+const SMALL_READ: usize = 1024;
+/// Largest read buffer a busy connection grows to.
+const LARGE_READ: usize = 16 * 1024;
+
+pub(crate) enum SubState {
+    /// Sent to the owner, not yet acknowledged. `silent`: the server subscribed on the client's
+    /// behalf (sign-in) and no `subscription_succeeded` is owed unless the client asks.
+    Pending {
+        gen: u32,
+        silent: bool,
+    },
+    Active,
+}
+
+pub(crate) struct Sub {
+    pub state: SubState,
+    /// Presence channels: the user id this connection joined as.
+    pub presence_user: Option<Arc<str>>,
+}
+
+pub(crate) struct ConnState {
+    pub subs: HashMap<ChannelName, Sub>,
+    /// Signed-in user (pusher:signin).
+    pub user: Option<Arc<str>>,
+    gen: u32,
+    client_events: TokenBucket,
+    control: TokenBucket,
+}
+
+struct Closing {
+    code: u16,
+    reason: String,
+    why: CloseReason,
+}
+
+#[derive(Default)]
+struct Outbound {
+    frames: Vec<Bytes>,
+    bytes: usize,
+    closing: Option<Closing>,
+    /// The close frame went out (or the socket died): nothing more is queued.
+    done: bool,
+}
+
+pub(crate) struct Conn {
+    pub id: u64,
+    pub socket_id: SocketId,
+    pub socket_id_str: Box<str>,
+    pub app: AppIdx,
+    budget: usize,
+    out: RefCell<Outbound>,
+    writer_waker: Cell<Option<Waker>>,
+    /// The writer is inside a `writev` (the socket may be full).
+    writing: Cell<bool>,
+    pub state: RefCell<ConnState>,
+    fd: RawFd,
+    /// Why the connection ended, recorded once for metrics.
+    end_reason: Cell<Option<CloseReason>>,
+}
+
+impl Conn {
+    /// Queues a frame (a reference-count bump, not a copy). Over the byte budget the connection
+    /// is closed as a slow consumer and its queue dropped.
+    #[inline]
+    pub fn push(&self, frame: Bytes) {
+        let mut out = self.out.borrow_mut();
+        if out.closing.is_some() || out.done {
+            return;
+        }
+        out.bytes += frame.len();
+        if out.bytes > self.budget {
+            out.frames.clear();
+            out.bytes = 0;
+            out.closing = Some(Closing {
+                code: close::SLOW_CONSUMER,
+                reason: "Slow consumer: outbound buffer limit exceeded".into(),
+                why: CloseReason::SlowConsumerBudget,
+            });
+            drop(out);
+            self.set_end_reason(CloseReason::SlowConsumerBudget);
+            if self.writing.get() {
+                // The writer is stuck on a full socket: the client is not reading, so a close
+                // frame would never arrive. Cut the connection now instead of waiting out the
+                // write deadline while memory stays pinned.
+                self.shutdown_socket();
+            }
+            self.wake_writer();
+            return;
+        } else {
+            out.frames.push(frame);
+        }
+        drop(out);
+        self.wake_writer();
+    }
+
+    /// Asks the writer to flush what is queued, then send a close frame and end the connection.
+    pub fn close(&self, code: u16, reason: &str, why: CloseReason) {
+        let mut out = self.out.borrow_mut();
+        if out.closing.is_some() || out.done {
+            return;
+        }
+        out.closing = Some(Closing {
+            code,
+            reason: reason.into(),
+            why,
+        });
+        drop(out);
+        self.wake_writer();
+    }
+
+    fn wake_writer(&self) {
+        if let Some(w) = self.writer_waker.take() {
+            w.wake();
+        }
+    }
+
+    fn is_closing(&self) -> bool {
+        let out = self.out.borrow();
+        out.closing.is_some() || out.done
+    }
+
+    fn set_end_reason(&self, r: CloseReason) {
+        if self.end_reason.get().is_none() {
+            self.end_reason.set(Some(r));
+        }
+    }
+
+    /// Wakes a pending read so the reader notices the end of the connection.
+    fn shutdown_socket(&self) {
+        // SAFETY: `fd` is the connection's socket, owned by the read/write halves that are alive
+        // for as long as this `Conn`'s tasks run; shutdown(2) does not close or invalidate it.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RDWR);
+        }
+    }
+}
+
+/// A simple token bucket on monoio's clock.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(per_sec: u32) -> TokenBucket {
+        TokenBucket {
+            rate: per_sec as f64,
+            tokens: per_sec as f64,
+            last: Instant::now(),
+        }
+    }
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The frames a writer hands to one `writev`: owned `Bytes` plus their iovecs. Both vectors
+/// are reused across writes, so a steady-state write allocates nothing.
+#[derive(Default)]
+struct FrameBatch {
+    frames: Vec<Bytes>,
+    iov: Vec<libc::iovec>,
+    /// First iovec not yet fully written.
+    start: usize,
+}
+
+impl FrameBatch {
+    fn prepare(&mut self) -> usize {
+        self.iov.clear();
+        self.start = 0;
+        let mut total = 0;
+        for f in &self.frames {
+            self.iov.push(libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            });
+            total += f.len();
+        }
+        total
+    }
+
+    /// Skips `n` written bytes (a partial write).
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 && self.start < self.iov.len() {
+            let v = &mut self.iov[self.start];
+            if n >= v.iov_len {
+                n -= v.iov_len;
+                self.start += 1;
+            } else {
+                // SAFETY: n < iov_len, so the new base stays inside the same Bytes buffer.
+                v.iov_base = unsafe { (v.iov_base as *mut u8).add(n) } as *mut libc::c_void;
+                v.iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.iov.clear();
+        self.start = 0;
+    }
+}
+
+// SAFETY: `iov[start..]` points into the `Bytes` held in `frames`, which the batch owns; the
+// runtime owns the batch for the whole write, neither vector is touched meanwhile, and `Bytes`
+// storage never moves, so every pointer stays valid and the count matches.
+unsafe impl monoio::buf::IoVecBuf for FrameBatch {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov[self.start..].as_ptr()
+    }
+    fn read_iovec_len(&self) -> usize {
+        self.iov.len() - self.start
+    }
+}
+
+/// Writes the whole batch with as many `writev` calls as partial writes require.
+async fn write_batch(
+    w: &mut OwnedWriteHalf<TcpStream>,
+    mut batch: FrameBatch,
+    total: usize,
+) -> (std::io::Result<()>, FrameBatch) {
+    let mut written = 0;
+    while written < total {
+        let (res, b) = w.writev(batch).await;
+        batch = b;
+        match res {
+            Ok(0) => return (Err(std::io::ErrorKind::WriteZero.into()), batch),
+            Ok(n) => {
+                written += n;
+                batch.advance(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), batch),
+        }
+    }
+    (Ok(()), batch)
+}
+
+async fn write_all(w: &mut OwnedWriteHalf<TcpStream>, data: Bytes) -> std::io::Result<()> {
+    let (r, _) = w.write_all(data).await;
+    r.map(|_| ())
+}
+
+/// Entry point for an accepted socket.
+pub(crate) async fn handle(core: Rc<Core>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let cfg = &core.shared.config;
+    // 1. Request head, bounded in size and time.
+    let deadline = Instant::now() + cfg.handshake_timeout;
+    let mut head_buf: Vec<u8> = Vec::new();
+    let mut rbuf = Vec::with_capacity(SMALL_READ);
+    let head = loop {
+        let r = monoio::time::timeout_at(deadline, stream.read(rbuf)).await;
+        let (res, b) = match r {
+            Ok(x) => x,
+            Err(_) => {
+                core.metrics().closed(CloseReason::BadHandshake);
+                let _ = stream
+                    .write_all(http_response(408, "request head timeout"))
+                    .await;
+                return;
+            }
+        };
+        rbuf = b;
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head_buf.extend_from_slice(&rbuf[..n]),
+        }
+        match ws::parse_request_head(&head_buf, limits::MAX_REQUEST_HEAD_BYTES) {
+            Ok(Some(h)) => break h,
+            Ok(None) => continue,
+            Err(e) => {
+                core.metrics().closed(CloseReason::BadHandshake);
+                let status = match e {
+                    ws::HandshakeError::TooLarge => 431,
+                    ws::HandshakeError::Malformed(_) => 400,
+                };
+                let _ = stream
+                    .write_all(http_response(status, &e.to_string()))
+                    .await;
+                return;
+            }
+        }
+    };
+
+    // 2. Not a WebSocket upgrade: plain HTTP (health, REST API).
+    let Some(ws_key) = head.websocket_key.clone() else {
+        if let Some(svc) = core.shared_http() {
+            svc.serve(stream, head_buf).await;
+        } else {
+            let resp = if head.method == "GET" && head.path == "/health" {
+                http_json(200, "{\"ok\":true}")
+            } else {
+                http_json(404, "{\"error\":\"not found\",\"code\":\"not_found\"}")
+            };
+            let _ = stream.write_all(resp).await;
+        }
+        return;
+    };
+
+    // 3. Upgrade, then accept or reject with a Pusher close code (never refuse the upgrade:
+    //    pusher-js only stops retrying on a close code it receives).
+    if stream
+        .write_all(ws::accept_response(&ws_key))
+        .await
+        .0
+        .is_err()
+    {
+        return;
+    }
+    let leftover = head_buf.split_off(head.head_len.min(head_buf.len()));
+    let params = match ws::parse_connect(&head.path, &head.query) {
+        Ok(p) => p,
+        Err(code) => {
+            reject(
+                &core,
+                &mut stream,
+                Dialect::Pusher,
+                code,
+                close::reason(code),
+                CloseReason::Refused,
+            )
+            .await;
+            return;
+        }
+    };
+    let Some(app) = core.shared.app_by_key(&params.app_key) else {
+        let msg = format!("App key {} does not exist.", params.app_key);
+        reject(
+            &core,
+            &mut stream,
+            Dialect::Pusher,
+            close::APP_NOT_FOUND,
+            &msg,
+            CloseReason::Refused,
+        )
+        .await;
+        return;
+    };
+    let dialect = app.config.dialect;
+    if !app.config.enabled {
+        reject(
+            &core,
+            &mut stream,
+            dialect,
+            close::APP_DISABLED,
+            "App is disabled",
+            CloseReason::Refused,
+        )
+        .await;
+        return;
+    }
+    if core.shutting_down.get() {
+        reject(
+            &core,
+            &mut stream,
+            dialect,
+            close::RECONNECT,
+            "Server shutting down",
+            CloseReason::Shutdown,
+        )
+        .await;
+        return;
+    }
+    let n = app
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if app.config.max_connections > 0 && n >= app.config.max_connections {
+        app.connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        reject(
+            &core,
+            &mut stream,
+            dialect,
+            close::OVER_QUOTA,
+            "Application is over connection quota",
+            CloseReason::OverQuota,
+        )
+        .await;
+        return;
+    }
+    let idx = app.idx;
+    run(core, idx, stream, leftover).await;
+}
+
+async fn reject(
+    core: &Core,
+    stream: &mut TcpStream,
+    d: Dialect,
+    code: u16,
+    msg: &str,
+    why: CloseReason,
+) {
+    core.metrics().closed(why);
+    let mut out = pusher::error_frame(d, Some(code), msg).to_vec();
+    out.extend_from_slice(&ws::close_frame(code, msg));
+    let _ = monoio::time::timeout(Duration::from_secs(2), stream.write_all(out)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The established connection: spawns the writer, runs the reader, cleans up.
+async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u8>) {
+    let shared = core.shared.clone();
+    let app = shared.app(app_idx);
+    let cfg = &shared.config;
+    let id = core.next_conn_id();
+    let socket_id = SocketId::new(core.random() % 10_000_000_000, id);
+    let fd = stream.as_raw_fd();
+    let conn = Rc::new(Conn {
+        id,
+        socket_id,
+        socket_id_str: socket_id.to_string().into_boxed_str(),
+        app: app.idx,
+        budget: cfg.outbound_budget_bytes,
+        out: RefCell::new(Outbound::default()),
+        writer_waker: Cell::new(None),
+        writing: Cell::new(false),
+        state: RefCell::new(ConnState {
+            subs: HashMap::new(),
+            user: None,
+            gen: 0,
+            client_events: TokenBucket::new(app.config.client_events_per_sec),
+            control: TokenBucket::new(cfg.control_messages_per_sec),
+        }),
+        fd,
+        end_reason: Cell::new(None),
+    });
+    core.conns.borrow_mut().insert(id, conn.clone());
+    let m = core.metrics();
+    m.connections_opened.inc();
+    m.connections_current.inc();
+
+    let (mut reader, writer) = stream.into_split();
+    let writer_task = monoio::spawn(write_loop(core.clone(), conn.clone(), writer));
+    let dialect = app.config.dialect;
+    conn.push(pusher::connection_established_frame(
+        dialect,
+        &socket_id,
+        cfg.activity_timeout_secs,
+    ));
+
+    let mut decoder = FrameDecoder::new(Role::Server, cfg.max_message_bytes);
+    if !leftover.is_empty() {
+        decoder.handle_bytes(&leftover);
+    }
+    let activity = Duration::from_secs(cfg.activity_timeout_secs.into());
+    let mut awaiting_pong = false;
+    let mut rbuf = Vec::with_capacity(SMALL_READ);
+    'conn: loop {
+        // Decode everything buffered.
+        loop {
+            match decoder.poll_message() {
+                Ok(Some(msg)) => {
+                    if !on_frame(&core, &conn, app, msg) {
+                        break 'conn;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    core.metrics().protocol_errors.inc();
+                    conn.set_end_reason(CloseReason::ProtocolError);
+                    conn.close(e.close_code(), &e.to_string(), CloseReason::ProtocolError);
+                    break 'conn;
+                }
+            }
+        }
+        core.flush();
+        if conn.is_closing() {
+            break;
+        }
+        let wait = if awaiting_pong {
+            cfg.pong_timeout
+        } else {
+            activity
+        };
+        let (res, b) = match monoio::time::timeout(wait, reader.read(rbuf)).await {
+            Ok(x) => x,
+            Err(_) => {
+                rbuf = Vec::with_capacity(SMALL_READ);
+                if awaiting_pong {
+                    conn.close(
+                        close::PONG_TIMEOUT,
+                        "Pong reply not received in time",
+                        CloseReason::PongTimeout,
+                    );
+                    break;
+                }
+                awaiting_pong = true;
+                conn.push(pusher::ping_frame(dialect));
+                continue;
+            }
+        };
+        rbuf = b;
+        match res {
+            Ok(0) => {
+                conn.set_end_reason(CloseReason::ClientClosed);
+                break;
+            }
+            Err(_) => {
+                conn.set_end_reason(CloseReason::IoError);
+                break;
+            }
+            Ok(n) => {
+                awaiting_pong = false;
+                decoder.handle_bytes(&rbuf[..n]);
+                // Grow for busy senders, shrink back for idle ones (an idle connection's pending
+                // read holds its buffer, so it must stay small).
+                let want = if n == rbuf.capacity() {
+                    (n * 2).min(LARGE_READ)
+                } else {
+                    SMALL_READ
+                };
+                if want != rbuf.capacity() {
+                    rbuf = Vec::with_capacity(want);
+                }
+            }
+        }
+    }
+    // Let the writer send what is queued (and the close frame); it has its own deadlines.
+    if !conn.is_closing() {
+        conn.close(close::NORMAL, "", CloseReason::ClientClosed);
+    }
+    let _ = writer_task.await;
+    cleanup(&core, &conn);
+}
+
+/// Handles one decoded WebSocket message. Returns false when the connection must end.
+fn on_frame(core: &Core, conn: &Rc<Conn>, app: &App, msg: Message) -> bool {
+    core.metrics().messages_in.inc();
+    let d = app.config.dialect;
+    match msg {
+        Message::Text(text) => {
+            let mut buf = text.to_vec();
+            match pusher::parse_client_message(d, &mut buf) {
+                Ok(m) => on_message(core, conn, app, m),
+                Err(e) => {
+                    core.metrics().protocol_errors.inc();
+                    conn.push(pusher::error_frame(
+                        d,
+                        None,
+                        &format!("Invalid message format: {e}"),
+                    ));
+                }
+            }
+            true
+        }
+        Message::Binary(_) => {
+            conn.push(pusher::error_frame(
+                d,
+                None,
+                "Binary frames are not supported",
+            ));
+            true
+        }
+        Message::Ping(p) => {
+            conn.push(ws::pong_frame(&p));
+            true
+        }
+        Message::Pong(_) => true,
+        Message::Close(code, _) => {
+            conn.set_end_reason(CloseReason::ClientClosed);
+            let echo = match code {
+                Some(c) if (1000..=4999).contains(&c) && c != 1005 && c != 1006 => c,
+                _ => close::NORMAL,
+            };
+            conn.close(echo, "", CloseReason::ClientClosed);
+            false
+        }
+    }
+}
+
+fn on_message(core: &Core, conn: &Rc<Conn>, app: &App, m: ClientMessage) {
+    let d = app.config.dialect;
+    match m {
+        ClientMessage::Ping => conn.push(pusher::pong_frame(d)),
+        ClientMessage::Pong => {}
+        ClientMessage::Subscribe {
+            channel,
+            auth,
+            channel_data,
+        } => {
+            if !conn.state.borrow_mut().control.take() {
+                conn.push(pusher::error_frame(
+                    d,
+                    None,
+                    "Too many subscription requests, slow down",
+                ));
+                return;
+            }
+            subscribe(
+                core,
+                conn,
+                app,
+                &channel,
+                auth.as_deref(),
+                channel_data.as_deref(),
+            );
+        }
+        ClientMessage::Unsubscribe { channel } => {
+            if let Ok(name) = ChannelName::parse(&channel) {
+                unsubscribe(core, conn, app, name);
+            }
+        }
+        ClientMessage::Signin { auth, user_data } => {
+            if !conn.state.borrow_mut().control.take() {
+                conn.push(pusher::error_frame(d, None, "Too many requests, slow down"));
+                return;
+            }
+            signin(core, conn, app, &auth, &user_data);
+        }
+        ClientMessage::ClientEvent {
+            event,
+            channel,
+            data,
+        } => {
+            client_event(core, conn, app, &event, &channel, data.as_deref());
+        }
+        ClientMessage::Unknown { event } => {
+            conn.push(pusher::error_frame(
+                d,
+                None,
+                &format!("Unsupported event: {event}"),
+            ));
+        }
+    }
+}
+
+fn sub_error(
+    core: &Core,
+    conn: &Conn,
+    d: Dialect,
+    channel: &str,
+    kind: &str,
+    msg: &str,
+    status: u16,
+) {
+    core.metrics().auth_failures.inc();
+    conn.push(pusher::error_frame(d, None, msg));
+    conn.push(pusher::subscription_error_frame(
+        d, channel, kind, msg, status,
+    ));
+}
+
+fn subscribe(
+    core: &Core,
+    conn: &Rc<Conn>,
+    app: &App,
+    channel: &str,
+    auth: Option<&str>,
+    channel_data: Option<&str>,
+) {
+    let d = app.config.dialect;
+    let name = match ChannelName::parse(channel) {
+        Ok(n) => n,
+        Err(e) => {
+            let msg = format!("Invalid channel name {channel:?}: {e}");
+            sub_error(core, conn, d, channel, "InvalidChannel", &msg, 400);
+            return;
+        }
+    };
+    let kind = name.kind();
+    let signed_in = conn.state.borrow().user.clone();
+    let mut member = None;
+    match kind {
+        ChannelKind::Public => {}
+        ChannelKind::ServerToUser => {
+            if signed_in.as_deref() != name.server_to_user_id() {
+                let msg =
+                    "Subscribing to a #server-to-user- channel requires signing in as that user";
+                sub_error(core, conn, d, channel, "AuthError", msg, 403);
+                return;
+            }
+        }
+        ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence => {
+            if let Err(e) = ringcast_protocol::verify_channel_auth(
+                &app.config.key,
+                &app.config.secrets,
+                &conn.socket_id_str,
+                &name,
+                channel_data,
+                auth,
+            ) {
+                let msg = auth_error_text(&e);
+                sub_error(core, conn, d, channel, "AuthError", &msg, 401);
+                return;
+            }
+            if kind == ChannelKind::Presence {
+                member = match channel_data {
+                    Some(cd) => match ringcast_protocol::parse_channel_data(
+                        cd,
+                        app.config.max_user_info_bytes,
+                    ) {
+                        Ok(m) => Some(MemberInfo {
+                            user_id: m.user_id.into(),
+                            info_json: m.user_info_json.into(),
+                        }),
+                        Err(e) => {
+                            sub_error(core, conn, d, channel, "InvalidChannelData", &e, 400);
+                            return;
+                        }
+                    },
+                    None => match signed_in {
+                        // A signed-in user may join presence without channel_data: identity is
+                        // the signed-in user.
+                        Some(ref u) => Some(MemberInfo {
+                            user_id: u.clone(),
+                            info_json: "null".into(),
+                        }),
+                        None => {
+                            let msg = "Presence channel subscription requires channel_data";
+                            sub_error(core, conn, d, channel, "InvalidChannelData", msg, 400);
+                            return;
+                        }
+                    },
+                };
+                if let Some(m) = &member {
+                    if m.user_id.len() > limits::MAX_USER_ID_LEN {
+                        sub_error(
+                            core,
+                            conn,
+                            d,
+                            channel,
+                            "InvalidChannelData",
+                            "user_id is too long",
+                            400,
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let mut st = conn.state.borrow_mut();
+    if let Some(sub) = st.subs.get_mut(&name) {
+        // Re-subscribe is idempotent.
+        match &mut sub.state {
+            SubState::Pending { silent, .. } => *silent = false,
+            SubState::Active => {
+                if kind != ChannelKind::Presence {
+                    drop(st);
+                    conn.push(pusher::subscription_succeeded_frame(d, name.as_str(), None));
+                }
+            }
+        }
+        return;
+    }
+    if st.subs.len() >= core.shared.config.max_subscriptions_per_connection {
+        drop(st);
+        sub_error(
+            core,
+            conn,
+            d,
+            channel,
+            "LimitReached",
+            "Too many subscriptions on this connection",
+            400,
+        );
+        return;
+    }
+    start_subscription(core, conn, &mut st, app.idx, name, member, false);
+}
+
+fn start_subscription(
+    core: &Core,
+    conn: &Conn,
+    st: &mut ConnState,
+    app: AppIdx,
+    name: ChannelName,
+    member: Option<MemberInfo>,
+    silent: bool,
+) {
+    st.gen = st.gen.wrapping_add(1);
+    let gen = st.gen;
+    st.subs.insert(
+        name.clone(),
+        Sub {
+            state: SubState::Pending { gen, silent },
+            presence_user: member.as_ref().map(|m| m.user_id.clone()),
+        },
+    );
+    let key = ChanKey { app, name };
+    core.to_owner(
+        &key.clone(),
+        Msg::Subscribe {
+            key,
+            conn: conn.id,
+            gen,
+            from: core.idx as u16,
+            member,
+        },
+    );
+}
+
+fn unsubscribe(core: &Core, conn: &Conn, app: &App, name: ChannelName) {
+    let Some(sub) = conn.state.borrow_mut().subs.remove(&name) else {
+        return;
+    };
+    let key = ChanKey { app: app.idx, name };
+    if matches!(sub.state, SubState::Active) {
+        core.remove_local_sub(&key, conn.id);
+    }
+    core.to_owner(
+        &key.clone(),
+        Msg::Unsubscribe {
+            key,
+            conn: conn.id,
+            from: core.idx as u16,
+            user_id: sub.presence_user,
+        },
+    );
+}
+
+fn signin(core: &Core, conn: &Rc<Conn>, app: &App, auth: &str, user_data: &str) {
+    let d = app.config.dialect;
+    if let Err(e) = ringcast_protocol::verify_signin(
+        &app.config.key,
+        &app.config.secrets,
+        &conn.socket_id_str,
+        user_data,
+        auth,
+    ) {
+        core.metrics().auth_failures.inc();
+        conn.push(pusher::error_frame(d, None, &auth_error_text(&e)));
+        return;
+    }
+    let user = match ringcast_protocol::parse_user_data(user_data) {
+        Ok(u) => u,
+        Err(e) => {
+            conn.push(pusher::error_frame(
+                d,
+                None,
+                &format!("Invalid user_data: {e}"),
+            ));
+            return;
+        }
+    };
+    let user_id: Arc<str> = user.id.as_str().into();
+    let mut st = conn.state.borrow_mut();
+    if let Some(existing) = &st.user {
+        if **existing != *user_id {
+            drop(st);
+            conn.push(pusher::error_frame(
+                d,
+                None,
+                "Already signed in as a different user",
+            ));
+            return;
+        }
+        drop(st);
+        conn.push(pusher::signin_success_frame(d, user_data));
+        return;
+    }
+    let Ok(name) = ChannelName::parse(&format!("#server-to-user-{}", user.id)) else {
+        drop(st);
+        conn.push(pusher::error_frame(d, None, "Invalid user id for sign-in"));
+        return;
+    };
+    st.user = Some(user_id.clone());
+    core.add_user(app.idx, user_id, conn.id);
+    // Subscribe on the user's behalf so #server-to-user- events reach every signed-in
+    // connection, whatever the client library does next.
+    if !st.subs.contains_key(&name) {
+        start_subscription(core, conn, &mut st, app.idx, name, None, true);
+    }
+    drop(st);
+    conn.push(pusher::signin_success_frame(d, user_data));
+    if user.watchlist.len() > limits::MAX_WATCHLIST {
+        conn.push(pusher::error_frame(
+            d,
+            Some(close::WATCHLIST_LIMIT),
+            "Watchlist limit exceeded: only the first 100 user ids are watched",
+        ));
+    }
+}
+
+fn client_event(
+    core: &Core,
+    conn: &Conn,
+    app: &App,
+    event: &str,
+    channel: &str,
+    data: Option<&str>,
+) {
+    let d = app.config.dialect;
+    if !app.config.client_events {
+        conn.push(pusher::error_frame(d, None, "To send client events, you must enable this feature in the Settings page of your dashboard."));
+        return;
+    }
+    let Ok(name) = ChannelName::parse(channel) else {
+        conn.push(pusher::error_frame(
+            d,
+            None,
+            "Client event rejected - invalid channel name",
+        ));
+        return;
+    };
+    if !matches!(
+        name.kind(),
+        ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence
+    ) {
+        conn.push(pusher::error_frame(
+            d,
+            None,
+            "Client event rejected - only supported on private and presence channels",
+        ));
+        return;
+    }
+    if event.len() > limits::MAX_EVENT_NAME_LEN {
+        conn.push(pusher::error_frame(
+            d,
+            None,
+            "Client event rejected - event name too long",
+        ));
+        return;
+    }
+    if data.map_or(0, str::len) > app.config.max_event_bytes {
+        conn.push(pusher::error_frame(
+            d,
+            None,
+            "Client event rejected - data too large",
+        ));
+        return;
+    }
+    let mut st = conn.state.borrow_mut();
+    let user_id = match st.subs.get(&name) {
+        Some(Sub {
+            state: SubState::Active,
+            presence_user,
+        }) => presence_user.clone(),
+        _ => {
+            drop(st);
+            conn.push(pusher::error_frame(
+                d,
+                None,
+                "Client event rejected - not subscribed to the channel",
+            ));
+            return;
+        }
+    };
+    if !st.client_events.take() {
+        drop(st);
+        core.metrics().client_events_rate_limited.inc();
+        conn.push(pusher::error_frame(
+            d,
+            Some(close::CLIENT_EVENT_RATE),
+            "Client event rate limit reached",
+        ));
+        return;
+    }
+    drop(st);
+    core.metrics().client_events.inc();
+    let frame = pusher::client_event_frame(event, name.as_str(), data, user_id.as_deref());
+    if let Some(obs) = &core.shared.observer {
+        obs.client_event(
+            &app.config,
+            &name,
+            event,
+            data,
+            &conn.socket_id,
+            user_id.as_deref(),
+        );
+    }
+    let key = ChanKey { app: app.idx, name };
+    core.to_owner(
+        &key.clone(),
+        Msg::Publish {
+            key,
+            frame,
+            except: Some(conn.id),
+        },
+    );
+}
+
+fn auth_error_text(e: &AuthError) -> String {
+    e.to_string()
+}
+
+/// The writer task: one vectored write per wake-up, bounded by the write deadline.
+async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: OwnedWriteHalf<TcpStream>) {
+    let deadline = core.shared.config.write_deadline;
+    let mut batch = FrameBatch::default();
+    loop {
+        let c = conn.clone();
+        std::future::poll_fn(move |cx| {
+            let out = c.out.borrow();
+            if !out.frames.is_empty() || out.closing.is_some() || out.done {
+                Poll::Ready(())
+            } else {
+                c.writer_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        let closing = {
+            let mut out = conn.out.borrow_mut();
+            if out.done {
+                break;
+            }
+            let take = out.frames.len().min(MAX_IOV);
+            if take == out.frames.len() {
+                std::mem::swap(&mut out.frames, &mut batch.frames);
+            } else {
+                batch.frames.extend(out.frames.drain(..take));
+            }
+            if out.frames.is_empty() {
+                out.closing
+                    .as_ref()
+                    .map(|c| (c.code, c.reason.clone(), c.why))
+            } else {
+                None
+            }
+        };
+        if !batch.frames.is_empty() {
+            let bytes = batch.prepare();
+            let frames = batch.frames.len() as u64;
+            conn.writing.set(true);
+            let res = monoio::time::timeout(deadline, write_batch(&mut w, batch, bytes)).await;
+            conn.writing.set(false);
+            match res {
+                Err(_) => {
+                    conn.set_end_reason(CloseReason::SlowConsumerDeadline);
+                    break;
+                }
+                Ok((Err(_), _)) => {
+                    conn.set_end_reason(CloseReason::IoError);
+                    break;
+                }
+                Ok((Ok(()), b)) => {
+                    batch = b;
+                    batch.clear();
+                    let m = core.metrics();
+                    m.messages_out.add(frames);
+                    m.bytes_out.add(bytes as u64);
+                    let mut out = conn.out.borrow_mut();
+                    out.bytes = out.bytes.saturating_sub(bytes);
+                }
+            }
+        }
+        if let Some((code, reason, why)) = closing {
+            conn.set_end_reason(why);
+            let _ = monoio::time::timeout(
+                Duration::from_secs(1),
+                write_all(&mut w, ws::close_frame(code, &reason)),
+            )
+            .await;
+            break;
+        }
+    }
+    conn.out.borrow_mut().done = true;
+    let _ = monoio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+    conn.shutdown_socket();
+}
+
+/// Undoes everything the connection holds: subscriptions (local and at the owners), sign-in,
+/// quota, counters.
+fn cleanup(core: &Core, conn: &Conn) {
+    let st = std::mem::replace(
+        &mut *conn.state.borrow_mut(),
+        ConnState {
+            subs: HashMap::new(),
+            user: None,
+            gen: 0,
+            client_events: TokenBucket::new(1),
+            control: TokenBucket::new(1),
+        },
+    );
+    for (name, sub) in st.subs {
+        let key = ChanKey {
+            app: conn.app,
+            name,
+        };
+        if matches!(sub.state, SubState::Active) {
+            core.remove_local_sub(&key, conn.id);
+        }
+        core.to_owner(
+            &key.clone(),
+            Msg::Unsubscribe {
+                key,
+                conn: conn.id,
+                from: core.idx as u16,
+                user_id: sub.presence_user,
+            },
+        );
+    }
+    if let Some(u) = st.user {
+        core.remove_user(conn.app, u, conn.id);
+    }
+    core.conns.borrow_mut().remove(&conn.id);
+    core.app_connections_dec(conn.app);
+    let m = core.metrics();
+    m.connections_current
+        .set(m.connections_current.get().saturating_sub(1));
+    m.closed(conn.end_reason.get().unwrap_or(CloseReason::ClientClosed));
+    core.flush();
+}
+
+fn http_response(status: u16, msg: &str) -> Vec<u8> {
+    let body = format!(
+        "{{\"error\":{},\"code\":\"{}\"}}",
+        serde_json::Value::from(msg),
+        status
+    );
+    http_json(status, &body)
+}
+
+fn http_json(status: u16, body: &str) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        _ => "Error",
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}

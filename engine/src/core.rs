@@ -1,0 +1,670 @@
+//! One worker core's state and its message handling. Everything here is `!Send` and touched
+//! only by the core's own tasks; other cores are reached only through the mesh.
+//!
+//! Two roles live on every core:
+//! - **subscriber side**: the local index channel -> connections on this core, and delivery of
+//!   frames to them (`deliver`);
+//! - **owner side**: for the channels hashed to this core, the authoritative state: subscriber
+//!   count per core, presence members with per-user connection refcounts, occupied/vacated
+//!   transitions (`on_subscribe`, `on_unsubscribe`, `on_publish`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use indexmap::IndexMap;
+use ringcast_protocol::{pusher, ChannelKind, PresenceSnapshot};
+
+use crate::conn::{Conn, SubState};
+use crate::mesh::{MeshRx, MeshTx};
+use crate::metrics::{CloseReason, CoreMetrics};
+use crate::msg::{
+    AppIdx, ChanKey, ChannelCounts, ChannelSummary, Command, MemberInfo, Msg, PresenceUser,
+    SubOutcome,
+};
+use crate::shared::Shared;
+
+/// Authoritative state of a channel, held by its owner core.
+pub(crate) struct OwnedChannel {
+    /// Subscribed connections per core.
+    per_core: Box<[u32]>,
+    total: u64,
+    /// Presence channels: user id -> member (with the connections that joined as that user).
+    members: Option<IndexMap<Arc<str>, Member>>,
+}
+
+struct Member {
+    info_json: Arc<str>,
+    conns: Vec<u64>,
+}
+
+pub(crate) struct Core {
+    pub idx: usize,
+    pub shared: Arc<Shared>,
+    tx: RefCell<MeshTx>,
+    rx: RefCell<MeshRx>,
+    /// Messages this core sends to itself (it owns the channel): processed by the drain task.
+    local_q: RefCell<VecDeque<Msg>>,
+    /// Local subscribers of each channel that has any on this core.
+    subs: RefCell<HashMap<ChanKey, IndexMap<u64, Rc<Conn>>>>,
+    /// Channels this core owns.
+    owned: RefCell<HashMap<ChanKey, OwnedChannel>>,
+    /// Live connections on this core by id.
+    pub conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    /// Signed-in users on this core: (app, user id) -> connection ids.
+    users: RefCell<HashMap<(AppIdx, Arc<str>), Vec<u64>>>,
+    next_seq: Cell<u64>,
+    rng: Cell<u64>,
+    pub shutting_down: Cell<bool>,
+    /// Wakes the accept loop when shutdown begins.
+    pub shutdown_waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl Core {
+    pub(crate) fn new(idx: usize, shared: Arc<Shared>, tx: MeshTx, rx: MeshRx, seed: u64) -> Core {
+        Core {
+            idx,
+            shared,
+            tx: RefCell::new(tx),
+            rx: RefCell::new(rx),
+            local_q: RefCell::new(VecDeque::new()),
+            subs: RefCell::new(HashMap::new()),
+            owned: RefCell::new(HashMap::new()),
+            conns: RefCell::new(HashMap::new()),
+            users: RefCell::new(HashMap::new()),
+            next_seq: Cell::new(1),
+            rng: Cell::new(seed | 1),
+            shutting_down: Cell::new(false),
+            shutdown_waker: RefCell::new(None),
+        }
+    }
+
+    #[inline]
+    pub fn metrics(&self) -> &CoreMetrics {
+        self.shared.metrics.core(self.idx)
+    }
+
+    #[inline]
+    pub fn workers(&self) -> usize {
+        self.shared.config.workers
+    }
+
+    /// A new connection id: unique in the process, `id % workers == core`.
+    pub fn next_conn_id(&self) -> u64 {
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        seq * self.workers() as u64 + self.idx as u64
+    }
+
+    /// xorshift64*: the random half of socket ids (not a secret, only uniqueness across restarts).
+    pub fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    // ---------------------------------------------------------------- sending
+
+    /// Sends a message to the owner of `key` (possibly this core).
+    pub(crate) fn to_owner(&self, key: &ChanKey, msg: Msg) {
+        let owner = self.shared.owner_of(key);
+        self.send(owner, msg);
+    }
+
+    pub(crate) fn send(&self, to: usize, msg: Msg) {
+        if to == self.idx {
+            self.local_q.borrow_mut().push_back(msg);
+            self.shared.mesh.signals[self.idx].waker.wake();
+        } else {
+            self.tx.borrow_mut().send(to, msg, self.metrics());
+        }
+    }
+
+    /// Wakes peers that were sent something. Called after every batch of work.
+    pub fn flush(&self) {
+        self.tx.borrow_mut().flush();
+    }
+
+    // ---------------------------------------------------------------- drain task
+
+    /// The core's mesh task: handles everything addressed to this core, parks when idle.
+    pub(crate) async fn drain_loop(self: Rc<Self>) {
+        const BUDGET: usize = 4096;
+        loop {
+            let mut did = 0;
+            // Peers.
+            let mut batch = Vec::new();
+            did += self.rx.borrow_mut().drain(BUDGET, |m| batch.push(m));
+            for m in batch.drain(..) {
+                self.handle_msg(m);
+            }
+            // Self.
+            loop {
+                let m = self.local_q.borrow_mut().pop_front();
+                match m {
+                    Some(m) => {
+                        did += 1;
+                        self.handle_msg(m);
+                    }
+                    None => break,
+                }
+                if did >= BUDGET {
+                    break;
+                }
+            }
+            // The rest of the process.
+            while let Some(cmd) = self.shared.mesh.injectors[self.idx].pop() {
+                did += 1;
+                if self.handle_command(cmd) {
+                    self.begin_shutdown();
+                }
+                if did >= BUDGET {
+                    break;
+                }
+            }
+            self.flush();
+            if did >= BUDGET {
+                // Let connection tasks run between large batches.
+                yield_now().await;
+                continue;
+            }
+            if did > 0 {
+                continue;
+            }
+            if self.tx.borrow().has_overflow() {
+                // A peer ring is full: retry shortly instead of parking indefinitely.
+                monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+                continue;
+            }
+            let me = self.clone();
+            std::future::poll_fn(move |cx| {
+                me.shared.mesh.signals[me.idx].waker.register(cx.waker());
+                if me.has_pending() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.local_q.borrow().is_empty()
+            || !self.rx.borrow().is_empty()
+            || !self.shared.mesh.injectors[self.idx].is_empty()
+    }
+
+    fn handle_msg(&self, m: Msg) {
+        match m {
+            Msg::Subscribe {
+                key,
+                conn,
+                gen,
+                from,
+                member,
+            } => self.on_subscribe(key, conn, gen, from as usize, member),
+            Msg::Unsubscribe {
+                key,
+                conn,
+                from,
+                user_id,
+            } => self.on_unsubscribe(key, conn, from as usize, user_id),
+            Msg::Publish { key, frame, except } => {
+                self.on_publish(&key, frame, except);
+            }
+            Msg::SubAck {
+                key,
+                conn,
+                gen,
+                outcome,
+            } => self.on_sub_ack(key, conn, gen, outcome),
+            Msg::Deliver { key, frame, except } => self.deliver(&key, &frame, except),
+        }
+    }
+
+    /// Returns true when the command asks the core to shut down.
+    fn handle_command(&self, cmd: Command) -> bool {
+        match cmd {
+            Command::Publish {
+                key,
+                frame,
+                except,
+                reply,
+            } => {
+                self.metrics().events_published.inc();
+                let counts = self.on_publish(&key, frame, except);
+                let _ = reply.send(counts);
+            }
+            Command::ListChannels { app, prefix, reply } => {
+                let owned = self.owned.borrow();
+                let list = owned
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.app == app
+                            && prefix
+                                .as_deref()
+                                .is_none_or(|p| k.name.as_str().starts_with(p))
+                    })
+                    .map(|(k, ch)| summary(k, Some(ch)))
+                    .collect();
+                let _ = reply.send(list);
+            }
+            Command::ChannelInfo { key, reply } => {
+                let _ = reply.send(summary(&key, self.owned.borrow().get(&key)));
+            }
+            Command::PresenceUsers { key, reply } => {
+                let users = self
+                    .owned
+                    .borrow()
+                    .get(&key)
+                    .and_then(|ch| ch.members.as_ref())
+                    .map(|m| {
+                        m.iter()
+                            .map(|(id, mem)| PresenceUser {
+                                id: id.to_string(),
+                                user_info_json: mem.info_json.to_string(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let _ = reply.send(users);
+            }
+            Command::TerminateUser {
+                app,
+                user_id,
+                code,
+                reply,
+            } => {
+                let ids: Vec<u64> = self
+                    .users
+                    .borrow()
+                    .get(&(app, Arc::from(user_id.as_str())))
+                    .cloned()
+                    .unwrap_or_default();
+                let conns = self.conns.borrow();
+                let mut n = 0;
+                for id in ids {
+                    if let Some(c) = conns.get(&id) {
+                        c.close(
+                            code,
+                            "Connection terminated by the server",
+                            CloseReason::Terminated,
+                        );
+                        n += 1;
+                    }
+                }
+                let _ = reply.send(n);
+            }
+            Command::Shutdown => return true,
+        }
+        false
+    }
+
+    /// Closes every connection with 4200 and wakes the accept loop so it stops.
+    pub fn begin_shutdown(&self) {
+        if self.shutting_down.replace(true) {
+            return;
+        }
+        for c in self.conns.borrow().values() {
+            c.close(
+                ringcast_protocol::close::RECONNECT,
+                "Server shutting down, reconnect",
+                CloseReason::Shutdown,
+            );
+        }
+        if let Some(w) = self.shutdown_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    // ---------------------------------------------------------------- owner side
+
+    fn on_subscribe(
+        &self,
+        key: ChanKey,
+        conn: u64,
+        gen: u32,
+        from: usize,
+        member: Option<MemberInfo>,
+    ) {
+        let app = self.shared.app(key.app);
+        let mut owned = self.owned.borrow_mut();
+        let new_channel = !owned.contains_key(&key);
+        let is_presence = key.name.kind() == ChannelKind::Presence;
+        let workers = self.workers();
+        let ch = owned.entry(key.clone()).or_insert_with(|| OwnedChannel {
+            per_core: vec![0; workers].into_boxed_slice(),
+            total: 0,
+            members: is_presence.then(IndexMap::new),
+        });
+        let mut added_member: Option<MemberInfo> = None;
+        if let (Some(members), Some(m)) = (ch.members.as_mut(), member.as_ref()) {
+            let full = members.len() >= app.config.max_presence_members;
+            match members.get_mut(&m.user_id) {
+                Some(existing) => existing.conns.push(conn),
+                None if full => {
+                    let frames = vec![
+                        pusher::subscription_error_frame(
+                            app.config.dialect,
+                            key.name.as_str(),
+                            "LimitReached",
+                            "The presence channel has reached its member limit",
+                            400,
+                        ),
+                        pusher::error_frame(
+                            app.config.dialect,
+                            None,
+                            &format!(
+                                "Presence channel {} is full ({} members)",
+                                key.name, app.config.max_presence_members
+                            ),
+                        ),
+                    ];
+                    if new_channel {
+                        owned.remove(&key);
+                    }
+                    drop(owned);
+                    self.send(
+                        from,
+                        Msg::SubAck {
+                            key,
+                            conn,
+                            gen,
+                            outcome: SubOutcome::Refused(frames),
+                        },
+                    );
+                    return;
+                }
+                None => {
+                    members.insert(
+                        m.user_id.clone(),
+                        Member {
+                            info_json: m.info_json.clone(),
+                            conns: vec![conn],
+                        },
+                    );
+                    added_member = Some(m.clone());
+                }
+            }
+        }
+        ch.per_core[from] += 1;
+        ch.total += 1;
+        let snapshot = ch.members.as_ref().map(|members| {
+            let snap = PresenceSnapshot {
+                members: members
+                    .iter()
+                    .map(|(id, m)| (&**id, &*m.info_json))
+                    .collect(),
+            };
+            pusher::subscription_succeeded_frame(app.config.dialect, key.name.as_str(), Some(&snap))
+        });
+        let targets: Vec<usize> = targets_of(ch);
+        drop(owned);
+        if new_channel {
+            self.metrics().channels_owned.inc();
+            if let Some(obs) = &self.shared.observer {
+                obs.channel_occupied(&app.config, &key.name);
+            }
+        }
+        if let Some(m) = added_member {
+            let frame = pusher::member_added_frame(
+                app.config.dialect,
+                key.name.as_str(),
+                &m.user_id,
+                &m.info_json,
+            );
+            for c in &targets {
+                self.send_deliver(*c, &key, &frame, Some(conn));
+            }
+            if let Some(obs) = &self.shared.observer {
+                obs.member_added(&app.config, &key.name, &m.user_id);
+            }
+        }
+        self.send(
+            from,
+            Msg::SubAck {
+                key,
+                conn,
+                gen,
+                outcome: SubOutcome::Ok(snapshot),
+            },
+        );
+    }
+
+    fn on_unsubscribe(&self, key: ChanKey, conn: u64, from: usize, user_id: Option<Arc<str>>) {
+        let app = self.shared.app(key.app);
+        let mut owned = self.owned.borrow_mut();
+        let Some(ch) = owned.get_mut(&key) else {
+            return;
+        };
+        let mut removed_member: Option<Arc<str>> = None;
+        if let Some(members) = ch.members.as_mut() {
+            // Presence: only connections the owner actually counted are uncounted (a refused
+            // subscription is followed by an unsubscribe that must change nothing).
+            let Some(uid) = user_id else { return };
+            let Some(m) = members.get_mut(&uid) else {
+                return;
+            };
+            let Some(pos) = m.conns.iter().position(|c| *c == conn) else {
+                return;
+            };
+            m.conns.swap_remove(pos);
+            if m.conns.is_empty() {
+                members.shift_remove(&uid);
+                removed_member = Some(uid);
+            }
+        }
+        ch.per_core[from] = ch.per_core[from].saturating_sub(1);
+        ch.total = ch.total.saturating_sub(1);
+        let vacated = ch.total == 0;
+        let targets = targets_of(ch);
+        if vacated {
+            owned.remove(&key);
+        }
+        drop(owned);
+        if let Some(uid) = removed_member {
+            let frame = pusher::member_removed_frame(app.config.dialect, key.name.as_str(), &uid);
+            for c in &targets {
+                self.send_deliver(*c, &key, &frame, None);
+            }
+            if let Some(obs) = &self.shared.observer {
+                obs.member_removed(&app.config, &key.name, &uid);
+            }
+        }
+        if vacated {
+            self.metrics()
+                .channels_owned
+                .set(self.metrics().channels_owned.get().saturating_sub(1));
+            if let Some(obs) = &self.shared.observer {
+                obs.channel_vacated(&app.config, &key.name);
+            }
+        }
+    }
+
+    /// Forwards `frame` to every core holding subscribers of `key`.
+    fn on_publish(&self, key: &ChanKey, frame: Bytes, except: Option<u64>) -> ChannelCounts {
+        let owned = self.owned.borrow();
+        let Some(ch) = owned.get(key) else {
+            return ChannelCounts::default();
+        };
+        let counts = ChannelCounts {
+            subscription_count: ch.total,
+            user_count: ch.members.as_ref().map(|m| m.len() as u64),
+        };
+        let targets = targets_of(ch);
+        drop(owned);
+        for c in targets {
+            self.send_deliver(c, key, &frame, except);
+        }
+        counts
+    }
+
+    fn send_deliver(&self, core: usize, key: &ChanKey, frame: &Bytes, except: Option<u64>) {
+        if core == self.idx {
+            // Deliver in place: no queue hop for the owner's own subscribers.
+            self.deliver(key, frame, except);
+        } else {
+            self.send(
+                core,
+                Msg::Deliver {
+                    key: key.clone(),
+                    frame: frame.clone(),
+                    except,
+                },
+            );
+        }
+    }
+
+    // ---------------------------------------------------------------- subscriber side
+
+    /// Appends `frame` (shared, not copied) to every local subscriber's outbound queue.
+    pub(crate) fn deliver(&self, key: &ChanKey, frame: &Bytes, except: Option<u64>) {
+        let subs = self.subs.borrow();
+        let Some(list) = subs.get(key) else { return };
+        let mut n = 0u64;
+        for (id, conn) in list.iter() {
+            if Some(*id) == except {
+                continue;
+            }
+            conn.push(frame.clone());
+            n += 1;
+        }
+        self.metrics().deliveries.add(n);
+    }
+
+    fn on_sub_ack(&self, key: ChanKey, conn_id: u64, gen: u32, outcome: SubOutcome) {
+        let Some(conn) = self.conns.borrow().get(&conn_id).cloned() else {
+            return;
+        };
+        let dialect = self.shared.app(key.app).config.dialect;
+        let mut state = conn.state.borrow_mut();
+        let Some(sub) = state.subs.get_mut(&key.name) else {
+            return;
+        };
+        let SubState::Pending { gen: want, silent } = sub.state else {
+            return;
+        };
+        if want != gen {
+            return;
+        }
+        match outcome {
+            SubOutcome::Ok(frame) => {
+                sub.state = SubState::Active;
+                drop(state);
+                self.subs
+                    .borrow_mut()
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(conn_id, conn.clone());
+                self.metrics().subscriptions_current.inc();
+                if !silent {
+                    let frame = frame.unwrap_or_else(|| {
+                        pusher::subscription_succeeded_frame(dialect, key.name.as_str(), None)
+                    });
+                    conn.push(frame);
+                }
+            }
+            SubOutcome::Refused(frames) => {
+                state.subs.remove(&key.name);
+                drop(state);
+                for f in frames {
+                    conn.push(f);
+                }
+            }
+        }
+    }
+
+    /// Removes a connection's active subscription from the local index.
+    pub(crate) fn remove_local_sub(&self, key: &ChanKey, conn: u64) {
+        let mut subs = self.subs.borrow_mut();
+        if let Some(list) = subs.get_mut(key) {
+            if list.swap_remove(&conn).is_some() {
+                let m = self.metrics();
+                m.subscriptions_current
+                    .set(m.subscriptions_current.get().saturating_sub(1));
+            }
+            if list.is_empty() {
+                subs.remove(key);
+            }
+        }
+    }
+
+    pub(crate) fn add_user(&self, app: AppIdx, user: Arc<str>, conn: u64) {
+        self.users
+            .borrow_mut()
+            .entry((app, user))
+            .or_default()
+            .push(conn);
+    }
+
+    pub(crate) fn remove_user(&self, app: AppIdx, user: Arc<str>, conn: u64) {
+        let mut users = self.users.borrow_mut();
+        let k = (app, user);
+        if let Some(v) = users.get_mut(&k) {
+            v.retain(|c| *c != conn);
+            if v.is_empty() {
+                users.remove(&k);
+            }
+        }
+    }
+
+    pub(crate) fn shared_http(&self) -> Option<Arc<dyn crate::HttpService>> {
+        self.shared.http.get().cloned()
+    }
+
+    pub(crate) fn app_connections_dec(&self, app: AppIdx) {
+        self.shared
+            .app(app)
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn targets_of(ch: &OwnedChannel) -> Vec<usize> {
+    ch.per_core
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn summary(key: &ChanKey, ch: Option<&OwnedChannel>) -> ChannelSummary {
+    match ch {
+        Some(ch) => ChannelSummary {
+            name: key.name.clone(),
+            occupied: ch.total > 0,
+            subscription_count: ch.total,
+            user_count: ch.members.as_ref().map(|m| m.len() as u64),
+        },
+        None => ChannelSummary {
+            name: key.name.clone(),
+            occupied: false,
+            subscription_count: 0,
+            user_count: (key.name.kind() == ChannelKind::Presence).then_some(0),
+        },
+    }
+}
+
+/// Gives other tasks on this core a turn.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}

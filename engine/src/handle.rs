@@ -1,0 +1,285 @@
+//! [`EngineHandle`]: how the rest of the process (the control plane, the composition root)
+//! publishes and queries. It is `Send + Sync + Clone`; each call encodes what it can on the
+//! caller's thread (an event becomes its WebSocket frame here, once per channel) and enters the
+//! owning core through that core's bounded injection queue. Answers come back on oneshot
+//! channels, so the futures work on any executor.
+
+use std::sync::Arc;
+
+use futures_channel::oneshot;
+use ringcast_protocol::{pusher, ChannelKind, ChannelName, SocketId};
+
+use crate::config::{AppConfig, Config};
+use crate::metrics::MetricsSnapshot;
+use crate::msg::{AppIdx, ChanKey, ChannelCounts, ChannelSummary, Command, PresenceUser};
+use crate::shared::Shared;
+
+/// Why the engine could not do what a handle asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// A core's injection queue is full: the caller should answer 503/429 and retry later.
+    Overloaded,
+    /// The engine is shutting down or stopped.
+    Stopped,
+    /// No such app.
+    UnknownApp,
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineError::Overloaded => "server overloaded, retry later",
+            EngineError::Stopped => "server is shutting down",
+            EngineError::UnknownApp => "unknown app",
+        })
+    }
+}
+impl std::error::Error for EngineError {}
+
+/// An event to publish.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub app: AppIdx,
+    pub channels: Vec<ChannelName>,
+    pub event: String,
+    /// The event's data string, delivered verbatim.
+    pub data: String,
+    /// Connection excluded from delivery (the publisher's own socket).
+    pub except: Option<SocketId>,
+}
+
+/// Connection totals for `/stats`.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub connections: u64,
+    pub channels: u64,
+    /// (app id, connections)
+    pub per_app: Vec<(String, u64)>,
+}
+
+#[derive(Clone)]
+pub struct EngineHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl EngineHandle {
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Finds an app by id.
+    pub fn app_by_id(&self, id: &str) -> Option<(AppIdx, &AppConfig)> {
+        self.shared.app_by_id(id).map(|a| (a.idx, &a.config))
+    }
+
+    /// Finds an app by key.
+    pub fn app_by_key(&self, key: &str) -> Option<(AppIdx, &AppConfig)> {
+        self.shared.app_by_key(key).map(|a| (a.idx, &a.config))
+    }
+
+    pub fn app(&self, idx: AppIdx) -> &AppConfig {
+        &self.shared.app(idx).config
+    }
+
+    fn key(&self, app: AppIdx, name: ChannelName) -> Result<ChanKey, EngineError> {
+        if (app as usize) < self.shared.apps.len() {
+            Ok(ChanKey { app, name })
+        } else {
+            Err(EngineError::UnknownApp)
+        }
+    }
+
+    fn live(&self) -> Result<(), EngineError> {
+        if self
+            .shared
+            .shutdown
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            Err(EngineError::Stopped)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Publishes one event to several channels. Each channel's frame is encoded once here and
+    /// shared by every subscriber. Returns the subscription counts per channel (in order),
+    /// taken at the owner when the event was fanned out.
+    pub async fn publish(&self, p: Publish) -> Result<Vec<ChannelCounts>, EngineError> {
+        self.live()?;
+        let except = p.except.map(|s| s.lo);
+        let mut replies = Vec::with_capacity(p.channels.len());
+        for name in p.channels {
+            let frame = pusher::event_frame(&p.event, name.as_str(), &p.data, None);
+            let key = self.key(p.app, name)?;
+            let owner = self.shared.owner_of(&key);
+            let (tx, rx) = oneshot::channel();
+            self.shared
+                .mesh
+                .inject(
+                    owner,
+                    Command::Publish {
+                        key,
+                        frame,
+                        except,
+                        reply: tx,
+                    },
+                )
+                .map_err(|_| EngineError::Overloaded)?;
+            replies.push(rx);
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for rx in replies {
+            out.push(rx.await.map_err(|_| EngineError::Stopped)?);
+        }
+        Ok(out)
+    }
+
+    /// Occupied channels of an app (optionally by name prefix), exact counts from the owners.
+    pub async fn channels(
+        &self,
+        app: AppIdx,
+        prefix: Option<&str>,
+    ) -> Result<Vec<ChannelSummary>, EngineError> {
+        self.live()?;
+        let mut replies = Vec::new();
+        for core in 0..self.shared.config.workers {
+            let (tx, rx) = oneshot::channel();
+            self.shared
+                .mesh
+                .inject(
+                    core,
+                    Command::ListChannels {
+                        app,
+                        prefix: prefix.map(str::to_owned),
+                        reply: tx,
+                    },
+                )
+                .map_err(|_| EngineError::Overloaded)?;
+            replies.push(rx);
+        }
+        let mut all = Vec::new();
+        for rx in replies {
+            all.extend(rx.await.map_err(|_| EngineError::Stopped)?);
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    /// One channel's state.
+    pub async fn channel(
+        &self,
+        app: AppIdx,
+        name: ChannelName,
+    ) -> Result<ChannelSummary, EngineError> {
+        self.live()?;
+        let key = self.key(app, name)?;
+        let owner = self.shared.owner_of(&key);
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .mesh
+            .inject(owner, Command::ChannelInfo { key, reply: tx })
+            .map_err(|_| EngineError::Overloaded)?;
+        rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// Members of a presence channel (empty for other channels or when unoccupied).
+    pub async fn presence_users(
+        &self,
+        app: AppIdx,
+        name: ChannelName,
+    ) -> Result<Vec<PresenceUser>, EngineError> {
+        self.live()?;
+        if name.kind() != ChannelKind::Presence {
+            return Ok(Vec::new());
+        }
+        let key = self.key(app, name)?;
+        let owner = self.shared.owner_of(&key);
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .mesh
+            .inject(owner, Command::PresenceUsers { key, reply: tx })
+            .map_err(|_| EngineError::Overloaded)?;
+        rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// Closes every connection signed in as `user_id` with `close_code`; returns how many.
+    pub async fn terminate_user(
+        &self,
+        app: AppIdx,
+        user_id: &str,
+        close_code: u16,
+    ) -> Result<usize, EngineError> {
+        self.live()?;
+        let mut replies = Vec::new();
+        for core in 0..self.shared.config.workers {
+            let (tx, rx) = oneshot::channel();
+            self.shared
+                .mesh
+                .inject(
+                    core,
+                    Command::TerminateUser {
+                        app,
+                        user_id: user_id.to_owned(),
+                        code: close_code,
+                        reply: tx,
+                    },
+                )
+                .map_err(|_| EngineError::Overloaded)?;
+            replies.push(rx);
+        }
+        let mut n = 0;
+        for rx in replies {
+            n += rx.await.map_err(|_| EngineError::Stopped)?;
+        }
+        Ok(n)
+    }
+
+    /// Counters summed over cores.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    /// Totals for `/stats`.
+    pub fn stats(&self) -> Stats {
+        let m = &self.shared.metrics;
+        Stats {
+            connections: m.sum(|c| &c.connections_current),
+            channels: m.sum(|c| &c.channels_owned),
+            per_app: self
+                .shared
+                .apps
+                .iter()
+                .map(|a| {
+                    (
+                        a.config.id.clone(),
+                        a.connections.load(std::sync::atomic::Ordering::Relaxed) as u64,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Starts a graceful shutdown: every core stops accepting and closes its clients with 4200.
+    pub fn shutdown(&self) {
+        if self
+            .shared
+            .shutdown
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        for core in 0..self.shared.config.workers {
+            // A full queue cannot lose the shutdown: retry briefly, the core is draining.
+            let mut cmd = Command::Shutdown;
+            for _ in 0..1000 {
+                match self.shared.mesh.inject(core, cmd) {
+                    Ok(()) => break,
+                    Err(c) => {
+                        cmd = c;
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Ringcast's data plane: thread-per-core workers on monoio (io_uring), sharded channel
+//! ownership, an SPSC mesh between cores, and zero-copy fan-out.
+//!
+//! ```text
+//!  client ──TCP──► worker k (SO_REUSEPORT accept) ── upgrade ──► conn task (reader)
+//!                                                                   │ pusher:subscribe
+//!                                                                   ▼
+//!        owner core o = ahash(app, channel) % N  ◄── Subscribe ── mesh k→o (SPSC)
+//!        (per-core counts, presence members)     ── SubAck ────► conn: subscription_succeeded
+//!
+//!  EngineHandle::publish (REST)         client event on core k
+//!        │ frame encoded once                │ frame encoded once
+//!        └──► inject queue o ──► owner o ◄───┘ mesh k→o
+//!                                   │ Deliver(frame: Bytes) to each core with subscribers
+//!                                   ▼
+//!                       core j: for each local subscriber: queue.push(frame.clone())
+//!                                   ▼
+//!                       writer task: one writev of all queued frames per wake-up
+//! ```
+//!
+//! Cores share nothing but the mesh: tasks are `!Send`, each core owns its connections and
+//! the channels hashed to it. See docs/ARCHITECTURE.md for the full data path.
+
+mod config;
+mod conn;
+mod core;
+mod handle;
+mod mesh;
+mod metrics;
+mod msg;
+mod server;
+mod shared;
+
+pub use crate::config::{defaults, AppConfig, Config, ConfigError, RawApp, RawConfig};
+pub use crate::handle::{EngineError, EngineHandle, Publish, Stats};
+pub use crate::metrics::{CloseReason, MetricsSnapshot};
+pub use crate::msg::{AppIdx, ChannelCounts, ChannelSummary, PresenceUser};
+pub use crate::server::{reuseport_listener, Engine, HttpService, RunningEngine};
+pub use crate::shared::EngineObserver;
+
+/// Re-exported so the composition root and control plane use the same runtime types.
+pub use monoio;

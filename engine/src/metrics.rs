@@ -1,0 +1,230 @@
+//! Per-core counters. Each core writes only its own [`CoreMetrics`] (a relaxed load + store, no
+//! read-modify-write, no contention); readers sum all cores on demand. Nothing on the hot path
+//! touches a cache line another core writes.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crossbeam_utils::CachePadded;
+
+/// Why a connection ended. Each reason is counted separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed (close frame or EOF).
+    ClientClosed,
+    /// A socket read or write failed.
+    IoError,
+    /// WebSocket protocol violation by the client (1002/1007/1009).
+    ProtocolError,
+    /// Unknown app key (4001), disabled app (4003), bad path/version (4005-4008).
+    Refused,
+    /// App connection quota reached (4004).
+    OverQuota,
+    /// Outbound budget exceeded (4100).
+    SlowConsumerBudget,
+    /// Write deadline exceeded (4100).
+    SlowConsumerDeadline,
+    /// No answer to our ping (4201).
+    PongTimeout,
+    /// Server shutting down (4200).
+    Shutdown,
+    /// Terminated through the API (4009).
+    Terminated,
+    /// The handshake (HTTP request head) was malformed, too large or too slow.
+    BadHandshake,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 11] = [
+        CloseReason::ClientClosed,
+        CloseReason::IoError,
+        CloseReason::ProtocolError,
+        CloseReason::Refused,
+        CloseReason::OverQuota,
+        CloseReason::SlowConsumerBudget,
+        CloseReason::SlowConsumerDeadline,
+        CloseReason::PongTimeout,
+        CloseReason::Shutdown,
+        CloseReason::Terminated,
+        CloseReason::BadHandshake,
+    ];
+
+    /// Label used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::IoError => "io_error",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::Refused => "refused",
+            CloseReason::OverQuota => "over_quota",
+            CloseReason::SlowConsumerBudget => "slow_consumer_budget",
+            CloseReason::SlowConsumerDeadline => "slow_consumer_deadline",
+            CloseReason::PongTimeout => "pong_timeout",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Terminated => "terminated",
+            CloseReason::BadHandshake => "bad_handshake",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A counter written by exactly one core.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning core calls this, so load + store is race-free and avoids a
+    /// locked instruction.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1)
+    }
+    /// For gauges: set the current value.
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// One core's counters.
+#[derive(Default)]
+pub struct CoreMetrics {
+    pub connections_opened: Counter,
+    pub connections_current: Counter,
+    pub closed: [Counter; 11],
+    pub subscriptions_current: Counter,
+    pub channels_owned: Counter,
+    pub messages_in: Counter,
+    pub messages_out: Counter,
+    pub bytes_out: Counter,
+    pub deliveries: Counter,
+    pub events_published: Counter,
+    pub client_events: Counter,
+    pub client_events_rate_limited: Counter,
+    pub auth_failures: Counter,
+    pub protocol_errors: Counter,
+    pub mesh_sent: Counter,
+    pub mesh_overflowed: Counter,
+    pub mesh_dropped: Counter,
+}
+
+impl CoreMetrics {
+    pub fn closed(&self, reason: CloseReason) {
+        self.closed[reason.index()].inc();
+    }
+}
+
+/// All cores' counters; cloned handles read them.
+pub struct Metrics {
+    cores: Box<[CachePadded<CoreMetrics>]>,
+}
+
+impl Metrics {
+    pub fn new(workers: usize) -> Metrics {
+        Metrics {
+            cores: (0..workers)
+                .map(|_| CachePadded::new(CoreMetrics::default()))
+                .collect(),
+        }
+    }
+
+    pub fn core(&self, i: usize) -> &CoreMetrics {
+        &self.cores[i]
+    }
+
+    /// Sum over cores of one counter.
+    pub fn sum(&self, f: impl Fn(&CoreMetrics) -> &Counter) -> u64 {
+        self.cores.iter().map(|c| f(c).get()).sum()
+    }
+
+    /// A consistent-enough snapshot (each counter read once).
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            connections_opened: self.sum(|c| &c.connections_opened),
+            connections_current: self.sum(|c| &c.connections_current),
+            closed: CloseReason::ALL
+                .iter()
+                .map(|r| (r.label(), self.sum(|c| &c.closed[r.index()])))
+                .collect(),
+            subscriptions_current: self.sum(|c| &c.subscriptions_current),
+            channels_current: self.sum(|c| &c.channels_owned),
+            messages_in: self.sum(|c| &c.messages_in),
+            messages_out: self.sum(|c| &c.messages_out),
+            bytes_out: self.sum(|c| &c.bytes_out),
+            deliveries: self.sum(|c| &c.deliveries),
+            events_published: self.sum(|c| &c.events_published),
+            client_events: self.sum(|c| &c.client_events),
+            client_events_rate_limited: self.sum(|c| &c.client_events_rate_limited),
+            auth_failures: self.sum(|c| &c.auth_failures),
+            protocol_errors: self.sum(|c| &c.protocol_errors),
+            mesh_sent: self.sum(|c| &c.mesh_sent),
+            mesh_overflowed: self.sum(|c| &c.mesh_overflowed),
+            mesh_dropped: self.sum(|c| &c.mesh_dropped),
+        }
+    }
+}
+
+/// Summed counters at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSnapshot {
+    pub connections_opened: u64,
+    pub connections_current: u64,
+    /// (reason label, count)
+    pub closed: Vec<(&'static str, u64)>,
+    pub subscriptions_current: u64,
+    pub channels_current: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_out: u64,
+    pub deliveries: u64,
+    pub events_published: u64,
+    pub client_events: u64,
+    pub client_events_rate_limited: u64,
+    pub auth_failures: u64,
+    pub protocol_errors: u64,
+    pub mesh_sent: u64,
+    pub mesh_overflowed: u64,
+    pub mesh_dropped: u64,
+}
+
+impl MetricsSnapshot {
+    pub fn closed_by(&self, label: &str) -> u64 {
+        self.closed
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_across_cores_and_reasons() {
+        let m = Metrics::new(3);
+        m.core(0).deliveries.add(5);
+        m.core(2).deliveries.add(7);
+        m.core(1).closed(CloseReason::SlowConsumerBudget);
+        m.core(2).closed(CloseReason::SlowConsumerBudget);
+        let s = m.snapshot();
+        assert_eq!(s.deliveries, 12);
+        assert_eq!(s.closed_by("slow_consumer_budget"), 2);
+        assert_eq!(s.closed_by("pong_timeout"), 0);
+        assert_eq!(CloseReason::ALL.len(), m.core(0).closed.len());
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+}

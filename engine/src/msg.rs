@@ -1,0 +1,136 @@
+//! What crosses cores. [`Msg`] travels on the SPSC mesh between cores; [`Command`] enters a core
+//! from the rest of the process through its injection queue. Frames are `Bytes`: sending one
+//! to a core or a connection is a reference-count increment, never a copy.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use ringcast_protocol::ChannelName;
+
+/// Index of an app in the resolved config.
+pub type AppIdx = u32;
+
+/// A channel of an app: the unit of ownership.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ChanKey {
+    pub app: AppIdx,
+    pub name: ChannelName,
+}
+
+/// A presence member as the owner stores it.
+#[derive(Clone, Debug)]
+pub(crate) struct MemberInfo {
+    pub user_id: Arc<str>,
+    pub info_json: Arc<str>,
+}
+
+/// Result of a subscription, decided by the owner.
+pub(crate) enum SubOutcome {
+    /// Subscribed. For presence channels, the `subscription_succeeded` frame with the member
+    /// snapshot (only the owner knows the members); for others the subscriber core encodes it.
+    Ok(Option<Bytes>),
+    /// Refused (presence member limit): frames to send to the connection.
+    Refused(Vec<Bytes>),
+}
+
+/// Subscription and delivery counts of one channel after a publish.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelCounts {
+    /// Connections subscribed.
+    pub subscription_count: u64,
+    /// Distinct users (presence channels only).
+    pub user_count: Option<u64>,
+}
+
+/// One channel as seen by a query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelSummary {
+    pub name: ChannelName,
+    pub occupied: bool,
+    pub subscription_count: u64,
+    /// Presence channels only.
+    pub user_count: Option<u64>,
+}
+
+/// A presence channel member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceUser {
+    pub id: String,
+    /// The member's `user_info` as raw JSON text (`null` if none was given).
+    pub user_info_json: String,
+}
+
+pub(crate) enum Msg {
+    /// To the owner: a connection on core `from` wants to subscribe.
+    Subscribe {
+        key: ChanKey,
+        conn: u64,
+        gen: u32,
+        from: u16,
+        member: Option<MemberInfo>,
+    },
+    /// To the owner: a connection on core `from` left (or never completed) a subscription.
+    Unsubscribe {
+        key: ChanKey,
+        conn: u64,
+        from: u16,
+        user_id: Option<Arc<str>>,
+    },
+    /// To the owner: publish an encoded frame to every subscriber except `except`.
+    Publish {
+        key: ChanKey,
+        frame: Bytes,
+        except: Option<u64>,
+    },
+    /// From the owner to the subscriber's core.
+    SubAck {
+        key: ChanKey,
+        conn: u64,
+        gen: u32,
+        outcome: SubOutcome,
+    },
+    /// From the owner to a core holding subscribers: write `frame` to each local subscriber.
+    Deliver {
+        key: ChanKey,
+        frame: Bytes,
+        except: Option<u64>,
+    },
+}
+
+impl Msg {
+    /// Event deliveries may be dropped (and counted) when a peer core is hopelessly behind;
+    /// bookkeeping may not.
+    pub fn is_droppable(&self) -> bool {
+        matches!(self, Msg::Deliver { .. } | Msg::Publish { .. })
+    }
+}
+
+pub(crate) enum Command {
+    Publish {
+        key: ChanKey,
+        frame: Bytes,
+        except: Option<u64>,
+        reply: oneshot::Sender<ChannelCounts>,
+    },
+    ListChannels {
+        app: AppIdx,
+        prefix: Option<String>,
+        reply: oneshot::Sender<Vec<ChannelSummary>>,
+    },
+    ChannelInfo {
+        key: ChanKey,
+        reply: oneshot::Sender<ChannelSummary>,
+    },
+    PresenceUsers {
+        key: ChanKey,
+        reply: oneshot::Sender<Vec<PresenceUser>>,
+    },
+    TerminateUser {
+        app: AppIdx,
+        user_id: String,
+        code: u16,
+        reply: oneshot::Sender<usize>,
+    },
+    Shutdown,
+}

@@ -1,0 +1,256 @@
+//! Start-up and shutdown: binds one SO_REUSEPORT listener per worker, builds the mesh, spawns
+//! one pinned thread per worker running a monoio runtime (io_uring, or the legacy epoll driver
+//! where io_uring is unavailable).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{defaults, Config};
+use crate::core::Core;
+use crate::handle::EngineHandle;
+use crate::mesh::{self, MeshRx, MeshShared, MeshTx};
+use crate::shared::{EngineObserver, Shared};
+
+/// Serves a plain-HTTP (non-WebSocket) connection that arrived on the public port. Installed by
+/// the composition root (the control plane implements it); the engine knows nothing of routes.
+/// `buffered` holds every byte read so far, starting with the request head. The future runs
+/// on the accepting core and must not block it.
+pub trait HttpService: Send + Sync + 'static {
+    fn serve(
+        &self,
+        stream: monoio::net::TcpStream,
+        buffered: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = ()>>>;
+}
+
+/// A bound, not yet running engine.
+pub struct Engine {
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    wiring: Vec<(MeshTx, MeshRx)>,
+    local_addr: SocketAddr,
+}
+
+/// A running engine.
+pub struct RunningEngine {
+    handle: EngineHandle,
+    threads: Vec<JoinHandle<()>>,
+    local_addr: SocketAddr,
+    driver: &'static str,
+}
+
+/// Binds a TCP listener with SO_REUSEPORT so every worker can accept on the same port.
+pub fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+/// Raises the open-file soft limit to the hard limit (each connection is a file descriptor).
+fn raise_nofile_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass, which lives on our stack.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+impl Engine {
+    /// Binds the listeners (so the port is known before start) and builds the core mesh.
+    pub fn bind(
+        config: Config,
+        observer: Option<Arc<dyn EngineObserver>>,
+    ) -> std::io::Result<Engine> {
+        raise_nofile_limit();
+        let workers = config.workers;
+        let first = reuseport_listener(config.listen)?;
+        let local_addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..workers {
+            listeners.push(reuseport_listener(local_addr)?);
+        }
+        let mesh_shared = Arc::new(MeshShared::new(workers, defaults::INJECT_QUEUE_CAPACITY));
+        let wiring = mesh::build(
+            workers,
+            config.mesh_queue_capacity,
+            config.mesh_overflow_limit,
+            mesh_shared.clone(),
+        );
+        let shared = Arc::new(Shared::new(config, mesh_shared, observer));
+        Ok(Engine {
+            shared,
+            listeners,
+            wiring,
+            local_addr,
+        })
+    }
+
+    pub fn handle(&self) -> EngineHandle {
+        EngineHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Spawns the worker threads. `http` serves non-WebSocket requests on the public port
+    /// (without one, only `/health` is answered there).
+    pub fn start(self, http: Option<Arc<dyn HttpService>>) -> std::io::Result<RunningEngine> {
+        if let Some(h) = http {
+            let _ = self.shared.http.set(h);
+        }
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let uring = monoio::utils::detect_uring();
+        let driver = if uring {
+            "io_uring"
+        } else {
+            "epoll (legacy fallback)"
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let mut threads = Vec::new();
+        for (idx, (listener, (tx, rx))) in self.listeners.into_iter().zip(self.wiring).enumerate() {
+            let shared = self.shared.clone();
+            let pin = cores.get(idx % cores.len().max(1)).copied();
+            let ready = ready_tx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("ringcast-w{idx}"))
+                .spawn(move || {
+                    if let Some(c) = pin {
+                        core_affinity::set_for_current(c);
+                    }
+                    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                        .with_entries(4096)
+                        .enable_timer()
+                        .build();
+                    let mut rt = match rt {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ =
+                                ready.send(Err(format!("worker {idx}: cannot build runtime: {e}")));
+                            return;
+                        }
+                    };
+                    let seed = (std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0))
+                        ^ ((idx as u64 + 1) << 48);
+                    let core = Rc::new(Core::new(idx, shared, tx, rx, seed));
+                    let _ = ready.send(Ok(()));
+                    rt.block_on(worker_main(core, listener));
+                })?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        for _ in 0..threads.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(std::io::Error::other(e)),
+                Err(_) => {
+                    return Err(std::io::Error::other(
+                        "a worker thread died during start-up",
+                    ))
+                }
+            }
+        }
+        tracing::info!(workers = threads.len(), driver, addr = %self.local_addr, "ringcast engine started");
+        Ok(RunningEngine {
+            handle: EngineHandle {
+                shared: self.shared,
+            },
+            threads,
+            local_addr: self.local_addr,
+            driver,
+        })
+    }
+}
+
+/// One worker: the mesh drain task plus the accept loop; returns after shutdown once its
+/// connections are gone or the grace period ends.
+async fn worker_main(core: Rc<Core>, listener: std::net::TcpListener) {
+    monoio::spawn(core.clone().drain_loop());
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(core = core.idx, "cannot register listener: {e}");
+            return;
+        }
+    };
+    loop {
+        let c = core.clone();
+        let stop = std::future::poll_fn(move |cx| {
+            if c.shutting_down.get() {
+                Poll::Ready(())
+            } else {
+                *c.shutdown_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        });
+        monoio::select! {
+            _ = stop => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    monoio::spawn(crate::conn::handle(core.clone(), stream));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(core = core.idx, "accept failed: {e}");
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    let grace = core.shared.config.shutdown_grace;
+    let until = Instant::now() + grace;
+    while !core.conns.borrow().is_empty() && Instant::now() < until {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl RunningEngine {
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// "io_uring" or "epoll (legacy fallback)".
+    pub fn driver(&self) -> &'static str {
+        self.driver
+    }
+
+    pub fn workers(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Shuts down and waits for the workers (each bounded by the configured grace period).
+    pub fn shutdown_and_join(self) {
+        self.handle.shutdown();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
