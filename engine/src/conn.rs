@@ -19,8 +19,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHal
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use ringcast_protocol::{
-    close, limits, pusher, ws, AuthError, ChannelKind, ChannelName, ClientMessage, Dialect,
-    FrameDecoder, Message, Role, SocketId,
+    close, limits, pusher, ws, ChannelKind, ChannelName, ClientMessage, Dialect, FrameDecoder,
+    Message, Role, SocketId,
 };
 
 use crate::core::Core;
@@ -724,7 +724,7 @@ fn subscribe(
                 channel_data,
                 auth,
             ) {
-                let msg = auth_error_text(&e);
+                let msg = e.pusher_message(auth);
                 sub_error(core, conn, d, channel, "AuthError", &msg, 401);
                 return;
             }
@@ -864,7 +864,7 @@ fn signin(core: &Core, conn: &Rc<Conn>, app: &App, auth: &str, user_data: &str) 
         auth,
     ) {
         core.metrics().auth_failures.inc();
-        conn.push(pusher::error_frame(d, None, &auth_error_text(&e)));
+        conn.push(pusher::error_frame(d, None, &e.pusher_message(Some(auth))));
         return;
     }
     let user = match ringcast_protocol::parse_user_data(user_data) {
@@ -1013,10 +1013,6 @@ fn client_event(
             except: Some(conn.id),
         },
     );
-}
-
-fn auth_error_text(e: &AuthError) -> String {
-    e.to_string()
 }
 
 /// The writer task: one vectored write per wake-up, bounded by the write deadline.

@@ -28,6 +28,9 @@ use crate::msg::{
 };
 use crate::shared::Shared;
 
+/// Signed-in connections on a core: (app, user id) -> connection ids.
+type UserIndex = HashMap<(AppIdx, Arc<str>), Vec<u64>>;
+
 /// Authoritative state of a channel, held by its owner core.
 pub(crate) struct OwnedChannel {
     /// Subscribed connections per core.
@@ -56,7 +59,7 @@ pub(crate) struct Core {
     /// Live connections on this core by id.
     pub conns: RefCell<HashMap<u64, Rc<Conn>>>,
     /// Signed-in users on this core: (app, user id) -> connection ids.
-    users: RefCell<HashMap<(AppIdx, Arc<str>), Vec<u64>>>,
+    users: RefCell<UserIndex>,
     next_seq: Cell<u64>,
     rng: Cell<u64>,
     pub shutting_down: Cell<bool>,
