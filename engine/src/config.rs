@@ -60,6 +60,23 @@ pub mod defaults {
     pub const APP_MAX_PRESENCE_MEMBERS: usize = limits::MAX_PRESENCE_MEMBERS;
     pub const APP_MAX_USER_INFO_BYTES: usize = limits::MAX_USER_INFO_BYTES;
     pub const APP_CLIENT_EVENTS_PER_SEC: u32 = limits::CLIENT_EVENTS_PER_SEC;
+    /// Cache channels: how long the last event stays replayable to new subscribers (30 min).
+    pub const APP_CACHE_TTL_SECS: u64 = 1800;
+    /// Send `pusher_internal:subscription_count` to subscribers of non-presence channels.
+    pub const APP_SUBSCRIPTION_COUNT: bool = false;
+    /// Above this many subscribers, subscription counts are sent at most every
+    /// `SUBSCRIPTION_COUNT_INTERVAL_SECS`.
+    pub const SUBSCRIPTION_COUNT_THROTTLE_ABOVE: u64 = 100;
+    pub const SUBSCRIPTION_COUNT_INTERVAL_SECS: u64 = 5;
+    /// Event history: events kept per channel (0 = history off).
+    pub const APP_HISTORY_SIZE: usize = 0;
+    /// Event history: events older than this are dropped.
+    pub const APP_HISTORY_MAX_AGE_SECS: u64 = 3600;
+    /// Memory cap for the event history of all channels owned by one core; the oldest events
+    /// go first past it.
+    pub const HISTORY_MAX_BYTES_PER_CORE: usize = 64 << 20;
+    /// Cache channels: most last-event entries one core keeps (oldest expire first past it).
+    pub const CACHE_MAX_ENTRIES_PER_CORE: usize = 100_000;
 }
 
 /// The TOML file as read. Unknown keys are an error (a typo must not silently fall back to a
@@ -81,6 +98,8 @@ pub struct RawConfig {
     pub shutdown_grace_ms: Option<u64>,
     pub mesh_queue_capacity: Option<usize>,
     pub mesh_overflow_limit: Option<usize>,
+    pub history_max_bytes_per_core: Option<usize>,
+    pub cache_max_entries_per_core: Option<usize>,
     #[serde(default)]
     pub apps: Vec<RawApp>,
 }
@@ -104,6 +123,10 @@ pub struct RawApp {
     pub event_prefix: Option<String>,
     /// Channel-name patterns (`*` wildcard) the server-side auth endpoint may sign for.
     pub server_auth_channels: Option<Vec<String>>,
+    pub cache_ttl_secs: Option<u64>,
+    pub subscription_count: Option<bool>,
+    pub history_size: Option<usize>,
+    pub history_max_age_secs: Option<u64>,
 }
 
 /// The resolved configuration: validated, immutable, shared by every core.
@@ -123,6 +146,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub mesh_queue_capacity: usize,
     pub mesh_overflow_limit: usize,
+    pub history_max_bytes_per_core: usize,
+    pub cache_max_entries_per_core: usize,
     pub apps: Vec<AppConfig>,
 }
 
@@ -144,6 +169,11 @@ pub struct AppConfig {
     pub client_events_per_sec: u32,
     pub dialect: Dialect,
     pub server_auth_channels: Vec<String>,
+    pub cache_ttl: Duration,
+    pub subscription_count: bool,
+    /// Events kept per channel; 0 = history off.
+    pub history_size: usize,
+    pub history_max_age: Duration,
 }
 
 /// A configuration the operator must fix.
@@ -266,6 +296,12 @@ impl RawConfig {
                 .mesh_overflow_limit
                 .unwrap_or(defaults::MESH_OVERFLOW_LIMIT)
                 .max(1),
+            history_max_bytes_per_core: self
+                .history_max_bytes_per_core
+                .unwrap_or(defaults::HISTORY_MAX_BYTES_PER_CORE),
+            cache_max_entries_per_core: self
+                .cache_max_entries_per_core
+                .unwrap_or(defaults::CACHE_MAX_ENTRIES_PER_CORE),
             apps,
         })
     }
@@ -322,6 +358,20 @@ impl RawApp {
                 .max(1),
             dialect,
             server_auth_channels: self.server_auth_channels.unwrap_or_default(),
+            cache_ttl: Duration::from_secs(
+                self.cache_ttl_secs
+                    .unwrap_or(defaults::APP_CACHE_TTL_SECS)
+                    .max(1),
+            ),
+            subscription_count: self
+                .subscription_count
+                .unwrap_or(defaults::APP_SUBSCRIPTION_COUNT),
+            history_size: self.history_size.unwrap_or(defaults::APP_HISTORY_SIZE),
+            history_max_age: Duration::from_secs(
+                self.history_max_age_secs
+                    .unwrap_or(defaults::APP_HISTORY_MAX_AGE_SECS)
+                    .max(1),
+            ),
         })
     }
 }
@@ -342,6 +392,10 @@ impl AppConfig {
             client_events_per_sec: defaults::APP_CLIENT_EVENTS_PER_SEC,
             dialect: Dialect::Pusher,
             server_auth_channels: Vec::new(),
+            cache_ttl: Duration::from_secs(defaults::APP_CACHE_TTL_SECS),
+            subscription_count: defaults::APP_SUBSCRIPTION_COUNT,
+            history_size: defaults::APP_HISTORY_SIZE,
+            history_max_age: Duration::from_secs(defaults::APP_HISTORY_MAX_AGE_SECS),
         }
     }
 

@@ -19,7 +19,12 @@ use bytes::Bytes;
 use indexmap::IndexMap;
 use ringcast_protocol::{pusher, ChannelKind, PresenceSnapshot};
 
+use std::time::{Duration, Instant};
+
+use crate::cache::Cache;
+use crate::config::defaults;
 use crate::conn::{Conn, SubState};
+use crate::history::{sort_newest_first, History};
 use crate::mesh::{MeshRx, MeshTx};
 use crate::metrics::{CloseReason, CoreMetrics};
 use crate::msg::{
@@ -38,6 +43,9 @@ pub(crate) struct OwnedChannel {
     total: u64,
     /// Presence channels: user id -> member (with the connections that joined as that user).
     members: Option<IndexMap<Arc<str>, Member>>,
+    /// Subscription-count broadcasts: when the last one went out, and whether one is owed.
+    count_sent: Option<Instant>,
+    count_dirty: bool,
 }
 
 struct Member {
@@ -65,13 +73,16 @@ pub(crate) struct Core {
     pub shutting_down: Cell<bool>,
     /// Wakes the accept loop when shutdown begins.
     pub shutdown_waker: RefCell<Option<std::task::Waker>>,
+    history: RefCell<History>,
+    cache: RefCell<Cache>,
+    /// Owned channels whose throttled subscription count is owed.
+    dirty_counts: RefCell<Vec<ChanKey>>,
 }
 
 impl Core {
     pub(crate) fn new(idx: usize, shared: Arc<Shared>, tx: MeshTx, rx: MeshRx, seed: u64) -> Core {
         Core {
             idx,
-            shared,
             tx: RefCell::new(tx),
             rx: RefCell::new(rx),
             local_q: RefCell::new(VecDeque::new()),
@@ -83,6 +94,10 @@ impl Core {
             rng: Cell::new(seed | 1),
             shutting_down: Cell::new(false),
             shutdown_waker: RefCell::new(None),
+            history: RefCell::new(History::new(shared.config.history_max_bytes_per_core)),
+            cache: RefCell::new(Cache::new(shared.config.cache_max_entries_per_core)),
+            dirty_counts: RefCell::new(Vec::new()),
+            shared,
         }
     }
 
@@ -306,6 +321,17 @@ impl Core {
                 }
                 let _ = reply.send(n);
             }
+            Command::ChannelCache { key, reply } => {
+                let _ = reply.send(self.cache.borrow_mut().describe(&key, Instant::now()));
+            }
+            Command::ChannelHistory { key, limit, reply } => {
+                let _ = reply.send(self.history.borrow().channel_events(&key, limit));
+            }
+            Command::History { app, query, reply } => {
+                let mut v = self.history.borrow().query(app, &query);
+                sort_newest_first(&mut v);
+                let _ = reply.send(v);
+            }
             Command::Shutdown => return true,
         }
         false
@@ -347,6 +373,8 @@ impl Core {
             per_core: vec![0; workers].into_boxed_slice(),
             total: 0,
             members: is_presence.then(IndexMap::new),
+            count_sent: None,
+            count_dirty: false,
         });
         let mut added_member: Option<MemberInfo> = None;
         if let (Some(members), Some(m)) = (ch.members.as_mut(), member.as_ref()) {
@@ -375,7 +403,7 @@ impl Core {
                         owned.remove(&key);
                     }
                     drop(owned);
-                    self.send(
+                    self.ack(
                         from,
                         Msg::SubAck {
                             key,
@@ -431,15 +459,112 @@ impl Core {
                 obs.member_added(&app.config, &key.name, &m.user_id);
             }
         }
-        self.send(
+        let then = if key.name.is_cache() {
+            match self.cache.borrow_mut().get(&key, Instant::now()) {
+                Some((frame, _)) => Some(frame),
+                None => {
+                    if let Some(obs) = &self.shared.observer {
+                        obs.cache_miss(&app.config, &key.name);
+                    }
+                    Some(pusher::cache_miss_frame(
+                        app.config.dialect,
+                        key.name.as_str(),
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        self.ack(
             from,
             Msg::SubAck {
-                key,
+                key: key.clone(),
                 conn,
                 gen,
-                outcome: SubOutcome::Ok(snapshot),
+                outcome: SubOutcome::Ok { snapshot, then },
             },
         );
+        // After the ack, so the new subscriber (now in its core's index) gets the count too.
+        self.count_changed(&key);
+    }
+
+    /// Subscription-count feature: tells a non-presence channel's subscribers its new count,
+    /// at once up to the throttle threshold, at most every interval above it.
+    fn count_changed(&self, key: &ChanKey) {
+        let app = self.shared.app(key.app);
+        if !app.config.subscription_count || key.name.kind() == ChannelKind::Presence {
+            return;
+        }
+        let mut owned = self.owned.borrow_mut();
+        let Some(ch) = owned.get_mut(key) else { return };
+        let now = Instant::now();
+        let interval = Duration::from_secs(defaults::SUBSCRIPTION_COUNT_INTERVAL_SECS);
+        let due = ch.total <= defaults::SUBSCRIPTION_COUNT_THROTTLE_ABOVE
+            || ch
+                .count_sent
+                .is_none_or(|t| now.duration_since(t) >= interval);
+        if !due {
+            if !ch.count_dirty {
+                ch.count_dirty = true;
+                self.dirty_counts.borrow_mut().push(key.clone());
+            }
+            return;
+        }
+        ch.count_sent = Some(now);
+        ch.count_dirty = false;
+        let total = ch.total;
+        let targets = targets_of(ch);
+        drop(owned);
+        let frame = pusher::subscription_count_frame(app.config.dialect, key.name.as_str(), total);
+        for c in targets {
+            self.send_deliver(c, key, &frame, None);
+        }
+        if let Some(obs) = &self.shared.observer {
+            obs.subscription_count(&app.config, &key.name, total);
+        }
+    }
+
+    /// Housekeeping once a second: owed subscription counts, cache and history expiry.
+    pub(crate) async fn tick_loop(self: Rc<Self>) {
+        let interval = Duration::from_secs(defaults::SUBSCRIPTION_COUNT_INTERVAL_SECS);
+        let mut n: u64 = 0;
+        loop {
+            monoio::time::sleep(Duration::from_secs(1)).await;
+            n += 1;
+            let owed = std::mem::take(&mut *self.dirty_counts.borrow_mut());
+            let now = Instant::now();
+            for key in owed {
+                let state = self
+                    .owned
+                    .borrow()
+                    .get(&key)
+                    .map(|c| (c.count_dirty, c.count_sent));
+                match state {
+                    Some((true, Some(sent))) if now.duration_since(sent) < interval => {
+                        self.dirty_counts.borrow_mut().push(key);
+                    }
+                    Some((true, _)) => {
+                        if let Some(ch) = self.owned.borrow_mut().get_mut(&key) {
+                            ch.count_dirty = false;
+                            ch.count_sent = None;
+                        }
+                        self.count_changed(&key);
+                    }
+                    _ => {}
+                }
+            }
+            if n.is_multiple_of(10) {
+                self.cache.borrow_mut().sweep(Instant::now());
+                let shared = self.shared.clone();
+                self.history
+                    .borrow_mut()
+                    .expire(now_ms(), |a| shared.app(a).config.history_max_age);
+            }
+            let m = self.metrics();
+            m.history_bytes.set(self.history.borrow().bytes() as u64);
+            m.cache_entries.set(self.cache.borrow().len() as u64);
+            self.flush();
+        }
     }
 
     fn on_unsubscribe(&self, key: ChanKey, conn: u64, from: usize, user_id: Option<Arc<str>>) {
@@ -482,6 +607,9 @@ impl Core {
                 obs.member_removed(&app.config, &key.name, &uid);
             }
         }
+        if !vacated {
+            self.count_changed(&key);
+        }
         if vacated {
             self.metrics()
                 .channels_owned
@@ -494,6 +622,21 @@ impl Core {
 
     /// Forwards `frame` to every core holding subscribers of `key`.
     fn on_publish(&self, key: &ChanKey, frame: Bytes, except: Option<u64>) -> ChannelCounts {
+        let app = &self.shared.app(key.app).config;
+        if key.name.is_cache() {
+            self.cache
+                .borrow_mut()
+                .put(key, &frame, app.cache_ttl, Instant::now());
+        }
+        if app.history_size > 0 {
+            self.history.borrow_mut().record(
+                key,
+                &frame,
+                now_ms(),
+                app.history_size,
+                app.history_max_age,
+            );
+        }
         let owned = self.owned.borrow();
         let Some(ch) = owned.get(key) else {
             return ChannelCounts::default();
@@ -508,6 +651,24 @@ impl Core {
             self.send_deliver(c, key, &frame, except);
         }
         counts
+    }
+
+    /// Sends a subscription answer. To this core's own connection it is handled at once, so it
+    /// is ordered before any delivery the owner makes in place right after it.
+    fn ack(&self, to: usize, msg: Msg) {
+        if to == self.idx {
+            if let Msg::SubAck {
+                key,
+                conn,
+                gen,
+                outcome,
+            } = msg
+            {
+                self.on_sub_ack(key, conn, gen, outcome);
+            }
+        } else {
+            self.send(to, msg);
+        }
     }
 
     fn send_deliver(&self, core: usize, key: &ChanKey, frame: &Bytes, except: Option<u64>) {
@@ -559,7 +720,10 @@ impl Core {
             return;
         }
         match outcome {
-            SubOutcome::Ok(frame) => {
+            SubOutcome::Ok {
+                snapshot: frame,
+                then,
+            } => {
                 sub.state = SubState::Active;
                 drop(state);
                 self.subs
@@ -573,6 +737,9 @@ impl Core {
                         pusher::subscription_succeeded_frame(dialect, key.name.as_str(), None)
                     });
                     conn.push(frame);
+                }
+                if let Some(f) = then {
+                    conn.push(f);
                 }
             }
             SubOutcome::Refused(frames) => {
@@ -629,6 +796,13 @@ impl Core {
             .connections
             .fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn targets_of(ch: &OwnedChannel) -> Vec<usize> {

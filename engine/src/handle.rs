@@ -9,7 +9,9 @@ use std::sync::Arc;
 use futures_channel::oneshot;
 use ringcast_protocol::{pusher, ChannelKind, ChannelName, SocketId};
 
+use crate::cache::CachedEvent;
 use crate::config::{AppConfig, Config};
+use crate::history::{HistoryEvent, HistoryQuery};
 use crate::metrics::MetricsSnapshot;
 use crate::msg::{AppIdx, ChanKey, ChannelCounts, ChannelSummary, Command, PresenceUser};
 use crate::shared::Shared;
@@ -232,6 +234,93 @@ impl EngineHandle {
             n += rx.await.map_err(|_| EngineError::Stopped)?;
         }
         Ok(n)
+    }
+
+    /// The cached last event of a cache channel, if any and not expired.
+    pub async fn channel_cache(
+        &self,
+        app: AppIdx,
+        name: ChannelName,
+    ) -> Result<Option<CachedEvent>, EngineError> {
+        self.live()?;
+        let key = self.key(app, name)?;
+        let owner = self.shared.owner_of(&key);
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .mesh
+            .inject(owner, Command::ChannelCache { key, reply: tx })
+            .map_err(|_| EngineError::Overloaded)?;
+        rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// A channel's recent events, newest first (empty when the app keeps no history).
+    pub async fn channel_history(
+        &self,
+        app: AppIdx,
+        name: ChannelName,
+        limit: usize,
+    ) -> Result<Vec<HistoryEvent>, EngineError> {
+        self.live()?;
+        let key = self.key(app, name)?;
+        let owner = self.shared.owner_of(&key);
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .mesh
+            .inject(
+                owner,
+                Command::ChannelHistory {
+                    key,
+                    limit,
+                    reply: tx,
+                },
+            )
+            .map_err(|_| EngineError::Overloaded)?;
+        rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// An app's recent events across channels (all cores), newest first, filtered by `q`.
+    /// Returns at most `q.limit` events and whether more matched.
+    pub async fn history(
+        &self,
+        app: AppIdx,
+        q: HistoryQuery,
+    ) -> Result<(Vec<HistoryEvent>, bool), EngineError> {
+        self.live()?;
+        if (app as usize) >= self.shared.apps.len() {
+            return Err(EngineError::UnknownApp);
+        }
+        let cores: Vec<usize> = match &q.channel {
+            // One channel lives on one owner.
+            Some(c) => match ChannelName::parse(c) {
+                Ok(name) => vec![self.shared.owner_of(&ChanKey { app, name })],
+                Err(_) => return Ok((Vec::new(), false)),
+            },
+            None => (0..self.shared.config.workers).collect(),
+        };
+        let mut replies = Vec::new();
+        for core in cores {
+            let (tx, rx) = oneshot::channel();
+            self.shared
+                .mesh
+                .inject(
+                    core,
+                    Command::History {
+                        app,
+                        query: q.clone(),
+                        reply: tx,
+                    },
+                )
+                .map_err(|_| EngineError::Overloaded)?;
+            replies.push(rx);
+        }
+        let mut all = Vec::new();
+        for rx in replies {
+            all.extend(rx.await.map_err(|_| EngineError::Stopped)?);
+        }
+        crate::history::sort_newest_first(&mut all);
+        let more = all.len() > q.limit;
+        all.truncate(q.limit);
+        Ok((all, more))
     }
 
     /// Counters summed over cores.

@@ -21,18 +21,22 @@
 //! Cores share nothing but the mesh: tasks are `!Send`, each core owns its connections and
 //! the channels hashed to it. See docs/ARCHITECTURE.md for the full data path.
 
+mod cache;
 mod config;
 mod conn;
 mod core;
 mod handle;
+mod history;
 mod mesh;
 mod metrics;
 mod msg;
 mod server;
 mod shared;
 
+pub use crate::cache::CachedEvent;
 pub use crate::config::{defaults, AppConfig, Config, ConfigError, RawApp, RawConfig};
 pub use crate::handle::{EngineError, EngineHandle, Publish, Stats};
+pub use crate::history::{HistoryEvent, HistoryQuery};
 pub use crate::metrics::{CloseReason, MetricsSnapshot};
 pub use crate::msg::{AppIdx, ChannelCounts, ChannelSummary, PresenceUser};
 pub use crate::server::{reuseport_listener, Engine, HttpService, RunningEngine};

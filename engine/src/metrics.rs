@@ -116,6 +116,8 @@ pub struct CoreMetrics {
     pub mesh_sent: Counter,
     pub mesh_overflowed: Counter,
     pub mesh_dropped: Counter,
+    pub history_bytes: Counter,
+    pub cache_entries: Counter,
 }
 
 impl CoreMetrics {
@@ -152,10 +154,7 @@ impl Metrics {
         MetricsSnapshot {
             connections_opened: self.sum(|c| &c.connections_opened),
             connections_current: self.sum(|c| &c.connections_current),
-            closed: CloseReason::ALL
-                .iter()
-                .map(|r| (r.label(), self.sum(|c| &c.closed[r.index()])))
-                .collect(),
+            closed: CloseReason::ALL.map(|r| (r.label(), self.sum(|c| &c.closed[r.index()]))),
             subscriptions_current: self.sum(|c| &c.subscriptions_current),
             channels_current: self.sum(|c| &c.channels_owned),
             messages_in: self.sum(|c| &c.messages_in),
@@ -170,17 +169,19 @@ impl Metrics {
             mesh_sent: self.sum(|c| &c.mesh_sent),
             mesh_overflowed: self.sum(|c| &c.mesh_overflowed),
             mesh_dropped: self.sum(|c| &c.mesh_dropped),
+            history_bytes: self.sum(|c| &c.history_bytes),
+            cache_entries: self.sum(|c| &c.cache_entries),
         }
     }
 }
 
 /// Summed counters at one moment.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MetricsSnapshot {
     pub connections_opened: u64,
     pub connections_current: u64,
-    /// (reason label, count)
-    pub closed: Vec<(&'static str, u64)>,
+    /// (reason label, count), one entry per [`CloseReason`].
+    pub closed: [(&'static str, u64); CloseReason::ALL.len()],
     pub subscriptions_current: u64,
     pub channels_current: u64,
     pub messages_in: u64,
@@ -195,6 +196,10 @@ pub struct MetricsSnapshot {
     pub mesh_sent: u64,
     pub mesh_overflowed: u64,
     pub mesh_dropped: u64,
+    /// Bytes held by event history (all cores).
+    pub history_bytes: u64,
+    /// Cache-channel entries held (all cores).
+    pub cache_entries: u64,
 }
 
 impl MetricsSnapshot {

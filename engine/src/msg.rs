@@ -27,9 +27,13 @@ pub(crate) struct MemberInfo {
 
 /// Result of a subscription, decided by the owner.
 pub(crate) enum SubOutcome {
-    /// Subscribed. For presence channels, the `subscription_succeeded` frame with the member
-    /// snapshot (only the owner knows the members); for others the subscriber core encodes it.
-    Ok(Option<Bytes>),
+    /// Subscribed. `snapshot`: for presence channels, the `subscription_succeeded` frame with
+    /// the member snapshot (only the owner knows the members); for others the subscriber core
+    /// encodes it. `then`: for cache channels, the cached event or `pusher:cache_miss`.
+    Ok {
+        snapshot: Option<Bytes>,
+        then: Option<Bytes>,
+    },
     /// Refused (presence member limit): frames to send to the connection.
     Refused(Vec<Bytes>),
 }
@@ -131,6 +135,20 @@ pub(crate) enum Command {
         user_id: String,
         code: u16,
         reply: oneshot::Sender<usize>,
+    },
+    ChannelCache {
+        key: ChanKey,
+        reply: oneshot::Sender<Option<crate::cache::CachedEvent>>,
+    },
+    ChannelHistory {
+        key: ChanKey,
+        limit: usize,
+        reply: oneshot::Sender<Vec<crate::history::HistoryEvent>>,
+    },
+    History {
+        app: AppIdx,
+        query: crate::history::HistoryQuery,
+        reply: oneshot::Sender<Vec<crate::history::HistoryEvent>>,
     },
     Shutdown,
 }

@@ -120,13 +120,7 @@ impl Engine {
             let _ = self.shared.http.set(h);
         }
         let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let uring = monoio::utils::detect_uring();
-        let driver = if uring {
-            "io_uring"
-        } else {
-            "epoll (legacy fallback)"
-        };
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<&'static str, String>>();
         let mut threads = Vec::new();
         for (idx, (listener, (tx, rx))) in self.listeners.into_iter().zip(self.wiring).enumerate() {
             let shared = self.shared.clone();
@@ -155,16 +149,29 @@ impl Engine {
                         .map(|d| d.as_nanos() as u64)
                         .unwrap_or(0))
                         ^ ((idx as u64 + 1) << 48);
+                    // Report the driver this worker really got (FusionDriver picks io_uring
+                    // when the kernel allows it). Deciding here, not by probing on the
+                    // caller's thread, keeps the embedding process's threads free of
+                    // io_uring state.
+                    let driver = match &rt {
+                        monoio::FusionRuntime::Uring(_) => "io_uring",
+                        monoio::FusionRuntime::Legacy(_) => "epoll (legacy fallback)",
+                    };
                     let core = Rc::new(Core::new(idx, shared, tx, rx, seed));
-                    let _ = ready.send(Ok(()));
+                    let _ = ready.send(Ok(driver));
                     rt.block_on(worker_main(core, listener));
                 })?;
             threads.push(t);
         }
         drop(ready_tx);
+        let mut driver = "io_uring";
         for _ in 0..threads.len() {
             match ready_rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(d)) => {
+                    if d != "io_uring" {
+                        driver = d;
+                    }
+                }
                 Ok(Err(e)) => return Err(std::io::Error::other(e)),
                 Err(_) => {
                     return Err(std::io::Error::other(
@@ -189,6 +196,7 @@ impl Engine {
 /// connections are gone or the grace period ends.
 async fn worker_main(core: Rc<Core>, listener: std::net::TcpListener) {
     monoio::spawn(core.clone().drain_loop());
+    monoio::spawn(core.clone().tick_loop());
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {

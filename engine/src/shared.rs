@@ -30,6 +30,11 @@ pub trait EngineObserver: Send + Sync + 'static {
     fn member_added(&self, app: &AppConfig, channel: &ChannelName, user_id: &str) {}
     /// A user's last connection left a presence channel.
     fn member_removed(&self, app: &AppConfig, channel: &ChannelName, user_id: &str) {}
+    /// A new subscriber of a cache channel found no cached event.
+    fn cache_miss(&self, app: &AppConfig, channel: &ChannelName) {}
+    /// The subscription count of a non-presence channel changed (apps with
+    /// `subscription_count` on; throttled like the client-side event).
+    fn subscription_count(&self, app: &AppConfig, channel: &ChannelName, count: u64) {}
     fn client_event(
         &self,
         app: &AppConfig,

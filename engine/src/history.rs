@@ -1,0 +1,343 @@
+//! Event history kept by a channel's owner core: a bounded ring of recent events per channel,
+//! each with a per-channel sequence number and a timestamp. Entries hold the event's encoded
+//! frame by reference (`Bytes`), so recording an event copies nothing; queries decode it.
+//!
+//! Memory is bounded three ways: events per channel (`history_size`), age
+//! (`history_max_age_secs`), and a byte cap for the whole core (`history_max_bytes_per_core`)
+//! past which the globally oldest events go first.
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::msg::{AppIdx, ChanKey};
+
+/// One recorded event, decoded for a query.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryEvent {
+    /// Per-channel sequence number, starting at 1.
+    pub seq: u64,
+    /// Unix time in milliseconds when the owner fanned it out.
+    pub time_ms: u64,
+    pub channel: String,
+    pub event: String,
+    /// The event's `data` as delivered: a JSON string for server events, any JSON value for
+    /// client events.
+    pub data: serde_json::Value,
+    /// Sender's user id (client events on presence channels).
+    pub user_id: Option<String>,
+}
+
+/// A history query over one app (on one core; the handle merges cores).
+#[derive(Clone, Debug, Default)]
+pub struct HistoryQuery {
+    pub channel: Option<String>,
+    pub event: Option<String>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    pub limit: usize,
+}
+
+struct Entry {
+    seq: u64,
+    time_ms: u64,
+    frame: Bytes,
+}
+
+struct ChannelHistory {
+    key: Rc<ChanKey>,
+    next_seq: u64,
+    events: VecDeque<Entry>,
+}
+
+pub(crate) struct History {
+    channels: HashMap<ChanKey, ChannelHistory>,
+    /// Every entry in the order recorded: (channel, seq, size), for the byte cap.
+    order: VecDeque<(Rc<ChanKey>, u64, usize)>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl History {
+    pub fn new(max_bytes: usize) -> History {
+        History {
+            channels: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Bytes of frames currently held (reported as a metric).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Records `frame` for `key`, keeping at most `size` events younger than `max_age`.
+    pub fn record(
+        &mut self,
+        key: &ChanKey,
+        frame: &Bytes,
+        now_ms: u64,
+        size: usize,
+        max_age: Duration,
+    ) {
+        if size == 0 || self.max_bytes == 0 {
+            return;
+        }
+        let ch = self
+            .channels
+            .entry(key.clone())
+            .or_insert_with(|| ChannelHistory {
+                key: Rc::new(key.clone()),
+                next_seq: 1,
+                events: VecDeque::new(),
+            });
+        let seq = ch.next_seq;
+        ch.next_seq += 1;
+        ch.events.push_back(Entry {
+            seq,
+            time_ms: now_ms,
+            frame: frame.clone(),
+        });
+        self.order.push_back((ch.key.clone(), seq, frame.len()));
+        self.bytes += frame.len();
+        let cutoff = now_ms.saturating_sub(max_age.as_millis() as u64);
+        while ch.events.len() > size || ch.events.front().is_some_and(|e| e.time_ms < cutoff) {
+            if let Some(e) = ch.events.pop_front() {
+                self.bytes -= e.frame.len();
+            }
+        }
+        self.enforce_cap();
+    }
+
+    fn enforce_cap(&mut self) {
+        while self.bytes > self.max_bytes {
+            let Some((key, seq, _)) = self.order.pop_front() else {
+                break;
+            };
+            self.remove_entry(&key, seq);
+        }
+        // Drop order records of entries already gone, so `order` stays bounded too.
+        while let Some((key, seq, _)) = self.order.front() {
+            let live = self
+                .channels
+                .get(&**key)
+                .and_then(|c| c.events.front())
+                .is_some_and(|e| e.seq <= *seq);
+            if live {
+                break;
+            }
+            self.order.pop_front();
+        }
+    }
+
+    fn remove_entry(&mut self, key: &ChanKey, seq: u64) {
+        let Some(ch) = self.channels.get_mut(key) else {
+            return;
+        };
+        if ch.events.front().is_some_and(|e| e.seq == seq) {
+            if let Some(e) = ch.events.pop_front() {
+                self.bytes -= e.frame.len();
+            }
+        }
+        if ch.events.is_empty() {
+            // Keep the sequence counter only while the channel has history; a channel
+            // that comes back starts a new sequence (documented in docs/api.md).
+            self.channels.remove(key);
+        }
+    }
+
+    /// Drops events older than each app's max age (called periodically).
+    pub fn expire(&mut self, now_ms: u64, max_age_of: impl Fn(AppIdx) -> Duration) {
+        self.channels.retain(|k, ch| {
+            let cutoff = now_ms.saturating_sub(max_age_of(k.app).as_millis() as u64);
+            while ch.events.front().is_some_and(|e| e.time_ms < cutoff) {
+                if let Some(e) = ch.events.pop_front() {
+                    self.bytes -= e.frame.len();
+                }
+            }
+            !ch.events.is_empty()
+        });
+        self.enforce_cap();
+    }
+
+    /// Newest first, at most `limit`, for one channel.
+    pub fn channel_events(&self, key: &ChanKey, limit: usize) -> Vec<HistoryEvent> {
+        let Some(ch) = self.channels.get(key) else {
+            return Vec::new();
+        };
+        ch.events
+            .iter()
+            .rev()
+            .take(limit)
+            .filter_map(|e| decode(key, e))
+            .collect()
+    }
+
+    /// Newest first, matching `q`, at most `q.limit + 1` (the caller detects "has more").
+    pub fn query(&self, app: AppIdx, q: &HistoryQuery) -> Vec<HistoryEvent> {
+        let mut out = Vec::new();
+        for (k, ch) in &self.channels {
+            if k.app != app || q.channel.as_deref().is_some_and(|c| c != k.name.as_str()) {
+                continue;
+            }
+            for e in ch.events.iter().rev() {
+                if q.until_ms.is_some_and(|u| e.time_ms > u) {
+                    continue;
+                }
+                if q.since_ms.is_some_and(|s| e.time_ms < s) {
+                    break;
+                }
+                if let Some(ev) = decode(k, e) {
+                    if q.event.as_deref().is_none_or(|n| n == ev.event) {
+                        out.push(ev);
+                    }
+                }
+            }
+        }
+        sort_newest_first(&mut out);
+        out.truncate(q.limit.saturating_add(1));
+        out
+    }
+}
+
+/// Newest first; ties by channel and sequence so paging is stable.
+pub(crate) fn sort_newest_first(v: &mut [HistoryEvent]) {
+    v.sort_by(|a, b| {
+        b.time_ms
+            .cmp(&a.time_ms)
+            .then(a.channel.cmp(&b.channel))
+            .then(b.seq.cmp(&a.seq))
+    });
+}
+
+/// The JSON payload of an unmasked server text frame.
+pub(crate) fn frame_payload(frame: &[u8]) -> Option<&[u8]> {
+    let len7 = *frame.get(1)? & 0x7f;
+    let start = match len7 {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    frame.get(start..)
+}
+
+fn decode(key: &ChanKey, e: &Entry) -> Option<HistoryEvent> {
+    let v: serde_json::Value = serde_json::from_slice(frame_payload(&e.frame)?).ok()?;
+    Some(HistoryEvent {
+        seq: e.seq,
+        time_ms: e.time_ms,
+        channel: key.name.as_str().to_owned(),
+        event: v.get("event")?.as_str()?.to_owned(),
+        data: v.get("data").cloned().unwrap_or(serde_json::Value::Null),
+        user_id: v.get("user_id").and_then(|u| u.as_str()).map(str::to_owned),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringcast_protocol::{pusher, ChannelName};
+
+    fn key(app: AppIdx, n: &str) -> ChanKey {
+        ChanKey {
+            app,
+            name: ChannelName::parse(n).unwrap(),
+        }
+    }
+    fn ev(ch: &str, name: &str, data: &str) -> Bytes {
+        pusher::event_frame(name, ch, data, None)
+    }
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn keeps_the_newest_per_channel_with_sequence_numbers() {
+        let mut h = History::new(1 << 20);
+        let k = key(0, "a");
+        for i in 0..5 {
+            h.record(&k, &ev("a", "e", &i.to_string()), 1000 + i, 3, HOUR);
+        }
+        let got = h.channel_events(&k, 10);
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5, 4, 3]);
+        assert_eq!(got[0].data, serde_json::json!("4"));
+        assert_eq!(got[0].event, "e");
+        assert_eq!(h.channel_events(&k, 1).len(), 1);
+    }
+
+    #[test]
+    fn byte_cap_evicts_globally_oldest_first_and_stays_bounded() {
+        let one = ev("a", "e", "x").len();
+        let mut h = History::new(one * 4);
+        for i in 0..100u64 {
+            let ch = if i % 2 == 0 { "a" } else { "b" };
+            h.record(&key(0, ch), &ev(ch, "e", "x"), i, 1000, HOUR);
+            assert!(h.bytes() <= one * 4);
+            assert!(h.order.len() <= 8, "order records stay bounded");
+        }
+        let a = h.channel_events(&key(0, "a"), 10);
+        let b = h.channel_events(&key(0, "b"), 10);
+        assert_eq!(a.len() + b.len(), 4);
+        assert!(a.iter().chain(&b).all(|e| e.time_ms >= 96));
+    }
+
+    #[test]
+    fn age_and_filters() {
+        let mut h = History::new(1 << 20);
+        h.record(
+            &key(0, "a"),
+            &ev("a", "old", "1"),
+            1_000,
+            10,
+            Duration::from_secs(10),
+        );
+        h.record(
+            &key(0, "a"),
+            &ev("a", "new", "2"),
+            20_000,
+            10,
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            h.channel_events(&key(0, "a"), 10).len(),
+            1,
+            "the old event aged out on record"
+        );
+        h.record(&key(0, "b"), &ev("b", "new", "3"), 21_000, 10, HOUR);
+        h.record(&key(1, "b"), &ev("b", "other-app", "4"), 21_000, 10, HOUR);
+        let q = |channel: Option<&str>, event: Option<&str>, since, until, limit| HistoryQuery {
+            channel: channel.map(Into::into),
+            event: event.map(Into::into),
+            since_ms: since,
+            until_ms: until,
+            limit,
+        };
+        assert_eq!(h.query(0, &q(None, None, None, None, 10)).len(), 2);
+        assert_eq!(h.query(0, &q(Some("b"), None, None, None, 10)).len(), 1);
+        assert_eq!(h.query(0, &q(None, Some("nope"), None, None, 10)).len(), 0);
+        assert_eq!(
+            h.query(0, &q(None, None, Some(20_500), None, 10))[0].channel,
+            "b"
+        );
+        assert_eq!(
+            h.query(0, &q(None, None, None, Some(20_500), 10))[0].channel,
+            "a"
+        );
+        assert_eq!(
+            h.query(0, &q(None, None, None, None, 1)).len(),
+            2,
+            "limit + 1 to detect more"
+        );
+        h.expire(40_000, |a| {
+            if a == 0 {
+                Duration::from_secs(10)
+            } else {
+                HOUR
+            }
+        });
+        assert_eq!(h.query(0, &q(None, None, None, None, 10)).len(), 0);
+        assert_eq!(h.query(1, &q(None, None, None, None, 10)).len(), 1);
+    }
+}
