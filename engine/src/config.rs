@@ -77,6 +77,20 @@ pub mod defaults {
     pub const HISTORY_MAX_BYTES_PER_CORE: usize = 64 << 20;
     /// Cache channels: most last-event entries one core keeps (oldest expire first past it).
     pub const CACHE_MAX_ENTRIES_PER_CORE: usize = 100_000;
+    /// Webhooks: a delivery is retried (1 s, 5 s, 30 s, then every 60 s) for this long in all.
+    pub const WEBHOOK_RETRY_BUDGET_SECS: u64 = 300;
+    /// Webhooks: one request's timeout.
+    pub const WEBHOOK_TIMEOUT_MS: u64 = 10_000;
+    /// Webhooks with `batch = true`: most events in one request, and the longest wait for more.
+    pub const WEBHOOK_BATCH_MAX_EVENTS: usize = 100;
+    pub const WEBHOOK_BATCH_WINDOW_MS: u64 = 50;
+    /// Webhooks with `debounce = true`: how long vacated/member_removed are held.
+    pub const WEBHOOK_DEBOUNCE_MS: u64 = 3_000;
+    /// Webhook events waiting to be sent, over all apps; past it new events are recorded as
+    /// failed in the delivery log and counted, never silently dropped.
+    pub const WEBHOOK_QUEUE_CAPACITY: usize = 65_536;
+    /// Deliveries kept per app in the delivery log (`GET /apps/{id}/webhooks`).
+    pub const WEBHOOK_LOG_ENTRIES: usize = 1_000;
 }
 
 /// The TOML file as read. Unknown keys are an error (a typo must not silently fall back to a
@@ -125,9 +139,51 @@ pub struct RawApp {
     pub server_auth_channels: Option<Vec<String>>,
     pub cache_ttl_secs: Option<u64>,
     pub subscription_count: Option<bool>,
+    /// `[[apps.webhooks]]` targets.
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+    /// Total time a webhook delivery is retried before it is marked failed.
+    pub webhook_retry_budget_secs: Option<u64>,
     pub history_size: Option<usize>,
     pub history_max_age_secs: Option<u64>,
 }
+
+/// One `[[apps.webhooks]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: String,
+    /// Only these event names (`channel_occupied`, `member_added`, ...); all when absent.
+    pub event_types: Option<Vec<String>>,
+    /// Only events on channels starting with this prefix.
+    pub channel_prefix: Option<String>,
+    /// Batch up to `WEBHOOK_BATCH_MAX_EVENTS` events or `WEBHOOK_BATCH_WINDOW_MS` per request.
+    pub batch: Option<bool>,
+    /// Hold `channel_vacated`/`member_removed` for `WEBHOOK_DEBOUNCE_MS` and drop them with the
+    /// matching `channel_occupied`/`member_added` if the client comes straight back.
+    pub debounce: Option<bool>,
+}
+
+/// A resolved webhook target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    pub url: String,
+    pub event_types: Option<Vec<String>>,
+    pub channel_prefix: Option<String>,
+    pub batch: bool,
+    pub debounce: bool,
+}
+
+/// Webhook event names the server sends.
+pub const WEBHOOK_EVENT_TYPES: [&str; 7] = [
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+    "subscription_count",
+];
 
 /// The resolved configuration: validated, immutable, shared by every core.
 #[derive(Debug, Clone)]
@@ -174,6 +230,8 @@ pub struct AppConfig {
     /// Events kept per channel; 0 = history off.
     pub history_size: usize,
     pub history_max_age: Duration,
+    pub webhooks: Vec<WebhookTarget>,
+    pub webhook_retry_budget: Duration,
 }
 
 /// A configuration the operator must fix.
@@ -334,7 +392,39 @@ impl RawApp {
                 ))
             }
         };
+        let mut webhooks = Vec::new();
+        for w in self.webhooks {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return err(format!(
+                    "app {:?}: webhook url {:?} must be http:// or https://",
+                    self.id, w.url
+                ));
+            }
+            if let Some(types) = &w.event_types {
+                if let Some(bad) = types
+                    .iter()
+                    .find(|t| !WEBHOOK_EVENT_TYPES.contains(&t.as_str()))
+                {
+                    return err(format!(
+                        "app {:?}: unknown webhook event type {bad:?}",
+                        self.id
+                    ));
+                }
+            }
+            webhooks.push(WebhookTarget {
+                url: w.url,
+                event_types: w.event_types,
+                channel_prefix: w.channel_prefix,
+                batch: w.batch.unwrap_or(false),
+                debounce: w.debounce.unwrap_or(false),
+            });
+        }
         Ok(AppConfig {
+            webhooks,
+            webhook_retry_budget: Duration::from_secs(
+                self.webhook_retry_budget_secs
+                    .unwrap_or(defaults::WEBHOOK_RETRY_BUDGET_SECS),
+            ),
             id: self.id,
             key: self.key,
             secrets,
@@ -396,6 +486,8 @@ impl AppConfig {
             subscription_count: defaults::APP_SUBSCRIPTION_COUNT,
             history_size: defaults::APP_HISTORY_SIZE,
             history_max_age: Duration::from_secs(defaults::APP_HISTORY_MAX_AGE_SECS),
+            webhooks: Vec::new(),
+            webhook_retry_budget: Duration::from_secs(defaults::WEBHOOK_RETRY_BUDGET_SECS),
         }
     }
 
@@ -481,5 +573,29 @@ mod tests {
         assert!(bad(
             "[[apps]]\nid=\"a\"\nkey=\"k\"\nsecret=\"s\"\nevent_prefix=\"x\""
         ));
+    }
+
+    #[test]
+    fn webhook_targets_resolve_and_bad_ones_are_refused() {
+        let app = "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n";
+        let bad = |t: String| RawConfig::from_toml(&t).unwrap().resolve(1).is_err();
+        assert!(bad(format!("{app}[[apps.webhooks]]\nurl='ftp://x'")));
+        assert!(bad(format!(
+            "{app}[[apps.webhooks]]\nurl='http://x'\nevent_types=['nope']"
+        )));
+        let ok = RawConfig::from_toml(&format!(
+            "{app}webhook_retry_budget_secs=7\n[[apps.webhooks]]\nurl='http://127.0.0.1:9/h'\nevent_types=['member_added']\nbatch=true"
+        ))
+        .unwrap()
+        .resolve(1)
+        .unwrap();
+        let a = &ok.apps[0];
+        assert_eq!(a.webhook_retry_budget, Duration::from_secs(7));
+        let w = &a.webhooks[0];
+        assert!(w.batch && !w.debounce);
+        assert_eq!(
+            w.event_types.as_deref(),
+            Some(&["member_added".to_string()][..])
+        );
     }
 }

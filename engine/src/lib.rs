@@ -34,7 +34,10 @@ mod server;
 mod shared;
 
 pub use crate::cache::CachedEvent;
-pub use crate::config::{defaults, AppConfig, Config, ConfigError, RawApp, RawConfig};
+pub use crate::config::{
+    defaults, AppConfig, Config, ConfigError, RawApp, RawConfig, RawWebhook, WebhookTarget,
+    WEBHOOK_EVENT_TYPES,
+};
 pub use crate::handle::{EngineError, EngineHandle, Publish, Stats};
 pub use crate::history::{HistoryEvent, HistoryQuery};
 pub use crate::metrics::{CloseReason, MetricsSnapshot};
