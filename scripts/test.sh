@@ -6,12 +6,14 @@
 # Steps: toolchain check -> cargo fmt --check -> clippy -D warnings -> cargo build --bin ringcast
 #        -> Rust tests (cargo nextest, or cargo test if nextest is missing)
 #        -> npm ci in tests/js (only when node_modules is missing or stale)
-#        -> real-client JS tests (node --test) against target/debug/ringcast.
+#        -> real-client JS tests (node --test) against target/debug/ringcast
+#        -> pip install in a venv (tests/python/requirements.txt, only when changed)
+#        -> Python SDK tests (pytest) against target/debug/ringcast.
 # A failing step does not hide the others (except that the JS tests need the binary);
 # the script prints a summary and exits non-zero if anything failed.
 #
 # Environment knobs:
-#   RINGCAST_REST_TESTS=1   also run the JS tests that need the HTTP (REST) API (rest.test.mjs)
+#   RINGCAST_REST_TESTS=1   also run the JS tests listed in JS_TESTS_NEED_REST (none at present)
 #   RINGCAST_JS_TESTS="a.test.mjs b.test.mjs"   run exactly these JS test files (names in tests/js/)
 #   RINGCAST_SKIP_RUST=1    skip fmt/clippy/Rust tests (still builds the binary); for iterating on JS tests
 #   RINGCAST_BIN=/path      server binary for the JS tests (default: <target dir>/debug/ringcast)
@@ -29,12 +31,13 @@ JS_TESTS=(
   client-events.test.mjs
   connection-errors.test.mjs
   shutdown.test.mjs
-)
-# Need the HTTP (REST) API on the same port: move them into JS_TESTS when it lands
-# (until then they run only with RINGCAST_REST_TESTS=1).
-JS_TESTS_NEED_REST=(
   rest.test.mjs
+  api-seed.test.mjs
+  retained.test.mjs
+  webhooks.test.mjs
 )
+# Files that need a feature not built yet (run only with RINGCAST_REST_TESTS=1). None now.
+JS_TESTS_NEED_REST=()
 # ---------------------------------------------------------------------------------------------
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -90,6 +93,7 @@ need cargo --version
 need rustc --version
 need node --version
 need npm --version
+need python3 --version
 need timeout --version
 for sub in fmt clippy; do
   if cargo "$sub" --version >/dev/null 2>&1; then
@@ -225,6 +229,40 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
+# Python SDK tests (tests/python): a venv in the target dir, rebuilt when requirements change.
+PY_DIR="$ROOT/tests/python"
+PY_VENV="$TARGET_DIR/py-venv"
+PY_REQ_HASH="$(sha256sum "$PY_DIR/requirements.txt" | cut -d' ' -f1)"
+PY_STAMP="$PY_VENV/.ringcast-req-sha256"
+PY_OK=0
+if [[ -x "$PY_VENV/bin/python" && -f "$PY_STAMP" && "$(cat "$PY_STAMP")" == "$PY_REQ_HASH" ]]; then
+  log "pip deps up to date (${PY_VENV#"$ROOT"/} matches tests/python/requirements.txt)"
+  record_step "pip install (tests/python)" skip 0
+  PY_OK=1
+elif run_step "pip install (tests/python)" "$LOG_DIR/pip.log" \
+  bash -c 'python3 -m venv --clear "$1" && exec timeout 900 "$1/bin/pip" install \
+    --disable-pip-version-check --no-input -q -r "$2" </dev/null' _ "$PY_VENV" "$PY_DIR/requirements.txt"; then
+  echo "$PY_REQ_HASH" >"$PY_STAMP"
+  PY_OK=1
+fi
+PY_PASSED="" PY_FAILED="" PY_SKIPPED=""
+if ((BUILD_OK && PY_OK)); then
+  if run_step "Python SDK tests (pytest)" "$LOG_DIR/py-tests.log" \
+    env RINGCAST_BIN="${RINGCAST_BIN:-$TARGET_DIR/debug/ringcast}" PYTHONDONTWRITEBYTECODE=1 \
+    timeout 600 "$PY_VENV/bin/python" -m pytest -q -p no:cacheprovider "$PY_DIR" </dev/null; then :; fi
+  # pytest's closing line: "10 passed in 0.66s" / "1 failed, 9 passed, 1 skipped in 3.1s"
+  py_line="$(grep -E '[0-9]+ (passed|failed|errors?)( |,|$)' "$LOG_DIR/py-tests.log" | tail -n1 || true)"
+  if [[ -n "$py_line" ]]; then
+    PY_PASSED="$(grep -oE '[0-9]+ passed' <<<"$py_line" | awk '{s+=$1} END {print s+0}' || true)"
+    PY_FAILED="$(grep -oE '[0-9]+ (failed|errors?)' <<<"$py_line" | awk '{s+=$1} END {print s+0}' || true)"
+    PY_SKIPPED="$(grep -oE '[0-9]+ skipped' <<<"$py_line" | awk '{s+=$1} END {print s+0}' || true)"
+  fi
+else
+  log "Python SDK tests: not run ($( ((BUILD_OK)) || printf 'ringcast did not build; ')$( ((PY_OK)) || printf 'pip install failed'))"
+  record_step "Python SDK tests (pytest)" 1 0
+fi
+
+# ---------------------------------------------------------------------------------------------
 echo
 echo "================================ summary ================================"
 for i in "${!STEP_NAMES[@]}"; do
@@ -232,11 +270,12 @@ for i in "${!STEP_NAMES[@]}"; do
 done
 [[ -n "$RUST_PASSED" ]] && echo "  Rust tests: ${RUST_PASSED} passed, ${RUST_FAILED} failed, ${RUST_SKIPPED} skipped"
 [[ -n "$JS_PASSED" ]] && echo "  JS tests:   ${JS_PASSED} passed, ${JS_FAILED} failed, ${JS_SKIPPED} skipped"
+[[ -n "$PY_PASSED" ]] && echo "  Python tests: ${PY_PASSED} passed, ${PY_FAILED} failed, ${PY_SKIPPED} skipped"
 ((${#SKIPPED_JS[@]})) && echo "  JS files not run (need the REST API): ${SKIPPED_JS[*]}"
 echo "  logs: ${LOG_DIR#"$ROOT"/}/"
 echo "========================================================================="
-if [[ -n "$RUST_PASSED$JS_PASSED" ]]; then
-  echo "tests: $((${RUST_PASSED:-0} + ${JS_PASSED:-0})) passed, $((${RUST_FAILED:-0} + ${JS_FAILED:-0})) failed, $((${RUST_SKIPPED:-0} + ${JS_SKIPPED:-0})) skipped"
+if [[ -n "$RUST_PASSED$JS_PASSED$PY_PASSED" ]]; then
+  echo "tests: $((${RUST_PASSED:-0} + ${JS_PASSED:-0} + ${PY_PASSED:-0})) passed, $((${RUST_FAILED:-0} + ${JS_FAILED:-0} + ${PY_FAILED:-0})) failed, $((${RUST_SKIPPED:-0} + ${JS_SKIPPED:-0} + ${PY_SKIPPED:-0})) skipped"
 fi
 if ((FAILED)); then
   echo "RESULT: FAILED"

@@ -4,11 +4,14 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use ringcast_engine::{Engine, RawConfig};
+use ringcast_control_plane::webhook::Webhooks;
+use ringcast_control_plane::{ApiConfig, ApiServer, ControlPlane};
+use ringcast_engine::{Engine, HttpService, RawConfig};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -59,15 +62,39 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(1);
     let config = raw.resolve(cores)?;
     let grace = config.shutdown_grace;
-    let engine = Engine::bind(config, None).context("binding the listener")?;
+    let api_listen = config.api_listen;
+    // Webhooks: the engine reports channel events to this observer on its cores (non-blocking);
+    // the sender threads deliver them.
+    let webhooks = Webhooks::start(&config.apps);
+    let engine = Engine::bind(config, Some(webhooks.observer())).context("binding the listener")?;
     let addr = engine.local_addr();
-    let running = engine.start(None).context("starting workers")?;
+
+    // The control plane serves the HTTP API on the public port, or on its own listener with
+    // --api-listen (the public port then answers only WebSocket upgrades and /health).
+    let control_plane = ControlPlane::new(engine.handle(), ApiConfig::default());
+    control_plane.attach_webhooks(webhooks.clone());
+    let api_server = match api_listen {
+        Some(a) => Some(
+            ApiServer::start(a, &control_plane, 1)
+                .with_context(|| format!("binding the API listener {a}"))?,
+        ),
+        None => None,
+    };
+    let http: Arc<dyn HttpService> = if api_server.is_some() {
+        control_plane.health_only()
+    } else {
+        Arc::new(control_plane.clone())
+    };
+    let running = engine.start(Some(http)).context("starting workers")?;
 
     println!(
         "ringcast: listening on {addr} (workers={}, driver={})",
         running.workers(),
         running.driver()
     );
+    if let Some(api) = &api_server {
+        println!("ringcast: HTTP API on {} (api_listen)", api.local_addr());
+    }
     std::io::stdout().flush().ok();
 
     let mut signals = signal_hook::iterator::Signals::new([
@@ -79,11 +106,17 @@ fn main() -> anyhow::Result<()> {
     tracing::info!(?sig, "shutting down: closing clients with 4200");
     // Watchdog: the process exits within the grace period plus a margin, whatever happens.
     std::thread::spawn(move || {
-        std::thread::sleep(grace + Duration::from_secs(3));
+        std::thread::sleep(grace + Duration::from_secs(5));
         eprintln!("ringcast: shutdown deadline passed, exiting");
         std::process::exit(1);
     });
+    if let Some(api) = api_server {
+        api.shutdown();
+    }
     running.shutdown_and_join();
+    // After the engine: vacated/member_removed events of the closed connections are queued by
+    // now; whatever cannot be sent is counted and logged with its body.
+    webhooks.shutdown_graceful(Duration::from_secs(2));
     tracing::info!("bye");
     Ok(())
 }

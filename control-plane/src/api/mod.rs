@@ -1,0 +1,329 @@
+//! [`Api`]: routing, per-app authentication and the handlers. Each request is routed
+//! ([`route`]), its app resolved (404) and authenticated (401), then handled; every answer,
+//! success or [`ApiError`], is counted in the REST metrics by endpoint and status.
+
+mod body;
+mod channels;
+mod events;
+mod history;
+mod route;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use ringcast_engine::{AppConfig, AppIdx, EngineHandle};
+use serde_json::json;
+
+pub use body::{Body, Info};
+pub use events::{parse_event, EventSpec};
+pub use route::{percent_decode, route, Endpoint, Route, RouteError};
+
+use crate::auth::{authenticate_app, authenticate_by_key, Credential};
+use crate::config::ApiConfig;
+use crate::error::ApiError;
+use crate::http::{Request, Response};
+use crate::metrics::RestMetrics;
+use crate::{metrics, seed, stats};
+
+/// Seconds since the Unix epoch; injectable so tests can sign with any timestamp.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    })
+}
+
+/// An authenticated request's app.
+pub(crate) struct Ctx<'a> {
+    pub idx: AppIdx,
+    pub app: &'a AppConfig,
+    pub cred: Credential,
+}
+
+/// The HTTP API over an engine handle.
+pub struct Api {
+    pub(crate) engine: EngineHandle,
+    pub(crate) config: ApiConfig,
+    clock: Clock,
+    pub(crate) metrics: RestMetrics,
+    /// The webhook sender, when the composition root started one.
+    pub(crate) webhooks: std::sync::OnceLock<std::sync::Arc<crate::webhook::Webhooks>>,
+}
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything.
+    Full,
+    /// Only `/health` (the public port when the API has its own `--api-listen` listener).
+    HealthOnly,
+}
+
+impl Api {
+    pub fn new(engine: EngineHandle, config: ApiConfig, clock: Clock) -> Api {
+        let apps = engine.config().apps.len();
+        Api {
+            engine,
+            config,
+            clock,
+            metrics: RestMetrics::new(apps),
+            webhooks: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn config(&self) -> &ApiConfig {
+        &self.config
+    }
+
+    /// The REST request counters.
+    pub fn rest_metrics(&self) -> &RestMetrics {
+        &self.metrics
+    }
+
+    /// Answers one request and counts it.
+    pub async fn handle(&self, req: &Request, scope: Scope) -> Response {
+        let (endpoint, app, result) = self.dispatch(req, scope).await;
+        let resp = result.unwrap_or_else(|e| {
+            if e.status >= 500 {
+                tracing::warn!(path = %req.path, "{e}");
+            } else {
+                tracing::debug!(path = %req.path, "{e}");
+            }
+            e.to_response()
+        });
+        self.metrics.record(endpoint, resp.status, app);
+        resp
+    }
+
+    fn app_ctx<'a>(&'a self, id: &str, req: &Request) -> Result<Ctx<'a>, ApiError> {
+        let (idx, app) = self
+            .engine
+            .app_by_id(id)
+            .ok_or_else(|| ApiError::unknown_app(id))?;
+        let cred = authenticate_app(req, app, (self.clock)())?;
+        Self::enabled(app)?;
+        Ok(Ctx { idx, app, cred })
+    }
+
+    fn enabled(app: &AppConfig) -> Result<(), ApiError> {
+        if app.enabled {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                403,
+                "app_disabled",
+                format!("app {:?} is disabled", app.id),
+            ))
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        req: &Request,
+        scope: Scope,
+    ) -> (Endpoint, Option<AppIdx>, Result<Response, ApiError>) {
+        let r = match route(&req.method, &req.path) {
+            Ok(r) => r,
+            Err(e) => {
+                let ep = e.endpoint();
+                if scope == Scope::HealthOnly && ep != Endpoint::Health {
+                    return (Endpoint::Other, None, Err(health_only_error()));
+                }
+                let err = e.to_error(&req.method, &req.path);
+                return match e.allow() {
+                    Some(allow) => (ep, None, Ok(err.to_response().header("allow", allow))),
+                    None => (ep, None, Err(err)),
+                };
+            }
+        };
+        let endpoint = r.endpoint();
+        if scope == Scope::HealthOnly && r != Route::Health {
+            return (Endpoint::Other, None, Err(health_only_error()));
+        }
+        let app_id = match &r {
+            Route::Events { app }
+            | Route::BatchEvents { app }
+            | Route::SeedBatch { app }
+            | Route::Channels { app }
+            | Route::Channel { app, .. }
+            | Route::ChannelUsers { app, .. }
+            | Route::Auth { app }
+            | Route::Webhooks { app }
+            | Route::Redeliver { app }
+            | Route::ChannelEvents { app, .. }
+            | Route::EventLog { app }
+            | Route::History { app }
+            | Route::TerminateConnections { app: Some(app), .. } => Some(app.as_str()),
+            _ => None,
+        };
+        let ctx = match app_id {
+            Some(id) => match self.app_ctx(id, req) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let idx = self.engine.app_by_id(id).map(|(i, _)| i);
+                    return (endpoint, idx, Err(e));
+                }
+            },
+            None => None,
+        };
+        let idx = ctx.as_ref().map(|c| c.idx);
+        let result = match (&r, &ctx) {
+            (Route::Health, _) => Ok(Response::json(200, &json!({"ok": true}))),
+            (Route::Stats, _) => Ok(Response::json(200, &stats::render(&self.engine.stats()))),
+            (Route::Metrics, _) => Ok(self.metrics_response()),
+            (Route::TerminateConnections { app: None, user }, _) => {
+                // The Python SDK's path: the app is the one whose key signed the request.
+                let engine = &self.engine;
+                match authenticate_by_key(req, (self.clock)(), |k| engine.app_by_key(k)) {
+                    Ok((idx, app)) => {
+                        let ctx = Ctx {
+                            idx,
+                            app,
+                            cred: Credential::Signature,
+                        };
+                        let res = match Self::enabled(app) {
+                            Ok(()) => self.terminate(&ctx, user).await,
+                            Err(e) => Err(e),
+                        };
+                        return (endpoint, Some(idx), res);
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (_, None) => Err(ApiError::new(500, "internal", "route without an app")),
+            (Route::Events { .. }, Some(ctx)) => self.events(ctx, req).await,
+            (Route::BatchEvents { .. }, Some(ctx)) => self.batch_events(ctx, req).await,
+            (Route::SeedBatch { .. }, Some(ctx)) => self.seed_batch(ctx, req).await,
+            (Route::Channels { .. }, Some(ctx)) => self.channels(ctx, req).await,
+            (Route::Channel { channel, .. }, Some(ctx)) => self.channel(ctx, req, channel).await,
+            (Route::ChannelUsers { channel, .. }, Some(ctx)) => {
+                self.channel_users(ctx, channel).await
+            }
+            (Route::TerminateConnections { user, .. }, Some(ctx)) => {
+                self.terminate(ctx, user).await
+            }
+            (Route::Webhooks { .. }, Some(ctx)) => self.webhook_log(ctx),
+            (Route::Redeliver { .. }, Some(ctx)) => self.redeliver(ctx, req),
+            (Route::ChannelEvents { channel, .. }, Some(ctx)) => {
+                self.channel_events(ctx, req, channel).await
+            }
+            (Route::EventLog { .. }, Some(ctx)) => self.event_log(ctx).await,
+            (Route::History { .. }, Some(ctx)) => self.history(ctx, req).await,
+            (Route::Auth { .. }, Some(ctx)) => Body::json_or_form(req)
+                .and_then(|b| seed::server_auth(ctx.app, &b))
+                .map(|v| Response::json(200, &v)),
+        };
+        (endpoint, idx, result)
+    }
+
+    fn metrics_response(&self) -> Response {
+        let apps: Vec<&str> = self
+            .engine
+            .config()
+            .apps
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect();
+        let text = metrics::render(
+            &self.engine.metrics(),
+            &self.engine.stats(),
+            &self.metrics,
+            &apps,
+        );
+        let mut text = text;
+        if let Some(w) = self.webhooks.get() {
+            w.stats().render_prometheus(&mut text);
+        }
+        Response::raw(200, crate::http::response::PROMETHEUS, text.into_bytes())
+    }
+}
+
+fn health_only_error() -> ApiError {
+    ApiError::new(
+        404,
+        "not_found",
+        "this port serves WebSocket connections and /health only: the HTTP API is on the \
+         api_listen address",
+    )
+}
+
+/// Polls every future in order on each wake-up until all are done: the first poll of each
+/// happens in list order (publishes enqueue in that order), the waits overlap.
+pub(crate) async fn join_in_order<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futs.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *slot = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::task::{Context, Waker};
+
+    /// A future that records its first poll, then is pending once before finishing.
+    struct Step {
+        id: usize,
+        log: Rc<RefCell<Vec<usize>>>,
+        polled: bool,
+    }
+
+    impl Future for Step {
+        type Output = usize;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<usize> {
+            if self.polled {
+                Poll::Ready(self.id)
+            } else {
+                self.polled = true;
+                self.log.borrow_mut().push(self.id);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+
+    #[test]
+    fn join_in_order_first_polls_in_list_order_and_keeps_result_order() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let futs: Vec<Step> = (0..5)
+            .map(|id| Step {
+                id,
+                log: log.clone(),
+                polled: false,
+            })
+            .collect();
+        let mut fut = Box::pin(join_in_order(futs));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(*log.borrow(), vec![0, 1, 2, 3, 4]);
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => assert_eq!(out, vec![0, 1, 2, 3, 4]),
+            Poll::Pending => panic!("should be done"),
+        }
+    }
+}

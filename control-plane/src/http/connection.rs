@@ -1,0 +1,183 @@
+//! The per-connection loop: read, parse, answer, repeat while keep-alive holds. Every wait has
+//! a deadline: the keep-alive idle wait (silent close), the head (408), the body (408), the
+//! handler (503) and each write (close).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+use super::request::{Limits, Progress, Request, RequestReader};
+use super::response::Response;
+use crate::error::ApiError;
+
+/// Bytes asked for per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Deadlines of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the first byte of a request head to its end (408 past it).
+    pub head: Duration,
+    /// From the end of the head to the end of the body (408 past it).
+    pub body: Duration,
+    /// Keep-alive: silence allowed between requests before the connection is closed.
+    pub idle: Duration,
+    /// Longest time a handler may take (503 past it).
+    pub handler: Duration,
+    /// Longest time one response write may take (the connection is dropped past it).
+    pub write: Duration,
+}
+
+/// Answers requests; implemented by the API.
+pub trait Handler {
+    /// Answers one complete request.
+    fn handle(&self, req: &Request) -> impl Future<Output = Response>;
+    /// Observes a response the HTTP layer produced itself (parse errors, timeouts, panics).
+    fn observe_http_error(&self, status: u16);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Head,
+    Body,
+}
+
+/// Serves one connection until the client closes, a limit is hit or keep-alive ends.
+/// `initial` is what was already read from the socket.
+pub async fn serve<H: Handler>(
+    handler: &H,
+    mut stream: TcpStream,
+    initial: Vec<u8>,
+    limits: Limits,
+    timeouts: Timeouts,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut reader = RequestReader::new(limits, initial);
+    let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut phase = Phase::Idle;
+    let mut deadline = Instant::now() + timeouts.idle;
+    loop {
+        let next = match reader.poll() {
+            Ok(p) => p,
+            Err(e) => {
+                handler.observe_http_error(e.status);
+                let bytes = e.to_response().to_bytes(false, false);
+                let _ = write(&mut stream, bytes, timeouts.write).await;
+                return;
+            }
+        };
+        let now_phase = match next {
+            Progress::Request(req) => {
+                let head_only = req.method == "HEAD";
+                let resp = match monoio::time::timeout(
+                    timeouts.handler,
+                    CatchUnwind(Box::pin(handler.handle(&req))),
+                )
+                .await
+                {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(())) => {
+                        tracing::error!(path = %req.path, "control plane handler panicked");
+                        handler.observe_http_error(500);
+                        ApiError::new(500, "internal", "internal error").to_response()
+                    }
+                    Err(_) => {
+                        handler.observe_http_error(503);
+                        ApiError::new(503, "timeout", "the request took too long, retry later")
+                            .to_response()
+                    }
+                };
+                let keep = req.keep_alive && !resp.close;
+                if !write(&mut stream, resp.to_bytes(keep, head_only), timeouts.write).await
+                    || !keep
+                {
+                    return;
+                }
+                phase = Phase::Idle;
+                deadline = Instant::now() + timeouts.idle;
+                continue;
+            }
+            Progress::Idle => Phase::Idle,
+            Progress::Head => Phase::Head,
+            Progress::Body { send_continue } => {
+                if send_continue
+                    && !write(
+                        &mut stream,
+                        b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
+                        timeouts.write,
+                    )
+                    .await
+                {
+                    return;
+                }
+                Phase::Body
+            }
+        };
+        if now_phase != phase {
+            phase = now_phase;
+            deadline = Instant::now()
+                + match phase {
+                    Phase::Idle => timeouts.idle,
+                    Phase::Head => timeouts.head,
+                    Phase::Body => timeouts.body,
+                };
+        }
+        let (res, buf) = match monoio::time::timeout_at(deadline, stream.read(rbuf)).await {
+            Ok(r) => r,
+            Err(_) => {
+                if phase != Phase::Idle {
+                    handler.observe_http_error(408);
+                    let what = if phase == Phase::Head { "head" } else { "body" };
+                    let e = ApiError::new(
+                        408,
+                        "request_timeout",
+                        format!("the request {what} did not arrive in time"),
+                    );
+                    let _ = write(
+                        &mut stream,
+                        e.to_response().to_bytes(false, false),
+                        timeouts.write,
+                    )
+                    .await;
+                }
+                return;
+            }
+        };
+        rbuf = buf;
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(n) => reader.feed(&rbuf[..n]),
+        }
+    }
+}
+
+/// Writes all of `bytes` within `limit`; false if the connection is unusable.
+async fn write(stream: &mut TcpStream, bytes: Vec<u8>, limit: Duration) -> bool {
+    matches!(
+        monoio::time::timeout(limit, stream.write_all(bytes)).await,
+        Ok((Ok(_), _))
+    )
+}
+
+/// Turns a panic while polling the handler into `Err(())`, so a bug answers 500 instead of
+/// unwinding through (and killing) an engine core.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}

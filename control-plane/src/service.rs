@@ -1,0 +1,235 @@
+//! Where the API runs. [`ControlPlane`] implements the engine's [`HttpService`]: plain HTTP
+//! connections arriving on the public port are served on the accepting core. [`ApiServer`]
+//! runs the same service on its own listener and thread(s), each with its own monoio runtime
+//! (`--api-listen`); the public port then gets [`ControlPlane::health_only`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use futures_channel::oneshot;
+use ringcast_engine::{reuseport_listener, EngineHandle, HttpService};
+
+use crate::api::{system_clock, Api, Clock, Endpoint, Scope};
+use crate::config::ApiConfig;
+use crate::http::{self, Request, Response};
+
+/// The control plane: the HTTP API over an engine handle. Cheap to clone.
+#[derive(Clone)]
+pub struct ControlPlane {
+    api: Arc<Api>,
+}
+
+impl ControlPlane {
+    /// With the system clock.
+    pub fn new(engine: EngineHandle, config: ApiConfig) -> ControlPlane {
+        ControlPlane::with_clock(engine, config, system_clock())
+    }
+
+    /// With an injected clock (seconds since the Unix epoch), for tests.
+    pub fn with_clock(engine: EngineHandle, config: ApiConfig, clock: Clock) -> ControlPlane {
+        ControlPlane {
+            api: Arc::new(Api::new(engine, config, clock)),
+        }
+    }
+
+    /// Serves the webhook delivery log and redelivery, and exports the sender's counters.
+    pub fn attach_webhooks(&self, hooks: Arc<crate::webhook::Webhooks>) {
+        let _ = self.api.webhooks.set(hooks);
+    }
+
+    pub fn api(&self) -> &Arc<Api> {
+        &self.api
+    }
+
+    /// The service for the public port when the API has its own listener: `/health` only.
+    pub fn health_only(&self) -> Arc<dyn HttpService> {
+        Arc::new(HealthOnly {
+            api: self.api.clone(),
+        })
+    }
+
+    /// Serves one connection (keep-alive loop) with the given scope.
+    pub async fn serve_connection(
+        &self,
+        stream: monoio::net::TcpStream,
+        initial: Vec<u8>,
+        scope: Scope,
+    ) {
+        serve(self.api.clone(), stream, initial, scope).await
+    }
+}
+
+async fn serve(api: Arc<Api>, stream: monoio::net::TcpStream, initial: Vec<u8>, scope: Scope) {
+    let limits = api.config().limits();
+    let timeouts = api.config().timeouts();
+    let h = Serving { api, scope };
+    http::serve(&h, stream, initial, limits, timeouts).await
+}
+
+struct Serving {
+    api: Arc<Api>,
+    scope: Scope,
+}
+
+impl http::Handler for Serving {
+    fn handle(&self, req: &Request) -> impl Future<Output = Response> {
+        self.api.handle(req, self.scope)
+    }
+
+    fn observe_http_error(&self, status: u16) {
+        self.api
+            .rest_metrics()
+            .record(Endpoint::Other, status, None);
+    }
+}
+
+impl HttpService for ControlPlane {
+    fn serve(
+        &self,
+        stream: monoio::net::TcpStream,
+        buffered: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(serve(self.api.clone(), stream, buffered, Scope::Full))
+    }
+}
+
+/// The public port's service when the API is elsewhere: answers `/health`, 404 otherwise.
+struct HealthOnly {
+    api: Arc<Api>,
+}
+
+impl HttpService for HealthOnly {
+    fn serve(
+        &self,
+        stream: monoio::net::TcpStream,
+        buffered: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(serve(self.api.clone(), stream, buffered, Scope::HealthOnly))
+    }
+}
+
+/// The API on its own listener (`--api-listen`): `threads` threads, each with its own monoio
+/// runtime and an SO_REUSEPORT listener on the same address.
+pub struct ApiServer {
+    local_addr: SocketAddr,
+    stops: Vec<oneshot::Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Binds `addr` (port 0 picks one) and starts serving.
+    pub fn start(
+        addr: SocketAddr,
+        control_plane: &ControlPlane,
+        threads: usize,
+    ) -> std::io::Result<ApiServer> {
+        let first = reuseport_listener(addr)?;
+        let local_addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..threads.max(1) {
+            listeners.push(reuseport_listener(local_addr)?);
+        }
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let mut server = ApiServer {
+            local_addr,
+            stops: Vec::new(),
+            threads: Vec::new(),
+        };
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            let api = control_plane.api.clone();
+            let ready = ready_tx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("ringcast-api{i}"))
+                .spawn(move || {
+                    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                        .enable_timer()
+                        .build();
+                    let mut rt = match rt {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("api thread {i}: runtime: {e}")));
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        let listener = match monoio::net::TcpListener::from_std(listener) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                let _ = ready.send(Err(format!("api thread {i}: listener: {e}")));
+                                return;
+                            }
+                        };
+                        let _ = ready.send(Ok(()));
+                        accept_loop(api, listener, stop_rx).await
+                    });
+                })?;
+            server.stops.push(stop_tx);
+            server.threads.push(t);
+        }
+        drop(ready_tx);
+        for _ in 0..server.threads.len() {
+            match ready_rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(std::io::Error::other(e)),
+                Err(_) => {
+                    return Err(std::io::Error::other(
+                        "an api thread died or hung during start-up",
+                    ))
+                }
+            }
+        }
+        tracing::info!(addr = %local_addr, threads = server.threads.len(), "HTTP API listening");
+        Ok(server)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, drops in-flight connections and joins the threads.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for s in self.stops.drain(..) {
+            let _ = s.send(());
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn accept_loop(
+    api: Arc<Api>,
+    listener: monoio::net::TcpListener,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        monoio::select! {
+            _ = &mut stop => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    monoio::spawn(serve(api.clone(), stream, Vec::new(), Scope::Full));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("api accept failed: {e}");
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
