@@ -60,6 +60,7 @@ fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let api_config = ApiConfig::from_table(raw.api.take()).map_err(anyhow::Error::msg)?;
     let config = raw.resolve(cores)?;
     let grace = config.shutdown_grace;
     let api_listen = config.api_listen;
@@ -71,7 +72,7 @@ fn main() -> anyhow::Result<()> {
 
     // The control plane serves the HTTP API on the public port, or on its own listener with
     // --api-listen (the public port then answers only WebSocket upgrades and /health).
-    let control_plane = ControlPlane::new(engine.handle(), ApiConfig::default());
+    let control_plane = ControlPlane::new(engine.handle(), api_config);
     control_plane.attach_webhooks(webhooks.clone());
     let api_server = match api_listen {
         Some(a) => Some(

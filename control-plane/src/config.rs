@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
+
 use ringcast_protocol::{close, limits};
 
 use crate::http::{Limits, Timeouts};
@@ -70,7 +72,64 @@ impl Default for ApiConfig {
     }
 }
 
+/// The `[api]` table of the config file, as read. Every key is optional; unknown keys are an
+/// error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiConfig {
+    pub max_head_bytes: Option<usize>,
+    pub max_body_bytes: Option<usize>,
+    pub max_channels_per_event: Option<usize>,
+    pub max_batch_events: Option<usize>,
+    pub head_timeout_ms: Option<u64>,
+    pub body_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub handler_timeout_ms: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+    pub terminate_close_code: Option<u16>,
+}
+
 impl ApiConfig {
+    /// Resolves the `[api]` table (absent: every default).
+    pub fn from_table(table: Option<toml::Table>) -> Result<ApiConfig, String> {
+        let raw: RawApiConfig = match table {
+            Some(t) => t
+                .try_into()
+                .map_err(|e| format!("invalid [api] table: {e}"))?,
+            None => RawApiConfig::default(),
+        };
+        let d = ApiConfig::default();
+        let ms = |v: Option<u64>, dflt: Duration| {
+            v.map(|m| Duration::from_millis(m.max(1))).unwrap_or(dflt)
+        };
+        let cfg = ApiConfig {
+            max_head_bytes: raw.max_head_bytes.unwrap_or(d.max_head_bytes),
+            max_body_bytes: raw.max_body_bytes.unwrap_or(d.max_body_bytes),
+            max_channels_per_event: raw
+                .max_channels_per_event
+                .unwrap_or(d.max_channels_per_event),
+            max_batch_events: raw.max_batch_events.unwrap_or(d.max_batch_events),
+            head_timeout: ms(raw.head_timeout_ms, d.head_timeout),
+            body_timeout: ms(raw.body_timeout_ms, d.body_timeout),
+            idle_timeout: ms(raw.idle_timeout_ms, d.idle_timeout),
+            handler_timeout: ms(raw.handler_timeout_ms, d.handler_timeout),
+            write_timeout: ms(raw.write_timeout_ms, d.write_timeout),
+            terminate_close_code: raw.terminate_close_code.unwrap_or(d.terminate_close_code),
+        };
+        if cfg.max_head_bytes < 1024 || cfg.max_body_bytes < 1024 {
+            return Err("[api] max_head_bytes and max_body_bytes must be at least 1024".into());
+        }
+        if cfg.max_channels_per_event == 0 || cfg.max_batch_events == 0 {
+            return Err(
+                "[api] max_channels_per_event and max_batch_events must be at least 1".into(),
+            );
+        }
+        if !(4000..=4999).contains(&cfg.terminate_close_code) {
+            return Err("[api] terminate_close_code must be within 4000..=4999".into());
+        }
+        Ok(cfg)
+    }
+
     pub(crate) fn limits(&self) -> Limits {
         Limits {
             max_head_bytes: self.max_head_bytes,
@@ -86,5 +145,25 @@ impl ApiConfig {
             handler: self.handler_timeout,
             write: self.write_timeout,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_table_overrides_defaults_and_refuses_typos() {
+        let t: toml::Table =
+            toml::from_str("max_batch_events = 25\nhead_timeout_ms = 500").unwrap();
+        let c = ApiConfig::from_table(Some(t)).unwrap();
+        assert_eq!(c.max_batch_events, 25);
+        assert_eq!(c.head_timeout, Duration::from_millis(500));
+        assert_eq!(c.max_channels_per_event, defaults::MAX_CHANNELS_PER_EVENT);
+        assert_eq!(ApiConfig::from_table(None).unwrap(), ApiConfig::default());
+        let bad = |s: &str| ApiConfig::from_table(Some(toml::from_str(s).unwrap())).is_err();
+        assert!(bad("max_batch_event = 3"));
+        assert!(bad("max_batch_events = 0"));
+        assert!(bad("terminate_close_code = 1000"));
     }
 }

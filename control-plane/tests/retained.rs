@@ -183,3 +183,16 @@ fn webhook_log_without_webhooks_is_empty_and_redeliver_is_404() {
     s.signed("POST", "/apps/app-id/webhooks/redeliver", &[], "{}")
         .expect_error(400, "bad_request");
 }
+
+#[test]
+fn health_answers_503_once_shutdown_begins() {
+    let s = Server::with(Options {
+        separate_api_listener: true,
+        ..Options::default()
+    });
+    assert_eq!(http(s.api_addr, "GET", "/health", &[], b"").status, 200);
+    s.handle().shutdown();
+    let r = http(s.api_addr, "GET", "/health", &[], b"");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["shutting_down"], true);
+}

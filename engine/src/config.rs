@@ -114,6 +114,9 @@ pub struct RawConfig {
     pub mesh_overflow_limit: Option<usize>,
     pub history_max_bytes_per_core: Option<usize>,
     pub cache_max_entries_per_core: Option<usize>,
+    /// The `[api]` table: the HTTP API's own limits. Opaque to the engine; the control plane
+    /// resolves and validates it.
+    pub api: Option<toml::Table>,
     #[serde(default)]
     pub apps: Vec<RawApp>,
 }

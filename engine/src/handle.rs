@@ -323,6 +323,13 @@ impl EngineHandle {
         Ok((all, more))
     }
 
+    /// True once a graceful shutdown has begun (health checks answer 503 from then on).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared
+            .shutdown
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Counters summed over cores.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.shared.metrics.snapshot()

@@ -175,6 +175,10 @@ impl Api {
         };
         let idx = ctx.as_ref().map(|c| c.idx);
         let result = match (&r, &ctx) {
+            (Route::Health, _) if self.engine.is_shutting_down() => Ok(Response::json(
+                503,
+                &json!({"ok": false, "shutting_down": true}),
+            )),
             (Route::Health, _) => Ok(Response::json(200, &json!({"ok": true}))),
             (Route::Stats, _) => Ok(Response::json(200, &stats::render(&self.engine.stats()))),
             (Route::Metrics, _) => Ok(self.metrics_response()),
