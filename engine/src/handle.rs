@@ -103,9 +103,54 @@ impl EngineHandle {
         }
     }
 
+    /// Hands a command to one core (no wait).
+    fn send_to(&self, core: usize, cmd: Command) -> Result<(), EngineError> {
+        self.shared
+            .mesh
+            .inject(core, cmd)
+            .map_err(|_| EngineError::Overloaded)
+    }
+
+    /// Asks the owner of `(app, name)` and awaits its answer.
+    async fn ask_owner<T>(
+        &self,
+        app: AppIdx,
+        name: ChannelName,
+        cmd: impl FnOnce(ChanKey, oneshot::Sender<T>) -> Command,
+    ) -> Result<T, EngineError> {
+        self.live()?;
+        let key = self.key(app, name)?;
+        let owner = self.shared.owner_of(&key);
+        let (tx, rx) = oneshot::channel();
+        self.send_to(owner, cmd(key, tx))?;
+        rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// Asks every core (all sends first, so the cores work in parallel) and collects the
+    /// answers in core order.
+    async fn ask_all<T>(
+        &self,
+        cmd: impl Fn(oneshot::Sender<T>) -> Command,
+    ) -> Result<Vec<T>, EngineError> {
+        self.live()?;
+        let mut replies = Vec::with_capacity(self.shared.config.workers);
+        for core in 0..self.shared.config.workers {
+            let (tx, rx) = oneshot::channel();
+            self.send_to(core, cmd(tx))?;
+            replies.push(rx);
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for rx in replies {
+            out.push(rx.await.map_err(|_| EngineError::Stopped)?);
+        }
+        Ok(out)
+    }
+
     /// Publishes one event to several channels. Each channel's frame is encoded once here and
     /// shared by every subscriber. Returns the subscription counts per channel (in order),
-    /// taken at the owner when the event was fanned out.
+    /// taken at the owner when the event was fanned out. Every channel is handed to its owner
+    /// before any answer is awaited. On `Overloaded`, channels before the full queue may
+    /// already have been published.
     pub async fn publish(&self, p: Publish) -> Result<Vec<ChannelCounts>, EngineError> {
         self.live()?;
         let except = p.except.map(|s| s.lo);
@@ -115,18 +160,15 @@ impl EngineHandle {
             let key = self.key(p.app, name)?;
             let owner = self.shared.owner_of(&key);
             let (tx, rx) = oneshot::channel();
-            self.shared
-                .mesh
-                .inject(
-                    owner,
-                    Command::Publish {
-                        key,
-                        frame,
-                        except,
-                        reply: tx,
-                    },
-                )
-                .map_err(|_| EngineError::Overloaded)?;
+            self.send_to(
+                owner,
+                Command::Publish {
+                    key,
+                    frame,
+                    except,
+                    reply: tx,
+                },
+            )?;
             replies.push(rx);
         }
         let mut out = Vec::with_capacity(replies.len());
@@ -142,27 +184,18 @@ impl EngineHandle {
         app: AppIdx,
         prefix: Option<&str>,
     ) -> Result<Vec<ChannelSummary>, EngineError> {
-        self.live()?;
-        let mut replies = Vec::new();
-        for core in 0..self.shared.config.workers {
-            let (tx, rx) = oneshot::channel();
-            self.shared
-                .mesh
-                .inject(
-                    core,
-                    Command::ListChannels {
-                        app,
-                        prefix: prefix.map(str::to_owned),
-                        reply: tx,
-                    },
-                )
-                .map_err(|_| EngineError::Overloaded)?;
-            replies.push(rx);
+        if (app as usize) >= self.shared.apps.len() {
+            return Err(EngineError::UnknownApp);
         }
-        let mut all = Vec::new();
-        for rx in replies {
-            all.extend(rx.await.map_err(|_| EngineError::Stopped)?);
-        }
+        let prefix = prefix.map(str::to_owned);
+        let per_core = self
+            .ask_all(|reply| Command::ListChannels {
+                app,
+                prefix: prefix.clone(),
+                reply,
+            })
+            .await?;
+        let mut all: Vec<ChannelSummary> = per_core.into_iter().flatten().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
     }
@@ -173,15 +206,8 @@ impl EngineHandle {
         app: AppIdx,
         name: ChannelName,
     ) -> Result<ChannelSummary, EngineError> {
-        self.live()?;
-        let key = self.key(app, name)?;
-        let owner = self.shared.owner_of(&key);
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .mesh
-            .inject(owner, Command::ChannelInfo { key, reply: tx })
-            .map_err(|_| EngineError::Overloaded)?;
-        rx.await.map_err(|_| EngineError::Stopped)
+        self.ask_owner(app, name, |key, reply| Command::ChannelInfo { key, reply })
+            .await
     }
 
     /// Members of a presence channel (empty for other channels or when unoccupied).
@@ -190,18 +216,15 @@ impl EngineHandle {
         app: AppIdx,
         name: ChannelName,
     ) -> Result<Vec<PresenceUser>, EngineError> {
-        self.live()?;
         if name.kind() != ChannelKind::Presence {
+            self.live()?;
             return Ok(Vec::new());
         }
-        let key = self.key(app, name)?;
-        let owner = self.shared.owner_of(&key);
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .mesh
-            .inject(owner, Command::PresenceUsers { key, reply: tx })
-            .map_err(|_| EngineError::Overloaded)?;
-        rx.await.map_err(|_| EngineError::Stopped)
+        self.ask_owner(app, name, |key, reply| Command::PresenceUsers {
+            key,
+            reply,
+        })
+        .await
     }
 
     /// Closes every connection signed in as `user_id` with `close_code`; returns how many.
@@ -211,29 +234,15 @@ impl EngineHandle {
         user_id: &str,
         close_code: u16,
     ) -> Result<usize, EngineError> {
-        self.live()?;
-        let mut replies = Vec::new();
-        for core in 0..self.shared.config.workers {
-            let (tx, rx) = oneshot::channel();
-            self.shared
-                .mesh
-                .inject(
-                    core,
-                    Command::TerminateUser {
-                        app,
-                        user_id: user_id.to_owned(),
-                        code: close_code,
-                        reply: tx,
-                    },
-                )
-                .map_err(|_| EngineError::Overloaded)?;
-            replies.push(rx);
-        }
-        let mut n = 0;
-        for rx in replies {
-            n += rx.await.map_err(|_| EngineError::Stopped)?;
-        }
-        Ok(n)
+        let per_core = self
+            .ask_all(|reply| Command::TerminateUser {
+                app,
+                user_id: user_id.to_owned(),
+                code: close_code,
+                reply,
+            })
+            .await?;
+        Ok(per_core.into_iter().sum())
     }
 
     /// The cached last event of a cache channel, if any and not expired.
@@ -242,15 +251,8 @@ impl EngineHandle {
         app: AppIdx,
         name: ChannelName,
     ) -> Result<Option<CachedEvent>, EngineError> {
-        self.live()?;
-        let key = self.key(app, name)?;
-        let owner = self.shared.owner_of(&key);
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .mesh
-            .inject(owner, Command::ChannelCache { key, reply: tx })
-            .map_err(|_| EngineError::Overloaded)?;
-        rx.await.map_err(|_| EngineError::Stopped)
+        self.ask_owner(app, name, |key, reply| Command::ChannelCache { key, reply })
+            .await
     }
 
     /// A channel's recent events, newest first (empty when the app keeps no history).
@@ -260,22 +262,12 @@ impl EngineHandle {
         name: ChannelName,
         limit: usize,
     ) -> Result<Vec<HistoryEvent>, EngineError> {
-        self.live()?;
-        let key = self.key(app, name)?;
-        let owner = self.shared.owner_of(&key);
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .mesh
-            .inject(
-                owner,
-                Command::ChannelHistory {
-                    key,
-                    limit,
-                    reply: tx,
-                },
-            )
-            .map_err(|_| EngineError::Overloaded)?;
-        rx.await.map_err(|_| EngineError::Stopped)
+        self.ask_owner(app, name, |key, reply| Command::ChannelHistory {
+            key,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// An app's recent events across channels (all cores), newest first, filtered by `q`.
@@ -285,38 +277,34 @@ impl EngineHandle {
         app: AppIdx,
         q: HistoryQuery,
     ) -> Result<(Vec<HistoryEvent>, bool), EngineError> {
-        self.live()?;
         if (app as usize) >= self.shared.apps.len() {
             return Err(EngineError::UnknownApp);
         }
-        let cores: Vec<usize> = match &q.channel {
+        let mut all: Vec<HistoryEvent> = match &q.channel {
             // One channel lives on one owner.
             Some(c) => match ChannelName::parse(c) {
-                Ok(name) => vec![self.shared.owner_of(&ChanKey { app, name })],
+                Ok(name) => {
+                    let q = q.clone();
+                    self.ask_owner(app, name, |_, reply| Command::History {
+                        app,
+                        query: q,
+                        reply,
+                    })
+                    .await?
+                }
                 Err(_) => return Ok((Vec::new(), false)),
             },
-            None => (0..self.shared.config.workers).collect(),
+            None => self
+                .ask_all(|reply| Command::History {
+                    app,
+                    query: q.clone(),
+                    reply,
+                })
+                .await?
+                .into_iter()
+                .flatten()
+                .collect(),
         };
-        let mut replies = Vec::new();
-        for core in cores {
-            let (tx, rx) = oneshot::channel();
-            self.shared
-                .mesh
-                .inject(
-                    core,
-                    Command::History {
-                        app,
-                        query: q.clone(),
-                        reply: tx,
-                    },
-                )
-                .map_err(|_| EngineError::Overloaded)?;
-            replies.push(rx);
-        }
-        let mut all = Vec::new();
-        for rx in replies {
-            all.extend(rx.await.map_err(|_| EngineError::Stopped)?);
-        }
         crate::history::sort_newest_first(&mut all);
         let more = all.len() > q.limit;
         all.truncate(q.limit);
