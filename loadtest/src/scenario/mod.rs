@@ -1,0 +1,6 @@
+//! Scenario runners. Each takes a plan, drives the generator threads and returns a result
+//! struct that the report module prints and serializes.
+
+pub mod connect;
+pub mod fanout;
+pub mod presence;
