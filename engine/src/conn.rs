@@ -17,11 +17,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
-use monoio::time::Instant;
 use ringcast_protocol::{
     close, limits, pusher, ws, ChannelKind, ChannelName, ClientMessage, Dialect, FrameDecoder,
     Message, Role, SocketId,
 };
+use std::time::Instant;
 
 use crate::core::Core;
 use crate::metrics::CloseReason;
@@ -31,7 +31,7 @@ use crate::shared::App;
 /// Largest number of frames handed to one `writev` (Linux IOV_MAX is 1024).
 const MAX_IOV: usize = 1024;
 /// Read buffer size for a connection that sends little (most of them).
-const SMALL_READ: usize = 1024;
+const SMALL_READ: usize = 256;
 /// Largest read buffer a busy connection grows to.
 const LARGE_READ: usize = 16 * 1024;
 
@@ -83,8 +83,12 @@ pub(crate) struct Conn {
     budget: usize,
     out: RefCell<Outbound>,
     writer_waker: Cell<Option<Waker>>,
-    /// The writer is inside a `writev` (the socket may be full).
-    writing: Cell<bool>,
+    /// When the writer's current `writev` started (None when idle): the core's sweep enforces
+    /// the write deadline on it.
+    pub write_started: Cell<Option<Instant>>,
+    /// Last time the client sent anything, and when we pinged it (liveness, see the sweep).
+    pub last_read: Cell<Instant>,
+    pub ping_sent: Cell<Option<Instant>>,
     pub state: RefCell<ConnState>,
     fd: RawFd,
     /// Why the connection ended, recorded once for metrics.
@@ -111,7 +115,7 @@ impl Conn {
             });
             drop(out);
             self.set_end_reason(CloseReason::SlowConsumerBudget);
-            if self.writing.get() {
+            if self.write_started.get().is_some() {
                 // The writer is stuck on a full socket: the client is not reading, so a close
                 // frame would never arrive. Cut the connection now instead of waiting out the
                 // write deadline while memory stays pinned.
@@ -152,14 +156,14 @@ impl Conn {
         out.closing.is_some() || out.done
     }
 
-    fn set_end_reason(&self, r: CloseReason) {
+    pub(crate) fn set_end_reason(&self, r: CloseReason) {
         if self.end_reason.get().is_none() {
             self.end_reason.set(Some(r));
         }
     }
 
     /// Wakes a pending read so the reader notices the end of the connection.
-    fn shutdown_socket(&self) {
+    pub(crate) fn shutdown_socket(&self) {
         // SAFETY: `fd` is the connection's socket, owned by the read/write halves that are alive
         // for as long as this `Conn`'s tasks run; shutdown(2) does not close or invalidate it.
         unsafe {
@@ -286,11 +290,24 @@ async fn write_all(w: &mut OwnedWriteHalf<TcpStream>, data: Bytes) -> std::io::R
 }
 
 /// Entry point for an accepted socket.
-pub(crate) async fn handle(core: Rc<Core>, mut stream: TcpStream) {
+pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
+    // The handshake's state (read buffers, the parsed request head) lives in its own boxed
+    // future and is freed before the connection's long-lived loop starts: an idle
+    // connection keeps only what `run` needs.
+    let accepted = Box::pin(handshake(core.clone(), stream)).await;
+    if let Some((app, stream, leftover)) = accepted {
+        run(core, app, stream, leftover).await;
+    }
+}
+
+/// Reads and answers the HTTP request head. Returns the accepted WebSocket connection (its
+/// app, the stream, bytes already read past the head), or `None` when the request was
+/// answered otherwise (plain HTTP, refused, failed).
+async fn handshake(core: Rc<Core>, mut stream: TcpStream) -> Option<(AppIdx, TcpStream, Vec<u8>)> {
     let _ = stream.set_nodelay(true);
     let cfg = &core.shared.config;
     // 1. Request head, bounded in size and time.
-    let deadline = Instant::now() + cfg.handshake_timeout;
+    let deadline = monoio::time::Instant::now() + cfg.handshake_timeout;
     let mut head_buf: Vec<u8> = Vec::new();
     let mut rbuf = Vec::with_capacity(SMALL_READ);
     let head = loop {
@@ -302,12 +319,12 @@ pub(crate) async fn handle(core: Rc<Core>, mut stream: TcpStream) {
                 let _ = stream
                     .write_all(http_response(408, "request head timeout"))
                     .await;
-                return;
+                return None;
             }
         };
         rbuf = b;
         match res {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => head_buf.extend_from_slice(&rbuf[..n]),
         }
         match ws::parse_request_head(&head_buf, limits::MAX_REQUEST_HEAD_BYTES) {
@@ -322,7 +339,7 @@ pub(crate) async fn handle(core: Rc<Core>, mut stream: TcpStream) {
                 let _ = stream
                     .write_all(http_response(status, &e.to_string()))
                     .await;
-                return;
+                return None;
             }
         }
     };
@@ -339,7 +356,7 @@ pub(crate) async fn handle(core: Rc<Core>, mut stream: TcpStream) {
             };
             let _ = stream.write_all(resp).await;
         }
-        return;
+        return None;
     };
 
     // 3. Upgrade, then accept or reject with a Pusher close code (never refuse the upgrade:
@@ -350,7 +367,7 @@ pub(crate) async fn handle(core: Rc<Core>, mut stream: TcpStream) {
         .0
         .is_err()
     {
-        return;
+        return None;
     }
     let leftover = head_buf.split_off(head.head_len.min(head_buf.len()));
     let params = match ws::parse_connect(&head.path, &head.query) {
@@ -365,7 +382,7 @@ pub(crate) async fn handle(core: Rc<Core>, mut stream: TcpStream) {
                 CloseReason::Refused,
             )
             .await;
-            return;
+            return None;
         }
     };
     let Some(app) = core.shared.app_by_key(&params.app_key) else {
@@ -379,7 +396,7 @@ pub(crate) async fn handle(core: Rc<Core>, mut stream: TcpStream) {
             CloseReason::Refused,
         )
         .await;
-        return;
+        return None;
     };
     let dialect = app.config.dialect;
     if !app.config.enabled {
@@ -392,7 +409,7 @@ pub(crate) async fn handle(core: Rc<Core>, mut stream: TcpStream) {
             CloseReason::Refused,
         )
         .await;
-        return;
+        return None;
     }
     if core.shutting_down.get() {
         reject(
@@ -404,7 +421,7 @@ pub(crate) async fn handle(core: Rc<Core>, mut stream: TcpStream) {
             CloseReason::Shutdown,
         )
         .await;
-        return;
+        return None;
     }
     let n = app
         .connections
@@ -421,10 +438,9 @@ pub(crate) async fn handle(core: Rc<Core>, mut stream: TcpStream) {
             CloseReason::OverQuota,
         )
         .await;
-        return;
+        return None;
     }
-    let idx = app.idx;
-    run(core, idx, stream, leftover).await;
+    Some((app.idx, stream, leftover))
 }
 
 async fn reject(
@@ -458,7 +474,9 @@ async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u
         budget: cfg.outbound_budget_bytes,
         out: RefCell::new(Outbound::default()),
         writer_waker: Cell::new(None),
-        writing: Cell::new(false),
+        write_started: Cell::new(None),
+        last_read: Cell::new(Instant::now()),
+        ping_sent: Cell::new(None),
         state: RefCell::new(ConnState {
             subs: HashMap::new(),
             user: None,
@@ -487,8 +505,7 @@ async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u
     if !leftover.is_empty() {
         decoder.handle_bytes(&leftover);
     }
-    let activity = Duration::from_secs(cfg.activity_timeout_secs.into());
-    let mut awaiting_pong = false;
+    drop(leftover);
     let mut rbuf = Vec::with_capacity(SMALL_READ);
     'conn: loop {
         // Decode everything buffered.
@@ -512,28 +529,9 @@ async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u
         if conn.is_closing() {
             break;
         }
-        let wait = if awaiting_pong {
-            cfg.pong_timeout
-        } else {
-            activity
-        };
-        let (res, b) = match monoio::time::timeout(wait, reader.read(rbuf)).await {
-            Ok(x) => x,
-            Err(_) => {
-                rbuf = Vec::with_capacity(SMALL_READ);
-                if awaiting_pong {
-                    conn.close(
-                        close::PONG_TIMEOUT,
-                        "Pong reply not received in time",
-                        CloseReason::PongTimeout,
-                    );
-                    break;
-                }
-                awaiting_pong = true;
-                conn.push(pusher::ping_frame(dialect));
-                continue;
-            }
-        };
+        // No timer per read: the core's once-a-second sweep (`Core::sweep_connections`) pings
+        // silent connections and closes those that do not answer.
+        let (res, b) = reader.read(rbuf).await;
         rbuf = b;
         match res {
             Ok(0) => {
@@ -545,7 +543,8 @@ async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u
                 break;
             }
             Ok(n) => {
-                awaiting_pong = false;
+                conn.last_read.set(Instant::now());
+                conn.ping_sent.set(None);
                 decoder.handle_bytes(&rbuf[..n]);
                 // Grow for busy senders, shrink back for idle ones (an idle connection's pending
                 // read holds its buffer, so it must stay small).
@@ -1017,7 +1016,6 @@ fn client_event(
 
 /// The writer task: one vectored write per wake-up, bounded by the write deadline.
 async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: OwnedWriteHalf<TcpStream>) {
-    let deadline = core.shared.config.write_deadline;
     let mut batch = FrameBatch::default();
     loop {
         let c = conn.clone();
@@ -1053,19 +1051,17 @@ async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: OwnedWriteHalf<TcpStr
         if !batch.frames.is_empty() {
             let bytes = batch.prepare();
             let frames = batch.frames.len() as u64;
-            conn.writing.set(true);
-            let res = monoio::time::timeout(deadline, write_batch(&mut w, batch, bytes)).await;
-            conn.writing.set(false);
+            conn.write_started.set(Some(Instant::now()));
+            // No timer per write: the core's sweep shuts the socket down when a write outlives
+            // the deadline (recording the reason first), which fails this write.
+            let res = write_batch(&mut w, batch, bytes).await;
+            conn.write_started.set(None);
             match res {
-                Err(_) => {
-                    conn.set_end_reason(CloseReason::SlowConsumerDeadline);
-                    break;
-                }
-                Ok((Err(_), _)) => {
+                (Err(_), _) => {
                     conn.set_end_reason(CloseReason::IoError);
                     break;
                 }
-                Ok((Ok(()), b)) => {
+                (Ok(()), b) => {
                     batch = b;
                     batch.clear();
                     let m = core.metrics();
@@ -1078,16 +1074,18 @@ async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: OwnedWriteHalf<TcpStr
         }
         if let Some((code, reason, why)) = closing {
             conn.set_end_reason(why);
-            let _ = monoio::time::timeout(
+            // Boxed: the close path runs once, so its state should not widen every
+            // connection's writer task.
+            let _ = Box::pin(monoio::time::timeout(
                 Duration::from_secs(1),
                 write_all(&mut w, ws::close_frame(code, &reason)),
-            )
+            ))
             .await;
             break;
         }
     }
     conn.out.borrow_mut().done = true;
-    let _ = monoio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+    let _ = Box::pin(monoio::time::timeout(Duration::from_secs(1), w.shutdown())).await;
     conn.shutdown_socket();
 }
 

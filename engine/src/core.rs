@@ -337,6 +337,43 @@ impl Core {
         false
     }
 
+    /// Liveness and write deadlines for every connection of this core, once a second (instead
+    /// of one timer per read and per write, which would cost each connection a timer entry
+    /// and every I/O a timer-wheel insert and removal):
+    /// - a write running longer than `write_deadline`: the socket is shut down, which fails the
+    ///   write; counted as `slow_consumer_deadline`;
+    /// - no frame from the client for `activity_timeout`: `pusher:ping`;
+    /// - still nothing `pong_timeout` after that ping: close 4201.
+    pub(crate) fn sweep_connections(&self, now: Instant) {
+        let cfg = &self.shared.config;
+        let activity = Duration::from_secs(cfg.activity_timeout_secs.into());
+        for conn in self.conns.borrow().values() {
+            if conn
+                .write_started
+                .get()
+                .is_some_and(|t| now.saturating_duration_since(t) >= cfg.write_deadline)
+            {
+                conn.set_end_reason(CloseReason::SlowConsumerDeadline);
+                conn.shutdown_socket();
+                continue;
+            }
+            match conn.ping_sent.get() {
+                Some(t) if now.saturating_duration_since(t) >= cfg.pong_timeout => {
+                    conn.close(
+                        ringcast_protocol::close::PONG_TIMEOUT,
+                        "Pong reply not received in time",
+                        CloseReason::PongTimeout,
+                    );
+                }
+                None if now.saturating_duration_since(conn.last_read.get()) >= activity => {
+                    conn.ping_sent.set(Some(now));
+                    conn.push(pusher::ping_frame(self.shared.app(conn.app).config.dialect));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Closes every connection with 4200 and wakes the accept loop so it stops.
     pub fn begin_shutdown(&self) {
         if self.shutting_down.replace(true) {
@@ -560,6 +597,7 @@ impl Core {
                     .borrow_mut()
                     .expire(now_ms(), |a| shared.app(a).config.history_max_age);
             }
+            self.sweep_connections(Instant::now());
             let m = self.metrics();
             m.history_bytes.set(self.history.borrow().bytes() as u64);
             m.cache_entries.set(self.cache.borrow().len() as u64);

@@ -574,3 +574,37 @@ fn health_is_served_on_the_public_port() {
     let _ = h.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
+
+#[test]
+fn a_write_stuck_past_the_deadline_drops_the_connection() {
+    // A huge budget so only the deadline can trigger.
+    let s = Server::start(
+        1,
+        "outbound_budget_bytes = 268435456\nwrite_deadline_ms = 300",
+    );
+    let mut stuck = s.connect();
+    stuck.subscribe("jam");
+    let mut watcher = s.connect();
+    watcher.subscribe("jam");
+    let data = "y".repeat(64 * 1024);
+    // `stuck` never reads: once the kernel buffers are full its write cannot finish.
+    for i in 0..2000 {
+        publish(&s, "jam", "blob", &data);
+        if i % 8 == 7 {
+            for _ in 0..8 {
+                watcher.recv_event("blob");
+            }
+        }
+        if s.handle().metrics().closed_by("slow_consumer_deadline") == 1 {
+            break;
+        }
+    }
+    s.wait_metrics("write deadline enforced", |m| {
+        m.closed_by("slow_consumer_deadline") == 1
+    });
+    assert_eq!(s.handle().metrics().closed_by("slow_consumer_budget"), 0);
+    drop(stuck);
+    s.wait_metrics("stuck connection cleaned up", |m| {
+        m.connections_current == 1
+    });
+}
