@@ -68,7 +68,7 @@ rest() {
   start_ringcast
   timeout 1200 "$LT" sweep --ws-url "ws://$ADDR" --server-pid "$SERVER_PID" --label ringcast --floor \
     --publish rest --publishers 4 --rest-inflight 64 --subscribers 10 --channels 1 --payload 100 \
-    --rates 5000,10000,20000,30000,40000,50000 --duration 5 --p99-budget 200 --stop-after 2 --quiet \
+    --rates 5000,10000,20000,30000,40000,50000,60000,80000,100000 --duration 5 --p99-budget 200 --stop-after 2 --quiet \
     --out "$OUT/rest" --json "$OUT/rest/sweep.json"
   stop_ringcast
 }

@@ -259,7 +259,9 @@ impl Core {
             } => {
                 self.metrics().events_published.inc();
                 let counts = self.on_publish(&key, frame, except);
-                let _ = reply.send(counts);
+                if let Some(reply) = reply {
+                    let _ = reply.send(counts);
+                }
             }
             Command::ListChannels { app, prefix, reply } => {
                 let owned = self.owned.borrow();

@@ -115,7 +115,7 @@ pub(crate) enum Command {
         key: ChanKey,
         frame: Bytes,
         except: Option<u64>,
-        reply: oneshot::Sender<ChannelCounts>,
+        reply: Option<oneshot::Sender<ChannelCounts>>,
     },
     ListChannels {
         app: AppIdx,

@@ -171,7 +171,23 @@ pub fn counts_json(channel: &ChannelName, counts: &ChannelCounts, info: Info) ->
     Value::Object(m)
 }
 
+fn publish_of(ctx: &Ctx<'_>, e: EventSpec) -> Publish {
+    Publish {
+        app: ctx.idx,
+        channels: e.channels,
+        event: e.name,
+        data: e.data,
+        except: e.except,
+    }
+}
+
 impl Api {
+    /// Queues the event without waiting for the owners' counts (requests without `info`):
+    /// the answer does not wait for a cross-core round trip.
+    fn publish_queued(&self, ctx: &Ctx<'_>, e: EventSpec) -> Result<(), ApiError> {
+        Ok(self.engine.publish_queued(publish_of(ctx, e))?)
+    }
+
     async fn publish(&self, ctx: &Ctx<'_>, e: EventSpec) -> Result<Vec<ChannelCounts>, ApiError> {
         Ok(self
             .engine
@@ -189,9 +205,16 @@ impl Api {
     pub(crate) async fn events(&self, ctx: &Ctx<'_>, req: &Request) -> Result<Response, ApiError> {
         let spec = parse_event(&Body::json(req)?, ctx.app, &self.config, false)?;
         let info = spec.info;
+        let mut out = Map::new();
+        if !info.any() {
+            self.publish_queued(ctx, spec)?;
+            if ctx.cred == Credential::Bearer {
+                out.insert("ok".into(), true.into());
+            }
+            return Ok(Response::json(200, &Value::Object(out)));
+        }
         let channels = spec.channels.clone();
         let counts = self.publish(ctx, spec).await?;
-        let mut out = Map::new();
         if ctx.cred == Credential::Bearer {
             out.insert("ok".into(), true.into());
         }
@@ -269,10 +292,14 @@ impl Api {
             .iter()
             .map(|s| (s.channels[0].clone(), s.info))
             .collect();
-        let counts = self.publish_all(ctx, specs).await?;
         if !shape.iter().any(|(_, i)| i.any()) {
+            // No counts asked for: queue in item order (events to one channel keep it).
+            for s in specs {
+                self.publish_queued(ctx, s)?;
+            }
             return Ok(Response::empty_object());
         }
+        let counts = self.publish_all(ctx, specs).await?;
         let batch: Vec<Value> = shape
             .iter()
             .zip(&counts)
@@ -292,7 +319,9 @@ impl Api {
     ) -> Result<Response, ApiError> {
         let specs = self.batch_items(ctx, req, true)?;
         let n = specs.len();
-        self.publish_all(ctx, specs).await?;
+        for s in specs {
+            self.publish_queued(ctx, s)?;
+        }
         Ok(Response::json(200, &json!({"ok": true, "count": n})))
     }
 }
