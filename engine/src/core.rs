@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::cache::Cache;
 use crate::config::defaults;
 use crate::conn::{Conn, SubState};
-use crate::history::{sort_newest_first, History};
+use crate::history::History;
 use crate::mesh::{MeshRx, MeshTx};
 use crate::metrics::{CloseReason, CoreMetrics};
 use crate::msg::{
@@ -40,12 +40,18 @@ type UserIndex = HashMap<(AppIdx, Arc<str>), Vec<u64>>;
 pub(crate) struct OwnedChannel {
     /// Subscribed connections per core.
     per_core: Box<[u32]>,
-    total: u64,
     /// Presence channels: user id -> member (with the connections that joined as that user).
     members: Option<IndexMap<Arc<str>, Member>>,
     /// Subscription-count broadcasts: when the last one went out, and whether one is owed.
     count_sent: Option<Instant>,
     count_dirty: bool,
+}
+
+impl OwnedChannel {
+    /// Subscribed connections on all cores.
+    fn total(&self) -> u64 {
+        self.per_core.iter().map(|&n| u64::from(n)).sum()
+    }
 }
 
 struct Member {
@@ -158,11 +164,8 @@ impl Core {
         loop {
             let mut did = 0;
             // Peers.
-            let mut batch = Vec::new();
-            did += self.rx.borrow_mut().drain(BUDGET, |m| batch.push(m));
-            for m in batch.drain(..) {
-                self.handle_msg(m);
-            }
+            // Handled inline: nothing `handle_msg` does touches `rx`.
+            did += self.rx.borrow_mut().drain(BUDGET, |m| self.handle_msg(m));
             // Self.
             loop {
                 let m = self.local_q.borrow_mut().pop_front();
@@ -330,9 +333,8 @@ impl Core {
                 let _ = reply.send(self.history.borrow().channel_events(&key, limit));
             }
             Command::History { app, query, reply } => {
-                let mut v = self.history.borrow().query(app, &query);
-                sort_newest_first(&mut v);
-                let _ = reply.send(v);
+                // `query` returns newest first already.
+                let _ = reply.send(self.history.borrow().query(app, &query));
             }
             Command::Shutdown => return true,
         }
@@ -410,7 +412,6 @@ impl Core {
         let workers = self.workers();
         let ch = owned.entry(key.clone()).or_insert_with(|| OwnedChannel {
             per_core: vec![0; workers].into_boxed_slice(),
-            total: 0,
             members: is_presence.then(IndexMap::new),
             count_sent: None,
             count_dirty: false,
@@ -466,7 +467,6 @@ impl Core {
             }
         }
         ch.per_core[from] += 1;
-        ch.total += 1;
         let snapshot = ch.members.as_ref().map(|members| {
             let snap = PresenceSnapshot {
                 members: members
@@ -538,7 +538,7 @@ impl Core {
         let Some(ch) = owned.get_mut(key) else { return };
         let now = Instant::now();
         let interval = Duration::from_secs(defaults::SUBSCRIPTION_COUNT_INTERVAL_SECS);
-        let due = ch.total <= defaults::SUBSCRIPTION_COUNT_THROTTLE_ABOVE
+        let due = ch.total() <= defaults::SUBSCRIPTION_COUNT_THROTTLE_ABOVE
             || ch
                 .count_sent
                 .is_none_or(|t| now.duration_since(t) >= interval);
@@ -551,7 +551,7 @@ impl Core {
         }
         ch.count_sent = Some(now);
         ch.count_dirty = false;
-        let total = ch.total;
+        let total = ch.total();
         let targets = targets_of(ch);
         drop(owned);
         let frame = pusher::subscription_count_frame(app.config.dialect, key.name.as_str(), total);
@@ -631,8 +631,7 @@ impl Core {
             }
         }
         ch.per_core[from] = ch.per_core[from].saturating_sub(1);
-        ch.total = ch.total.saturating_sub(1);
-        let vacated = ch.total == 0;
+        let vacated = ch.total() == 0;
         let targets = targets_of(ch);
         if vacated {
             owned.remove(&key);
@@ -682,7 +681,7 @@ impl Core {
             return ChannelCounts::default();
         };
         let counts = ChannelCounts {
-            subscription_count: ch.total,
+            subscription_count: ch.total(),
             user_count: ch.members.as_ref().map(|m| m.len() as u64),
         };
         let targets = targets_of(ch);
@@ -858,8 +857,8 @@ fn summary(key: &ChanKey, ch: Option<&OwnedChannel>) -> ChannelSummary {
     match ch {
         Some(ch) => ChannelSummary {
             name: key.name.clone(),
-            occupied: ch.total > 0,
-            subscription_count: ch.total,
+            occupied: ch.total() > 0,
+            subscription_count: ch.total(),
             user_count: ch.members.as_ref().map(|m| m.len() as u64),
         },
         None => ChannelSummary {
