@@ -264,7 +264,7 @@ impl Webhooks {
         name: &'static str,
         channel: &ChannelName,
         user_id: Option<&str>,
-        mut body: Value,
+        body: impl FnOnce() -> Value,
     ) {
         let Some(&idx) = self.shared.by_id.get(&app.id) else {
             return;
@@ -272,6 +272,8 @@ impl Webhooks {
         if !self.shared.apps[idx].wants.contains(&name) || self.shared.shutdown.load(Relaxed) {
             return;
         }
+        // Built only when some target wants it: this runs on the engine's cores.
+        let mut body = body();
         body["name"] = json!(name);
         body["channel"] = json!(channel.as_str());
         let ev = QueuedEvent {
@@ -308,11 +310,11 @@ struct Observer(Arc<Webhooks>);
 impl EngineObserver for Observer {
     fn channel_occupied(&self, app: &AppConfig, channel: &ChannelName) {
         self.0
-            .emit(app, "channel_occupied", channel, None, json!({}));
+            .emit(app, "channel_occupied", channel, None, || json!({}));
     }
     fn channel_vacated(&self, app: &AppConfig, channel: &ChannelName) {
         self.0
-            .emit(app, "channel_vacated", channel, None, json!({}));
+            .emit(app, "channel_vacated", channel, None, || json!({}));
     }
     fn member_added(&self, app: &AppConfig, channel: &ChannelName, user_id: &str) {
         self.0.emit(
@@ -320,7 +322,7 @@ impl EngineObserver for Observer {
             "member_added",
             channel,
             Some(user_id),
-            json!({"user_id": user_id}),
+            || json!({"user_id": user_id}),
         );
     }
     fn member_removed(&self, app: &AppConfig, channel: &ChannelName, user_id: &str) {
@@ -329,11 +331,11 @@ impl EngineObserver for Observer {
             "member_removed",
             channel,
             Some(user_id),
-            json!({"user_id": user_id}),
+            || json!({"user_id": user_id}),
         );
     }
     fn cache_miss(&self, app: &AppConfig, channel: &ChannelName) {
-        self.0.emit(app, "cache_miss", channel, None, json!({}));
+        self.0.emit(app, "cache_miss", channel, None, || json!({}));
     }
     fn subscription_count(&self, app: &AppConfig, channel: &ChannelName, count: u64) {
         self.0.emit(
@@ -341,7 +343,7 @@ impl EngineObserver for Observer {
             "subscription_count",
             channel,
             None,
-            json!({"subscription_count": count}),
+            || json!({"subscription_count": count}),
         );
     }
     fn client_event(
@@ -353,17 +355,20 @@ impl EngineObserver for Observer {
         socket_id: &SocketId,
         user_id: Option<&str>,
     ) {
-        // `data` as a string, as the Pusher docs show it.
-        let data = match data_json.map(serde_json::from_str::<Value>) {
-            Some(Ok(Value::String(s))) => s,
-            Some(Ok(v)) => v.to_string(),
-            _ => String::new(),
-        };
-        let mut body = json!({"event": event, "data": data, "socket_id": socket_id.to_string()});
-        if let Some(u) = user_id {
-            body["user_id"] = json!(u);
-        }
-        self.0.emit(app, "client_event", channel, user_id, body);
+        self.0.emit(app, "client_event", channel, user_id, || {
+            // `data` as a string, as the Pusher docs show it.
+            let data = match data_json.map(serde_json::from_str::<Value>) {
+                Some(Ok(Value::String(s))) => s,
+                Some(Ok(v)) => v.to_string(),
+                _ => String::new(),
+            };
+            let mut body =
+                json!({"event": event, "data": data, "socket_id": socket_id.to_string()});
+            if let Some(u) = user_id {
+                body["user_id"] = json!(u);
+            }
+            body
+        });
     }
 }
 
