@@ -8,10 +8,7 @@ mod events;
 mod history;
 mod route;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 
 use ringcast_engine::{AppConfig, AppIdx, EngineHandle};
 use serde_json::json;
@@ -258,36 +255,14 @@ fn health_only_error() -> ApiError {
     )
 }
 
-/// Polls every future in order on each wake-up until all are done: the first poll of each
-/// happens in list order (publishes enqueue in that order), the waits overlap.
-pub(crate) async fn join_in_order<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in futs.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *slot = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::RefCell;
+    use std::future::Future;
+    use std::pin::Pin;
     use std::rc::Rc;
+    use std::task::Poll;
     use std::task::{Context, Waker};
 
     /// A future that records its first poll, then is pending once before finishing.
@@ -312,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn join_in_order_first_polls_in_list_order_and_keeps_result_order() {
+    fn join_all_first_polls_in_list_order_and_keeps_result_order() {
         let log = Rc::new(RefCell::new(Vec::new()));
         let futs: Vec<Step> = (0..5)
             .map(|id| Step {
@@ -321,7 +296,7 @@ mod tests {
                 polled: false,
             })
             .collect();
-        let mut fut = Box::pin(join_in_order(futs));
+        let mut fut = Box::pin(futures_util::future::join_all(futs));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(fut.as_mut().poll(&mut cx).is_pending());
         assert_eq!(*log.borrow(), vec![0, 1, 2, 3, 4]);
