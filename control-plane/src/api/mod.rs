@@ -257,7 +257,6 @@ fn health_only_error() -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::cell::RefCell;
     use std::future::Future;
     use std::pin::Pin;
