@@ -18,7 +18,7 @@ use bytes::Bytes;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use ringcast_protocol::{
-    close, limits, pusher, ws, ChannelKind, ChannelName, ClientMessage, Dialect, FrameDecoder,
+    close, jwt, limits, pusher, ws, ChannelKind, ChannelName, ClientMessage, Dialect, FrameDecoder,
     Message, Role, SocketId,
 };
 use std::time::Instant;
@@ -58,6 +58,8 @@ pub(crate) struct ConnState {
     gen: u32,
     client_events: TokenBucket,
     control: TokenBucket,
+    /// Signed in by a `?token=` without the `write` permission: no client events.
+    read_only: bool,
 }
 
 struct Closing {
@@ -295,15 +297,18 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
     // future and is freed before the connection's long-lived loop starts: an idle
     // connection keeps only what `run` needs.
     let accepted = Box::pin(handshake(core.clone(), stream)).await;
-    if let Some((app, stream, leftover)) = accepted {
-        run(core, app, stream, leftover).await;
+    if let Some((app, stream, leftover, token)) = accepted {
+        run(core, app, stream, leftover, token).await;
     }
 }
 
 /// Reads and answers the HTTP request head. Returns the accepted WebSocket connection (its
-/// app, the stream, bytes already read past the head), or `None` when the request was
-/// answered otherwise (plain HTTP, refused, failed).
-async fn handshake(core: Rc<Core>, mut stream: TcpStream) -> Option<(AppIdx, TcpStream, Vec<u8>)> {
+/// app, the stream, bytes already read past the head, the verified `?token=` claims), or
+/// `None` when the request was answered otherwise (plain HTTP, refused, failed).
+async fn handshake(
+    core: Rc<Core>,
+    mut stream: TcpStream,
+) -> Option<(AppIdx, TcpStream, Vec<u8>, Option<jwt::Claims>)> {
     let _ = stream.set_nodelay(true);
     let cfg = &core.shared.config;
     // 1. Request head, bounded in size and time.
@@ -423,6 +428,24 @@ async fn handshake(core: Rc<Core>, mut stream: TcpStream) -> Option<(AppIdx, Tcp
         .await;
         return None;
     }
+    // `?token=<jwt>` (a LatteStream access token): the connection is signed in from the start.
+    let token = match verify_connect_token(&app.config, &head.query) {
+        Ok(t) => t,
+        Err(e) => {
+            core.metrics().auth_failures.inc();
+            let msg = format!("Connection unauthorized: {e}");
+            reject(
+                &core,
+                &mut stream,
+                dialect,
+                close::UNAUTHORIZED,
+                &msg,
+                CloseReason::Refused,
+            )
+            .await;
+            return None;
+        }
+    };
     let n = app
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -440,7 +463,32 @@ async fn handshake(core: Rc<Core>, mut stream: TcpStream) -> Option<(AppIdx, Tcp
         .await;
         return None;
     }
-    Some((app.idx, stream, leftover))
+    Some((app.idx, stream, leftover, token))
+}
+
+/// The `?token=` of a connect request, verified: signed with one of the app's secrets, issued
+/// for this app as an access token, not expired. `Ok(None)` without a token.
+fn verify_connect_token(
+    app: &crate::config::AppConfig,
+    query: &str,
+) -> Result<Option<jwt::Claims>, String> {
+    let Some((_, token)) = ws::parse_query(query)
+        .into_iter()
+        .find(|(k, _)| k == "token")
+    else {
+        return Ok(None);
+    };
+    let now = crate::core::unix_now_secs();
+    let claims = jwt::Jwt::parse(&token)
+        .and_then(|t| t.verify(&app.secrets, now))
+        .map_err(|e| e.to_string())?;
+    if claims.app != app.id || claims.scope != "access" {
+        return Err("the token was not issued for this app".into());
+    }
+    if ChannelName::parse(&format!("#server-to-user-{}", claims.sub)).is_err() {
+        return Err("the token's user id is not valid".into());
+    }
+    Ok(Some(claims))
 }
 
 async fn reject(
@@ -459,7 +507,13 @@ async fn reject(
 }
 
 /// The established connection: spawns the writer, runs the reader, cleans up.
-async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u8>) {
+async fn run(
+    core: Rc<Core>,
+    app_idx: AppIdx,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    token: Option<jwt::Claims>,
+) {
     let shared = core.shared.clone();
     let app = shared.app(app_idx);
     let cfg = &shared.config;
@@ -483,6 +537,7 @@ async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u
             gen: 0,
             client_events: TokenBucket::new(app.config.client_events_per_sec),
             control: TokenBucket::new(cfg.control_messages_per_sec),
+            read_only: false,
         }),
         fd,
         end_reason: Cell::new(None),
@@ -500,6 +555,9 @@ async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u
         &socket_id,
         cfg.activity_timeout_secs,
     ));
+    if let Some(claims) = token {
+        token_signin(&core, &conn, app, claims);
+    }
 
     let mut decoder = FrameDecoder::new(Role::Server, cfg.max_message_bytes);
     if !leftover.is_empty() {
@@ -916,6 +974,23 @@ fn signin(core: &Core, conn: &Rc<Conn>, app: &App, auth: &str, user_data: &str) 
     }
 }
 
+/// Signs a connection in from its verified `?token=`, exactly as a `pusher:signin` would:
+/// the user's `#server-to-user-` channel is joined silently and `pusher:signin_success` sent.
+fn token_signin(core: &Core, conn: &Rc<Conn>, app: &App, claims: jwt::Claims) {
+    let Ok(name) = ChannelName::parse(&format!("#server-to-user-{}", claims.sub)) else {
+        return; // verify_connect_token checked it
+    };
+    let user_id: Arc<str> = claims.sub.as_str().into();
+    let mut st = conn.state.borrow_mut();
+    st.read_only = !claims.allows("write");
+    st.user = Some(user_id.clone());
+    core.add_user(app.idx, user_id, conn.id);
+    start_subscription(core, conn, &mut st, app.idx, name, None, true);
+    drop(st);
+    let user_data = serde_json::json!({ "id": claims.sub }).to_string();
+    conn.push(pusher::signin_success_frame(app.config.dialect, &user_data));
+}
+
 fn client_event(
     core: &Core,
     conn: &Conn,
@@ -965,6 +1040,15 @@ fn client_event(
         return;
     }
     let mut st = conn.state.borrow_mut();
+    if st.read_only {
+        drop(st);
+        conn.push(pusher::error_frame(
+            d,
+            None,
+            "Client event rejected - the connection's token lacks the write permission",
+        ));
+        return;
+    }
     let user_id = match st.subs.get(&name) {
         Some(Sub {
             state: SubState::Active,
@@ -1100,6 +1184,7 @@ fn cleanup(core: &Core, conn: &Conn) {
             gen: 0,
             client_events: TokenBucket::new(1),
             control: TokenBucket::new(1),
+            read_only: false,
         },
     );
     for (name, sub) in st.subs {

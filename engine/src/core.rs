@@ -837,6 +837,11 @@ impl Core {
     }
 }
 
+/// Wall-clock Unix seconds (token expiry).
+pub(crate) fn unix_now_secs() -> u64 {
+    now_ms() / 1000
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

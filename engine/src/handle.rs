@@ -79,6 +79,23 @@ impl EngineHandle {
         self.shared.app_by_key(key).map(|a| (a.idx, &a.config))
     }
 
+    /// Finds the app one of whose LatteStream `api_keys` is `key` (every key is compared in
+    /// constant time).
+    pub fn app_by_api_key(&self, key: &str) -> Option<(AppIdx, &AppConfig)> {
+        let ct_eq = |a: &[u8], b: &[u8]| {
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        };
+        let mut found = None;
+        for a in self.shared.apps.iter() {
+            for k in &a.config.api_keys {
+                if ct_eq(k.as_bytes(), key.as_bytes()) && found.is_none() {
+                    found = Some((a.idx, &a.config));
+                }
+            }
+        }
+        found
+    }
+
     pub fn app(&self, idx: AppIdx) -> &AppConfig {
         &self.shared.app(idx).config
     }

@@ -35,8 +35,8 @@ mod shared;
 
 pub use crate::cache::CachedEvent;
 pub use crate::config::{
-    defaults, AppConfig, Config, ConfigError, RawApp, RawConfig, RawWebhook, WebhookTarget,
-    WEBHOOK_EVENT_TYPES,
+    defaults, AppConfig, Config, ConfigError, RateLimit, RawApp, RawConfig, RawRateLimit,
+    RawWebhook, WebhookTarget, RATE_LIMIT_ENDPOINTS, WEBHOOK_EVENT_TYPES,
 };
 pub use crate::handle::{EngineError, EngineHandle, Publish, Stats};
 pub use crate::history::{HistoryEvent, HistoryQuery};
