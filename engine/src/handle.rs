@@ -153,7 +153,8 @@ impl EngineHandle {
     /// already have been published.
     pub async fn publish(&self, p: Publish) -> Result<Vec<ChannelCounts>, EngineError> {
         self.live()?;
-        let except = p.except.map(|s| s.lo);
+        // The whole socket id: a connection is excluded only if both halves match.
+        let except = p.except;
         let mut replies = Vec::with_capacity(p.channels.len());
         for name in p.channels {
             let frame = pusher::event_frame(&p.event, name.as_str(), &p.data, None);
@@ -184,7 +185,8 @@ impl EngineHandle {
     /// channel is the same as `publish`'s (each owner's queue is FIFO).
     pub fn publish_queued(&self, p: Publish) -> Result<(), EngineError> {
         self.live()?;
-        let except = p.except.map(|s| s.lo);
+        // The whole socket id: a connection is excluded only if both halves match.
+        let except = p.except;
         for name in p.channels {
             let frame = pusher::event_frame(&p.event, name.as_str(), &p.data, None);
             let key = self.key(p.app, name)?;
