@@ -337,6 +337,16 @@ impl EngineHandle {
         Ok((all, more))
     }
 
+    /// The core owning a channel (placement is keyed with this process's secret, so only the
+    /// process itself can answer). For benchmarks and tests that place a channel on purpose.
+    #[doc(hidden)]
+    pub fn owner_core(&self, app: AppIdx, name: &ChannelName) -> usize {
+        self.shared.owner_of(&ChanKey {
+            app,
+            name: name.clone(),
+        })
+    }
+
     /// True once a graceful shutdown has begun (health checks answer 503 from then on).
     pub fn is_shutting_down(&self) -> bool {
         self.shared

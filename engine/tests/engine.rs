@@ -51,7 +51,12 @@ fn rest_socket_id_exclusion_matches_the_whole_socket_id() {
         }
         let me = SocketId::parse(&clients[0].socket_id).expect("socket id parses");
         // Same connection id, other random half: nobody is excluded.
-        publish_except(&s, "excl", "half", SocketId::new(me.hi.wrapping_add(1), me.lo));
+        publish_except(
+            &s,
+            "excl",
+            "half",
+            SocketId::new(me.hi.wrapping_add(1), me.lo),
+        );
         // Same random half, other connection id: nobody is excluded.
         publish_except(&s, "excl", "other-half", SocketId::new(me.hi, me.lo + 1));
         // The whole id: only clients[0] is excluded.
