@@ -70,6 +70,10 @@ pub mod defaults {
     pub const SUBSCRIPTION_COUNT_INTERVAL_SECS: u64 = 5;
     /// Event history: events kept per channel (0 = history off).
     pub const APP_HISTORY_SIZE: usize = 0;
+    /// Activity history (CONNECT, SUBSCRIBE, ... records): records kept per app on each core
+    /// (0 = off), and the most an app may ask for.
+    pub const APP_ACTIVITY_HISTORY_SIZE: usize = 0;
+    pub const MAX_ACTIVITY_HISTORY_SIZE: usize = 100_000;
     /// Event history: events older than this are dropped.
     pub const APP_HISTORY_MAX_AGE_SECS: u64 = 3600;
     /// Memory cap for the event history of all channels owned by one core; the oldest events
@@ -154,6 +158,8 @@ pub struct RawApp {
     pub api_keys: Option<Vec<String>>,
     /// `[apps.rate_limits]`: endpoint label -> `{per_minute, burst_per_sec?}`.
     pub rate_limits: Option<std::collections::BTreeMap<String, RawRateLimit>>,
+    /// Activity records kept per core for this app (0 = activity history off).
+    pub activity_history_size: Option<usize>,
 }
 
 /// One `[apps.rate_limits]` entry, e.g. `events = { per_minute = 1000, burst_per_sec = 100 }`.
@@ -280,6 +286,8 @@ pub struct AppConfig {
     /// Per-endpoint rate limits configured for this app (endpoint label, limit); the control
     /// plane adds its dialects' defaults for endpoints not listed here.
     pub rate_limits: Vec<(String, RateLimit)>,
+    /// Activity records (CONNECT, SUBSCRIBE, ...) kept per core; 0 = off.
+    pub activity_history_size: usize,
 }
 
 /// A configuration the operator must fix.
@@ -512,7 +520,18 @@ impl RawApp {
                 },
             ));
         }
+        let activity_history_size = self
+            .activity_history_size
+            .unwrap_or(defaults::APP_ACTIVITY_HISTORY_SIZE);
+        if activity_history_size > defaults::MAX_ACTIVITY_HISTORY_SIZE {
+            return err(format!(
+                "app {:?}: activity_history_size must be at most {}",
+                self.id,
+                defaults::MAX_ACTIVITY_HISTORY_SIZE
+            ));
+        }
         Ok(AppConfig {
+            activity_history_size,
             api_keys,
             rate_limits,
             webhooks,
@@ -585,6 +604,7 @@ impl AppConfig {
             webhook_retry_budget: Duration::from_secs(defaults::WEBHOOK_RETRY_BUDGET_SECS),
             api_keys: Vec::new(),
             rate_limits: Vec::new(),
+            activity_history_size: defaults::APP_ACTIVITY_HISTORY_SIZE,
         }
     }
 

@@ -555,6 +555,14 @@ async fn run(
         &socket_id,
         cfg.activity_timeout_secs,
     ));
+    core.record_activity(
+        app.idx,
+        crate::activity::ActivityKind::Connect,
+        None,
+        Some(&conn.socket_id_str),
+        token.as_ref().map(|c| c.sub.as_str()),
+        None,
+    );
     if let Some(claims) = token {
         token_signin(&core, &conn, app, claims);
     }
@@ -900,6 +908,18 @@ fn unsubscribe(core: &Core, conn: &Conn, app: &App, name: ChannelName) {
     if matches!(sub.state, SubState::Active) {
         core.remove_local_sub(&key, conn.id);
     }
+    let user = sub
+        .presence_user
+        .clone()
+        .or_else(|| conn.state.borrow().user.clone());
+    core.record_activity(
+        app.idx,
+        crate::activity::ActivityKind::Unsubscribe,
+        Some(key.name.as_str()),
+        Some(&conn.socket_id_str),
+        user.as_deref(),
+        None,
+    );
     core.to_owner(
         &key.clone(),
         Msg::Unsubscribe {
@@ -1074,8 +1094,17 @@ fn client_event(
         ));
         return;
     }
+    let actor = user_id.clone().or_else(|| st.user.clone());
     drop(st);
     core.metrics().client_events.inc();
+    core.record_activity(
+        app.idx,
+        crate::activity::ActivityKind::ClientEvent,
+        Some(name.as_str()),
+        Some(&conn.socket_id_str),
+        actor.as_deref(),
+        Some(event),
+    );
     let frame = pusher::client_event_frame(event, name.as_str(), data, user_id.as_deref());
     if let Some(obs) = &core.shared.observer {
         obs.client_event(
@@ -1205,6 +1234,14 @@ fn cleanup(core: &Core, conn: &Conn) {
             },
         );
     }
+    core.record_activity(
+        conn.app,
+        crate::activity::ActivityKind::Disconnect,
+        None,
+        Some(&conn.socket_id_str),
+        st.user.as_deref(),
+        None,
+    );
     if let Some(u) = st.user {
         core.remove_user(conn.app, u, conn.id);
     }

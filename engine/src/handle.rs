@@ -354,6 +354,32 @@ impl EngineHandle {
         Ok((all, more))
     }
 
+    /// Activity records of an app, newest first, merged over every core; `true` when more
+    /// matched than `q.limit`.
+    pub async fn activity(
+        &self,
+        app: AppIdx,
+        q: crate::activity::ActivityQuery,
+    ) -> Result<(Vec<crate::activity::ActivityRecord>, bool), EngineError> {
+        if (app as usize) >= self.shared.apps.len() {
+            return Err(EngineError::UnknownApp);
+        }
+        let mut all: Vec<_> = self
+            .ask_all(|reply| Command::Activity {
+                app,
+                query: q.clone(),
+                reply,
+            })
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        crate::activity::sort_newest_first(&mut all);
+        let more = all.len() > q.limit;
+        all.truncate(q.limit);
+        Ok((all, more))
+    }
+
     /// The core owning a channel (placement is keyed with this process's secret, so only the
     /// process itself can answer). For benchmarks and tests that place a channel on purpose.
     #[doc(hidden)]

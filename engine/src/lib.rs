@@ -21,6 +21,7 @@
 //! Cores share nothing but the mesh: tasks are `!Send`, each core owns its connections and
 //! the channels hashed to it. See docs/ARCHITECTURE.md for the full data path.
 
+mod activity;
 mod cache;
 mod config;
 mod conn;
@@ -33,6 +34,7 @@ mod msg;
 mod server;
 mod shared;
 
+pub use crate::activity::{ActivityKind, ActivityQuery, ActivityRecord};
 pub use crate::cache::CachedEvent;
 pub use crate::config::{
     defaults, AppConfig, Config, ConfigError, RateLimit, RawApp, RawConfig, RawRateLimit,
