@@ -171,7 +171,7 @@ pub fn counts_json(channel: &ChannelName, counts: &ChannelCounts, info: Info) ->
     Value::Object(m)
 }
 
-fn publish_of(ctx: &Ctx<'_>, e: EventSpec) -> Publish {
+fn publish_of(ctx: &Ctx, e: EventSpec) -> Publish {
     Publish {
         app: ctx.idx,
         channels: e.channels,
@@ -184,11 +184,11 @@ fn publish_of(ctx: &Ctx<'_>, e: EventSpec) -> Publish {
 impl Api {
     /// Queues the event without waiting for the owners' counts (requests without `info`):
     /// the answer does not wait for a cross-core round trip.
-    fn publish_queued(&self, ctx: &Ctx<'_>, e: EventSpec) -> Result<(), ApiError> {
+    fn publish_queued(&self, ctx: &Ctx, e: EventSpec) -> Result<(), ApiError> {
         Ok(self.engine.publish_queued(publish_of(ctx, e))?)
     }
 
-    async fn publish(&self, ctx: &Ctx<'_>, e: EventSpec) -> Result<Vec<ChannelCounts>, ApiError> {
+    async fn publish(&self, ctx: &Ctx, e: EventSpec) -> Result<Vec<ChannelCounts>, ApiError> {
         Ok(self
             .engine
             .publish(Publish {
@@ -202,8 +202,8 @@ impl Api {
     }
 
     /// `POST /apps/{id}/events`
-    pub(crate) async fn events(&self, ctx: &Ctx<'_>, req: &Request) -> Result<Response, ApiError> {
-        let spec = parse_event(&Body::json(req)?, ctx.app, &self.config, false)?;
+    pub(crate) async fn events(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
+        let spec = parse_event(&Body::json(req)?, &ctx.app, &self.config, false)?;
         let info = spec.info;
         let mut out = Map::new();
         if !info.any() {
@@ -231,7 +231,7 @@ impl Api {
 
     fn batch_items(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         req: &Request,
         seed: bool,
     ) -> Result<Vec<EventSpec>, ApiError> {
@@ -260,7 +260,7 @@ impl Api {
                 )));
             };
             let spec =
-                parse_event(&Body(m.clone()), ctx.app, &self.config, !seed).map_err(|mut e| {
+                parse_event(&Body(m.clone()), &ctx.app, &self.config, !seed).map_err(|mut e| {
                     e.message = format!("batch item {i}: {}", e.message);
                     e
                 })?;
@@ -273,7 +273,7 @@ impl Api {
     /// events to one channel keep the batch order.
     async fn publish_all(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         specs: Vec<EventSpec>,
     ) -> Result<Vec<Vec<ChannelCounts>>, ApiError> {
         let futs: Vec<_> = specs.into_iter().map(|s| self.publish(ctx, s)).collect();
@@ -288,7 +288,7 @@ impl Api {
     /// `{"batch": [{...}, {}, ...]}` index-aligned.
     pub(crate) async fn batch_events(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         req: &Request,
     ) -> Result<Response, ApiError> {
         let specs = self.batch_items(ctx, req, false)?;
@@ -316,11 +316,7 @@ impl Api {
     }
 
     /// Seed `POST /apps/{id}/events/batch`: `{"ok": true, "count": N}`.
-    pub(crate) async fn seed_batch(
-        &self,
-        ctx: &Ctx<'_>,
-        req: &Request,
-    ) -> Result<Response, ApiError> {
+    pub(crate) async fn seed_batch(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
         let specs = self.batch_items(ctx, req, true)?;
         let n = specs.len();
         for s in specs {
