@@ -17,7 +17,10 @@
 //! unless the app's `[apps.rate_limits]` table names it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use ringcast_engine::{AppConfig, RateLimit};
 
@@ -119,6 +122,10 @@ fn ceil_secs(ns: u64) -> u64 {
 }
 
 impl Bucket {
+    pub fn limit(&self) -> RateLimit {
+        self.limit
+    }
+
     pub fn new(limit: RateLimit) -> Bucket {
         Bucket {
             limit,
@@ -175,48 +182,99 @@ impl Bucket {
     }
 }
 
-/// Every limited (app, endpoint) of the process, indexed by `app * endpoints + endpoint`.
-/// Built once from the resolved config; shared by every thread serving the API.
+/// The buckets of one version of the apps table, indexed by `app * endpoints + endpoint`.
+struct Slots {
+    version: u64,
+    slots: Box<[Option<Arc<Bucket>>]>,
+}
+
+/// Every limited (app, endpoint) of the process, shared by every thread serving the API.
+/// Built from the apps table and rebuilt when the management API changes it (a new table
+/// swapped in; a bucket whose limit did not change is carried over with its budget).
 pub struct RateLimiter {
-    slots: Box<[Option<Bucket>]>,
+    table: ArcSwap<Slots>,
+    rebuild: Mutex<()>,
     epoch: Instant,
 }
 
-impl RateLimiter {
-    /// The limits of `apps` (in app-index order): each app's `rate_limits`, then the dialect
-    /// defaults for endpoints it does not name. `per_minute = 0` turns a limit off.
-    pub fn new(apps: &[AppConfig]) -> RateLimiter {
-        let n = Endpoint::ALL.len();
-        let mut slots = Vec::with_capacity(apps.len() * n);
-        for app in apps {
-            for ep in Endpoint::ALL {
-                let configured = app
-                    .rate_limits
-                    .iter()
-                    .find(|(name, _)| name == ep.label())
-                    .map(|(_, l)| *l);
-                let limit = configured.or_else(|| default_limit(ep));
-                slots.push(limit.filter(|l| l.per_minute > 0).map(Bucket::new));
-            }
+fn limit_of(app: &AppConfig, ep: Endpoint) -> Option<RateLimit> {
+    let configured = app
+        .rate_limits
+        .iter()
+        .find(|(name, _)| name == ep.label())
+        .map(|(_, l)| *l);
+    configured
+        .or_else(|| default_limit(ep))
+        .filter(|l| l.per_minute > 0)
+}
+
+fn build(apps: &[(usize, &AppConfig)], version: u64, old: Option<&Slots>) -> Slots {
+    let n = Endpoint::ALL.len();
+    let len = apps.iter().map(|(i, _)| i + 1).max().unwrap_or(0);
+    let mut slots: Vec<Option<Arc<Bucket>>> = vec![None; len * n];
+    for (idx, app) in apps {
+        for ep in Endpoint::ALL {
+            let i = idx * n + ep.index();
+            slots[i] = limit_of(app, ep).map(|l| {
+                match old.and_then(|o| o.slots.get(i)).and_then(|b| b.as_ref()) {
+                    Some(b) if b.limit() == l => b.clone(),
+                    _ => Arc::new(Bucket::new(l)),
+                }
+            });
         }
+    }
+    Slots {
+        version,
+        slots: slots.into_boxed_slice(),
+    }
+}
+
+impl RateLimiter {
+    /// The limits of `apps` (app index = position): each app's `rate_limits`, then the
+    /// dialect defaults for endpoints it does not name. `per_minute = 0` turns a limit off.
+    pub fn new(apps: &[AppConfig]) -> RateLimiter {
+        let list: Vec<(usize, &AppConfig)> = apps.iter().enumerate().collect();
         RateLimiter {
-            slots: slots.into_boxed_slice(),
+            table: ArcSwap::from_pointee(build(&list, 0, None)),
+            rebuild: Mutex::new(()),
             epoch: Instant::now(),
         }
     }
 
+    /// Rebuilds the buckets for apps table `version` unless already built for it (called by
+    /// the pipeline when the management API has swapped the apps table; never per request).
+    pub fn refresh(&self, version: u64, apps: &[(usize, &AppConfig)]) {
+        let _one_at_a_time = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.table.load_full();
+        if old.version == version {
+            return;
+        }
+        self.table.store(Arc::new(build(apps, version, Some(&old))));
+    }
+
+    /// The apps-table version the buckets were built for.
+    pub fn version(&self) -> u64 {
+        self.table.load().version
+    }
+
     /// The bucket of `(app, endpoint)`, if that endpoint is limited for the app.
     #[inline]
-    pub fn bucket(&self, app: usize, endpoint: Endpoint) -> Option<&Bucket> {
-        self.slots
+    pub fn bucket(&self, app: usize, endpoint: Endpoint) -> Option<Arc<Bucket>> {
+        self.table
+            .load()
+            .slots
             .get(app * Endpoint::ALL.len() + endpoint.index())?
-            .as_ref()
+            .clone()
     }
 
     /// Checks one request now; `None` when the endpoint is not limited for the app.
     #[inline]
     pub fn check(&self, app: usize, endpoint: Endpoint) -> Option<Decision> {
-        let bucket = self.bucket(app, endpoint)?;
+        let table = self.table.load();
+        let bucket = table
+            .slots
+            .get(app * Endpoint::ALL.len() + endpoint.index())?
+            .as_ref()?;
         Some(bucket.check(self.now()))
     }
 

@@ -288,6 +288,16 @@ pub struct AppConfig {
     pub rate_limits: Vec<(String, RateLimit)>,
     /// Activity records (CONNECT, SUBSCRIBE, ...) kept per core; 0 = off.
     pub activity_history_size: usize,
+    /// Further key/secret pairs besides (`key`, `secrets`) (created through the management
+    /// API). Each connection remembers the key it connected with; revoking a key closes them.
+    pub extra_keys: Vec<AppKey>,
+}
+
+/// An additional key of an app and the secret that signs for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppKey {
+    pub key: String,
+    pub secret: String,
 }
 
 /// A configuration the operator must fix.
@@ -534,6 +544,7 @@ impl RawApp {
             activity_history_size,
             api_keys,
             rate_limits,
+            extra_keys: Vec::new(),
             webhooks,
             webhook_retry_budget: Duration::from_secs(
                 self.webhook_retry_budget_secs
@@ -605,7 +616,22 @@ impl AppConfig {
             api_keys: Vec::new(),
             rate_limits: Vec::new(),
             activity_history_size: defaults::APP_ACTIVITY_HISTORY_SIZE,
+            extra_keys: Vec::new(),
         }
+    }
+
+    /// Every (key, accepted secrets) pair: the primary key first, then `extra_keys`.
+    pub fn credentials(&self) -> impl Iterator<Item = (&str, &[String])> {
+        std::iter::once((self.key.as_str(), self.secrets.as_slice())).chain(
+            self.extra_keys
+                .iter()
+                .map(|k| (k.key.as_str(), std::slice::from_ref(&k.secret))),
+        )
+    }
+
+    /// The secrets accepted for signatures made with `key`, if it is one of this app's keys.
+    pub fn secrets_for(&self, key: &str) -> Option<&[String]> {
+        self.credentials().find(|(k, _)| *k == key).map(|(_, s)| s)
     }
 
     /// The secret new signatures are made with.

@@ -82,6 +82,8 @@ pub(crate) struct Conn {
     pub socket_id: SocketId,
     pub socket_id_str: Box<str>,
     pub app: AppIdx,
+    /// The app key this connection connected with (revoking it closes the connection).
+    pub key: Box<str>,
     budget: usize,
     out: RefCell<Outbound>,
     writer_waker: Cell<Option<Waker>>,
@@ -297,18 +299,19 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
     // future and is freed before the connection's long-lived loop starts: an idle
     // connection keeps only what `run` needs.
     let accepted = Box::pin(handshake(core.clone(), stream)).await;
-    if let Some((app, stream, leftover, token)) = accepted {
-        run(core, app, stream, leftover, token).await;
+    if let Some((app, key, stream, leftover, token)) = accepted {
+        run(core, app, key, stream, leftover, token).await;
     }
 }
 
 /// Reads and answers the HTTP request head. Returns the accepted WebSocket connection (its
-/// app, the stream, bytes already read past the head, the verified `?token=` claims), or
-/// `None` when the request was answered otherwise (plain HTTP, refused, failed).
+/// app, the key it connected with, the stream, bytes already read past the head, the verified
+/// `?token=` claims), or `None` when the request was answered otherwise (plain HTTP, refused,
+/// failed).
 async fn handshake(
     core: Rc<Core>,
     mut stream: TcpStream,
-) -> Option<(AppIdx, TcpStream, Vec<u8>, Option<jwt::Claims>)> {
+) -> Option<(AppIdx, Box<str>, TcpStream, Vec<u8>, Option<jwt::Claims>)> {
     let _ = stream.set_nodelay(true);
     let cfg = &core.shared.config;
     // 1. Request head, bounded in size and time.
@@ -390,7 +393,20 @@ async fn handshake(
             return None;
         }
     };
-    let Some(app) = core.shared.app_by_key(&params.app_key) else {
+    // The apps table is read once, without a lock; the guard is dropped before any await. A
+    // management change stores its new table before it broadcasts the closes, and nothing
+    // awaits between this lookup and the connection's registration on the core, so a
+    // connection is either refused here or closed by that broadcast.
+    let found = core.shared.apps().by_key(&params.app_key).map(|a| {
+        (
+            a.idx,
+            a.config.dialect,
+            a.config.enabled,
+            a.config.max_connections,
+            a.connections.clone(),
+        )
+    });
+    let Some((app_idx, dialect, enabled, max_connections, connections)) = found else {
         let msg = format!("App key {} does not exist.", params.app_key);
         reject(
             &core,
@@ -403,8 +419,7 @@ async fn handshake(
         .await;
         return None;
     };
-    let dialect = app.config.dialect;
-    if !app.config.enabled {
+    if !enabled {
         reject(
             &core,
             &mut stream,
@@ -429,7 +444,8 @@ async fn handshake(
         return None;
     }
     // `?token=<jwt>` (a LatteStream access token): the connection is signed in from the start.
-    let token = match verify_connect_token(&app.config, &head.query) {
+    let token = verify_connect_token(&core.shared.apps().app(app_idx).config, &head.query);
+    let token = match token {
         Ok(t) => t,
         Err(e) => {
             core.metrics().auth_failures.inc();
@@ -446,12 +462,9 @@ async fn handshake(
             return None;
         }
     };
-    let n = app
-        .connections
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if app.config.max_connections > 0 && n >= app.config.max_connections {
-        app.connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let n = connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if max_connections > 0 && n >= max_connections {
+        connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         reject(
             &core,
             &mut stream,
@@ -463,7 +476,13 @@ async fn handshake(
         .await;
         return None;
     }
-    Some((app.idx, stream, leftover, token))
+    Some((
+        app_idx,
+        params.app_key.as_str().into(),
+        stream,
+        leftover,
+        token,
+    ))
 }
 
 /// The `?token=` of a connect request, verified: signed with one of the app's secrets, issued
@@ -510,13 +529,18 @@ async fn reject(
 async fn run(
     core: Rc<Core>,
     app_idx: AppIdx,
+    key: Box<str>,
     stream: TcpStream,
     leftover: Vec<u8>,
     token: Option<jwt::Claims>,
 ) {
     let shared = core.shared.clone();
-    let app = shared.app(app_idx);
     let cfg = &shared.config;
+    let (dialect, client_events_per_sec) = {
+        let apps = shared.apps();
+        let a = &apps.app(app_idx).config;
+        (a.dialect, a.client_events_per_sec)
+    };
     let id = core.next_conn_id();
     let socket_id = SocketId::new(core.random() % 10_000_000_000, id);
     let fd = stream.as_raw_fd();
@@ -524,7 +548,8 @@ async fn run(
         id,
         socket_id,
         socket_id_str: socket_id.to_string().into_boxed_str(),
-        app: app.idx,
+        app: app_idx,
+        key,
         budget: cfg.outbound_budget_bytes,
         out: RefCell::new(Outbound::default()),
         writer_waker: Cell::new(None),
@@ -535,7 +560,7 @@ async fn run(
             subs: HashMap::new(),
             user: None,
             gen: 0,
-            client_events: TokenBucket::new(app.config.client_events_per_sec),
+            client_events: TokenBucket::new(client_events_per_sec),
             control: TokenBucket::new(cfg.control_messages_per_sec),
             read_only: false,
         }),
@@ -549,14 +574,13 @@ async fn run(
 
     let (mut reader, writer) = stream.into_split();
     let writer_task = monoio::spawn(write_loop(core.clone(), conn.clone(), writer));
-    let dialect = app.config.dialect;
     conn.push(pusher::connection_established_frame(
         dialect,
         &socket_id,
         cfg.activity_timeout_secs,
     ));
     core.record_activity(
-        app.idx,
+        app_idx,
         crate::activity::ActivityKind::Connect,
         None,
         Some(&conn.socket_id_str),
@@ -564,7 +588,8 @@ async fn run(
         None,
     );
     if let Some(claims) = token {
-        token_signin(&core, &conn, app, claims);
+        let apps = shared.apps();
+        token_signin(&core, &conn, apps.app(app_idx), claims);
     }
 
     let mut decoder = FrameDecoder::new(Role::Server, cfg.max_message_bytes);
@@ -574,7 +599,10 @@ async fn run(
     drop(leftover);
     let mut rbuf = Vec::with_capacity(SMALL_READ);
     'conn: loop {
-        // Decode everything buffered.
+        // Decode everything buffered, against the current apps table (a lock-free load per
+        // read, dropped before the next await): changed limits apply to the next message.
+        let apps = shared.apps();
+        let app = apps.app(app_idx);
         loop {
             match decoder.poll_message() {
                 Ok(Some(msg)) => {
@@ -591,6 +619,7 @@ async fn run(
                 }
             }
         }
+        drop(apps);
         core.flush();
         if conn.is_closing() {
             break;
@@ -782,8 +811,8 @@ fn subscribe(
         }
         ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence => {
             if let Err(e) = ringcast_protocol::verify_channel_auth(
-                &app.config.key,
-                &app.config.secrets,
+                &conn.key,
+                app.config.secrets_for(&conn.key).unwrap_or_default(),
                 &conn.socket_id_str,
                 &name,
                 channel_data,
@@ -934,8 +963,8 @@ fn unsubscribe(core: &Core, conn: &Conn, app: &App, name: ChannelName) {
 fn signin(core: &Core, conn: &Rc<Conn>, app: &App, auth: &str, user_data: &str) {
     let d = app.config.dialect;
     if let Err(e) = ringcast_protocol::verify_signin(
-        &app.config.key,
-        &app.config.secrets,
+        &conn.key,
+        app.config.secrets_for(&conn.key).unwrap_or_default(),
         &conn.socket_id_str,
         user_data,
         auth,

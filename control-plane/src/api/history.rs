@@ -94,7 +94,7 @@ impl Api {
     /// `GET /apps/{id}/channels/{name}/events?limit=N`: newest first.
     pub(crate) async fn channel_events(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         req: &Request,
         channel: &str,
     ) -> Result<Response, ApiError> {
@@ -112,7 +112,7 @@ impl Api {
     }
 
     /// `GET /apps/{id}/events/log`: the app's most recent events across channels.
-    pub(crate) async fn event_log(&self, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    pub(crate) async fn event_log(&self, ctx: &Ctx) -> Result<Response, ApiError> {
         let (events, _) = self
             .engine
             .history(
@@ -129,7 +129,7 @@ impl Api {
 
     /// `GET /apps/{id}/history?channel=&event=&since=&until=&limit=`: the activity history
     /// for apps that keep one (`activity_history_size` > 0), the event history otherwise.
-    pub(crate) async fn history(&self, ctx: &Ctx<'_>, req: &Request) -> Result<Response, ApiError> {
+    pub(crate) async fn history(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
         if ctx.app.activity_history_size > 0 {
             return self.activity_history(ctx, req).await;
         }
@@ -155,7 +155,7 @@ impl Api {
 
     /// The activity history: `event=` is a comma-separated list of CONNECT, DISCONNECT,
     /// SUBSCRIBE, UNSUBSCRIBE, CLIENT_EVENT, API_EVENT.
-    async fn activity_history(&self, ctx: &Ctx<'_>, req: &Request) -> Result<Response, ApiError> {
+    async fn activity_history(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
         let mut kinds = Vec::new();
         if let Some(list) = query_param(req, "event").filter(|s| !s.is_empty()) {
             for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -188,7 +188,7 @@ impl Api {
     }
 
     /// `GET /apps/{id}/webhooks`: recent deliveries, newest first.
-    pub(crate) fn webhook_log(&self, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    pub(crate) fn webhook_log(&self, ctx: &Ctx) -> Result<Response, ApiError> {
         let list: Vec<Value> = self
             .webhooks
             .get()
@@ -201,7 +201,7 @@ impl Api {
     }
 
     /// `POST /apps/{id}/webhooks/redeliver` with `{"id": "..."}`.
-    pub(crate) fn redeliver(&self, ctx: &Ctx<'_>, req: &Request) -> Result<Response, ApiError> {
+    pub(crate) fn redeliver(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
         let body = Body::json(req)?;
         let id = body.str("id")?;
         let hooks = self

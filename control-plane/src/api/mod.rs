@@ -38,9 +38,9 @@ pub fn system_clock() -> Clock {
 }
 
 /// An authenticated request's app.
-pub struct Ctx<'a> {
+pub struct Ctx {
     pub idx: AppIdx,
-    pub app: &'a AppConfig,
+    pub app: Arc<AppConfig>,
     pub cred: Credential,
 }
 
@@ -131,6 +131,13 @@ impl Api {
         endpoint: Endpoint,
         rate: &std::cell::Cell<Option<Decision>>,
     ) -> Result<(), ApiError> {
+        let version = self.engine.apps_version();
+        if version != self.limiter.version() {
+            let apps = self.engine.apps();
+            let list: Vec<(usize, &AppConfig)> =
+                apps.iter().map(|(i, a)| (*i as usize, &**a)).collect();
+            self.limiter.refresh(version, &list);
+        }
         let Some(d) = self.limiter.check(idx as usize, endpoint) else {
             return Ok(());
         };
@@ -142,13 +149,13 @@ impl Api {
         }
     }
 
-    fn app_ctx<'a>(&'a self, id: &str, req: &Request) -> Result<Ctx<'a>, ApiError> {
+    fn app_ctx(&self, id: &str, req: &Request) -> Result<Ctx, ApiError> {
         let (idx, app) = self
             .engine
             .app_by_id(id)
             .ok_or_else(|| ApiError::unknown_app(id))?;
-        let cred = authenticate_app(req, app, (self.clock)())?;
-        Self::enabled(app)?;
+        let cred = authenticate_app(req, &app, (self.clock)())?;
+        Self::enabled(&app)?;
         Ok(Ctx { idx, app, cred })
     }
 
@@ -267,7 +274,7 @@ impl Api {
                             app,
                             cred: Credential::Signature,
                         };
-                        let res = match Self::enabled(app) {
+                        let res = match Self::enabled(&ctx.app) {
                             Ok(()) => self.terminate(&ctx, user).await,
                             Err(e) => Err(e),
                         };
@@ -301,20 +308,15 @@ impl Api {
             (Route::EventLog { .. }, Some(ctx)) => self.event_log(ctx).await,
             (Route::History { .. }, Some(ctx)) => self.history(ctx, req).await,
             (Route::Auth { .. }, Some(ctx)) => Body::json_or_form(req)
-                .and_then(|b| relay::server_auth(ctx.app, &b))
+                .and_then(|b| relay::server_auth(&ctx.app, &b))
                 .map(|v| Response::json(200, &v)),
         };
         (endpoint, idx, result)
     }
 
     fn metrics_response(&self) -> Response {
-        let apps: Vec<&str> = self
-            .engine
-            .config()
-            .apps
-            .iter()
-            .map(|a| a.id.as_str())
-            .collect();
+        let slots = self.engine.app_slots();
+        let apps: Vec<&str> = slots.iter().map(|(_, id, _)| id.as_str()).collect();
         let text = metrics::render(
             &self.engine.metrics(),
             &self.engine.stats(),

@@ -47,11 +47,11 @@ fn invalid_key(msg: impl Into<String>) -> ApiError {
 
 /// Finds the app whose `api_keys` hold the request's key: `Authorization: Bearer lsk_...`,
 /// the body's `api_key`, or `?api_key=` (GET).
-pub fn authenticate<'a>(
-    engine: &'a EngineHandle,
+pub fn authenticate(
+    engine: &EngineHandle,
     req: &Request,
     body: Option<&Body>,
-) -> Result<Ctx<'a>, ApiError> {
+) -> Result<Ctx, ApiError> {
     let from_body = match body {
         Some(b) => b
             .opt_str("api_key")
@@ -193,7 +193,7 @@ impl Api {
     pub(crate) async fn lattestream(
         &self,
         route: &Route,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         req: &Request,
         body: Option<Body>,
     ) -> Result<Response, ApiError> {
@@ -215,7 +215,7 @@ impl Api {
     /// Publishes and returns how many connections it reached (summed over channels).
     async fn ls_publish(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         channels: Vec<ChannelName>,
         event: String,
         data: String,
@@ -233,7 +233,7 @@ impl Api {
         Ok(counts.iter().map(|c| c.subscription_count).sum())
     }
 
-    async fn ls_events(&self, ctx: &Ctx<'_>, b: &Body) -> Result<Response, ApiError> {
+    async fn ls_events(&self, ctx: &Ctx, b: &Body) -> Result<Response, ApiError> {
         let (channels, event, data) = parse_events(b)?;
         let names: Vec<String> = channels.iter().map(|c| c.as_str().to_owned()).collect();
         let triggered = self.ls_publish(ctx, channels, event.clone(), data).await?;
@@ -258,7 +258,7 @@ impl Api {
         now_us.max(prev + 1)
     }
 
-    async fn ls_batch(&self, ctx: &Ctx<'_>, b: &Body) -> Result<Response, ApiError> {
+    async fn ls_batch(&self, ctx: &Ctx, b: &Body) -> Result<Response, ApiError> {
         let items = match b.get("batch") {
             Some(Value::Array(a)) if !a.is_empty() => a,
             _ => {
@@ -321,7 +321,7 @@ impl Api {
         ))
     }
 
-    fn ls_token(&self, ctx: &Ctx<'_>, b: &Body) -> Result<Response, ApiError> {
+    fn ls_token(&self, ctx: &Ctx, b: &Body) -> Result<Response, ApiError> {
         let user = match b.get("socket_id") {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
@@ -400,7 +400,7 @@ impl Api {
         ))
     }
 
-    fn ls_auth(&self, ctx: &Ctx<'_>, b: &Body) -> Result<Response, ApiError> {
+    fn ls_auth(&self, ctx: &Ctx, b: &Body) -> Result<Response, ApiError> {
         let mut fields = b.0.clone();
         fields.remove("api_key");
         // Presence without channel_data: build it from user_id / user_info.
@@ -413,11 +413,11 @@ impl Api {
                 );
             }
         }
-        let v = relay::server_auth(ctx.app, &Body(fields))?;
+        let v = relay::server_auth(&ctx.app, &Body(fields))?;
         Ok(Response::json(200, &v))
     }
 
-    async fn ls_channels(&self, ctx: &Ctx<'_>, req: &Request) -> Result<Response, ApiError> {
+    async fn ls_channels(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
         let prefix = query_param(req, "prefix").filter(|p| !p.is_empty());
         let mut list = self.engine.channels(ctx.idx, prefix.as_deref()).await?;
         list.retain(|s| s.occupied && s.name.kind() != ChannelKind::ServerToUser);
