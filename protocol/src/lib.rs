@@ -52,6 +52,7 @@
 #![warn(missing_docs)]
 
 pub mod close;
+pub mod jwt;
 pub mod limits;
 pub mod pusher;
 pub mod ws;
