@@ -35,10 +35,12 @@ mod shared;
 
 pub use crate::cache::CachedEvent;
 pub use crate::config::{
-    defaults, AppConfig, Config, ConfigError, RawApp, RawConfig, RawWebhook, WebhookTarget,
+    defaults, AppConfig, AppKey, Config, ConfigError, RawApp, RawConfig, RawWebhook, WebhookTarget,
     WEBHOOK_EVENT_TYPES,
 };
-pub use crate::handle::{CoreStall, EngineError, EngineHandle, Publish, Stats};
+pub use crate::handle::{
+    validate_apps, AppsUpdate, CoreStall, EngineError, EngineHandle, Publish, Stats,
+};
 pub use crate::history::{HistoryEvent, HistoryQuery};
 pub use crate::metrics::{CloseReason, MetricsSnapshot};
 pub use crate::msg::{AppIdx, ChannelCounts, ChannelSummary, PresenceUser};
