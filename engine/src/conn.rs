@@ -595,8 +595,8 @@ fn on_frame(core: &Core, conn: &Rc<Conn>, app: &App, msg: Message) -> bool {
     let d = app.config.dialect;
     match msg {
         Message::Text(text) => {
-            let mut buf = text.to_vec();
-            match pusher::parse_client_message(d, &mut buf) {
+            // One JSON reading, borrowing from the frame: the message is not copied.
+            match pusher::parse_client_message(d, &text) {
                 Ok(m) => on_message(core, conn, app, m),
                 Err(e) => {
                     core.metrics().protocol_errors.inc();
