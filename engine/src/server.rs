@@ -175,11 +175,17 @@ impl Engine {
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         rt.block_on(worker_main(core, listener, &listening))
                     }));
+                    // However the worker ended, its socket leaves the SO_REUSEPORT group (after
+                    // a panic the runtime cannot be relied on to close the listener: an
+                    // in-flight io_uring accept keeps its fd open), so new connections go to
+                    // live cores; a core is reported stopped only after that and after its
+                    // runtime is gone.
                     stop_listening(&listening);
-                    shared.core_stopped[idx].store(true, std::sync::atomic::Ordering::Release);
-                    if let Err(panic) = run {
-                        on_core_panic(&shared, idx, panic.as_ref(), rt);
+                    match run {
+                        Err(panic) => on_core_panic(&shared, idx, panic.as_ref(), rt),
+                        Ok(()) => drop(rt),
                     }
+                    shared.core_stopped[idx].store(true, std::sync::atomic::Ordering::Release);
                 })?;
             threads.push(t);
         }
