@@ -22,6 +22,8 @@ pub mod loss;
 pub mod net;
 pub mod payload;
 pub mod procfs;
+pub mod procs;
+pub mod receive;
 pub mod report;
 pub mod scenario;
 pub mod wsframe;

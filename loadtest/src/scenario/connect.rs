@@ -121,13 +121,13 @@ async fn thread_main(
                 monoio::spawn(async move {
                     let start = intended.unwrap_or_else(now_ns);
                     let r = async {
-                        let mut s =
-                            net::connect(plan.target.source_for(g), plan.target.ws_addr).await?;
+                        let mut s = plan.target.connect_ws(g).await?;
                         let _guard = sockets.register(std::os::fd::AsRawFd::as_raw_fd(&s));
                         let mut rd = FrameReader::new(1024);
                         net::pusher_connect(
                             &mut s,
                             &plan.target,
+                            plan.target.ws_for(g),
                             &mut rd,
                             g as u64 + 7,
                             plan.timeout,
