@@ -350,7 +350,7 @@ async fn handshake(core: Rc<Core>, mut stream: TcpStream) -> Option<(AppIdx, Tcp
             svc.serve(stream, head_buf).await;
         } else {
             let resp = if head.method == "GET" && head.path == "/health" {
-                http_json(200, "{\"ok\":true}")
+                health_response(&core)
             } else {
                 http_json(404, "{\"error\":\"not found\",\"code\":\"not_found\"}")
             };
@@ -826,7 +826,7 @@ fn start_subscription(
         &key.clone(),
         Msg::Subscribe {
             key,
-            conn: conn.id,
+            socket: conn.socket_id,
             gen,
             from: core.idx as u16,
             member,
@@ -1009,7 +1009,7 @@ fn client_event(
         Msg::Publish {
             key,
             frame,
-            except: Some(conn.id),
+            except: Some(conn.socket_id),
         },
     );
 }
@@ -1132,6 +1132,24 @@ fn cleanup(core: &Core, conn: &Conn) {
     core.flush();
 }
 
+/// The engine's own `/health` (no control plane installed): 503 while shutting down or when a
+/// core has stopped.
+fn health_response(core: &Core) -> Vec<u8> {
+    let stopped = core.shared.stopped_cores();
+    if core
+        .shared
+        .shutdown
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        http_json(503, "{\"ok\":false,\"shutting_down\":true}")
+    } else if !stopped.is_empty() {
+        let body = serde_json::json!({"ok": false, "stopped_cores": stopped}).to_string();
+        http_json(503, &body)
+    } else {
+        http_json(200, "{\"ok\":true}")
+    }
+}
+
 fn http_response(status: u16, msg: &str) -> Vec<u8> {
     let body = format!(
         "{{\"error\":{},\"code\":\"{}\"}}",
@@ -1148,6 +1166,7 @@ fn http_json(status: u16, body: &str) -> Vec<u8> {
         404 => "Not Found",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
         _ => "Error",
     };
     format!(
