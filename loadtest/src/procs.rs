@@ -144,6 +144,7 @@ impl Children {
         }
         let total = (plan.subscribers + plan.publishers) as u64;
         let limit = plan.setup_timeout
+            + crate::scenario::rest::probe_limit(plan)
             + Duration::from_millis(total.saturating_mul(5).min(600_000))
             + Duration::from_secs(10);
         let t0 = Instant::now();

@@ -738,8 +738,9 @@ impl LocalGen {
             rx,
         };
         let total = g.plan.part.share(g.plan.subscribers) + g.plan.part.share(g.plan.publishers);
-        // Bounded: generous per connection, capped.
+        // Bounded: generous per connection, capped, plus the REST pipelining probe.
         let limit = g.plan.setup_timeout
+            + rest::probe_limit(&g.plan)
             + Duration::from_millis((total as u64).saturating_mul(5).min(600_000));
         let t0 = Instant::now();
         let mut last = Instant::now();

@@ -352,11 +352,20 @@ pub(crate) async fn publisher(l: Rc<Local>, j: usize) {
     }
 }
 
+/// How long the pipelining probe waits for its second answer (after connecting).
+pub fn probe_limit(plan: &super::fanout::FanoutPlan) -> Duration {
+    if plan.mode == super::fanout::PublishMode::Rest && plan.rest_pipelining == Pipelining::Auto {
+        plan.setup_timeout.min(Duration::from_secs(5))
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// Sends two pipelined read-only requests on a fresh connection: Ok((pipelining works, why)).
 async fn probe_pipelining(l: &Local, j: usize) -> anyhow::Result<(bool, String)> {
     let plan = &l.plan;
     let t = &plan.target;
-    let limit = plan.setup_timeout.min(Duration::from_secs(5));
+    let limit = probe_limit(plan);
     let src = t.source_for(plan.subscribers + j, t.api_addr);
     let mut s = match monoio::time::timeout(plan.setup_timeout, net::connect(src, t.api_addr)).await
     {
