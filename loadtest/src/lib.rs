@@ -14,6 +14,7 @@
 //! presence), [`floor`] (the reference fan-out server), [`report`] (tables, JSON, CSV, SVG).
 
 pub mod clock;
+pub mod compare;
 pub mod floor;
 pub mod gen;
 pub mod http;

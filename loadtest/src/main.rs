@@ -37,9 +37,22 @@ enum Cmd {
     Floor(FloorArgs),
     /// Print JSON result files (from --json) side by side.
     Report(ReportArgs),
+    /// Build one side-by-side report (Markdown + SVG charts) from a grid run by
+    /// loadtest/compare.sh (results of several servers under --out).
+    Compare(CompareArgs),
     /// A child process of `--procs` (driven over stdin/stdout; not for direct use).
     #[command(hide = true)]
     Worker,
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// The directory loadtest/compare.sh filled (meta.json and one directory per server).
+    #[arg(long)]
+    out: PathBuf,
+    /// The p99 budget the knees were found with, milliseconds.
+    #[arg(long, default_value_t = 200.0)]
+    p99_budget: f64,
 }
 
 #[derive(Args, Debug)]
@@ -326,6 +339,15 @@ fn main() -> anyhow::Result<()> {
         Cmd::Connect(a) => connect_cmd(a),
         Cmd::Presence(a) => presence_cmd(a),
         Cmd::Worker => ringcast_loadtest::procs::worker_main(),
+        Cmd::Compare(a) => {
+            let md = ringcast_loadtest::compare::write(&a.out, a.p99_budget)?;
+            print!("{md}");
+            println!(
+                "wrote {}/report.md and the charts beside it",
+                a.out.display()
+            );
+            Ok(())
+        }
         Cmd::Floor(a) => floor::serve(floor::FloorConfig {
             listen: a.listen.parse().context("--listen")?,
             workers: a.workers,

@@ -135,13 +135,15 @@ impl RestReport {
 }
 
 /// One request of the schedule: event `k`, not to be sent before `not_before` (a
-/// `Retry-After`), `retried` after a 429 or a lost connection.
+/// `Retry-After`), `retried` after a 429 or a lost connection, `held` when it became due
+/// while no lane was free (the server held it back).
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     k: u64,
     phase: u32,
     not_before: u64,
     retried: bool,
+    held: bool,
 }
 
 /// The per-publisher pool (see the module docs).
@@ -158,8 +160,9 @@ pub(crate) struct Pool {
     lanes_live: Cell<usize>,
     /// Written and not yet answered, all lanes.
     outstanding: Cell<u64>,
-    /// Some lane found due requests but no room (all waiting for the server).
-    blocked: Cell<bool>,
+    /// Lanes connected, with room, waiting for work: a request that becomes due while none
+    /// is waiting is held back by the server (all lanes awaiting answers or reconnecting).
+    idle: Cell<usize>,
     mode: RefCell<String>,
     /// Per-phase counters (reset when a phase begins).
     report: RefCell<RestReport>,
@@ -179,8 +182,8 @@ impl Pool {
             r.unsent_at_deadline =
                 super::fanout::remaining(self.next_k.get(), events, publishers) + queued;
             let server_bound = self.outstanding.get() > 0
-                || self.blocked.get()
-                || !self.delayed.borrow().is_empty();
+                || !self.delayed.borrow().is_empty()
+                || self.ready.borrow().front().is_some_and(|p| p.held);
             r.unsent_blocked_by_server = if server_bound {
                 r.unsent_at_deadline
             } else {
@@ -257,7 +260,7 @@ pub(crate) async fn publisher(l: Rc<Local>, j: usize) {
         lanes_wanted: Cell::new(1),
         lanes_live: Cell::new(0),
         outstanding: Cell::new(0),
-        blocked: Cell::new(false),
+        idle: Cell::new(0),
         mode: RefCell::new(String::new()),
         report: RefCell::new(RestReport::default()),
     });
@@ -300,7 +303,6 @@ pub(crate) async fn publisher(l: Rc<Local>, j: usize) {
         done_phase = spec.phase;
         pool.ready.borrow_mut().clear();
         pool.delayed.borrow_mut().clear();
-        pool.blocked.set(false);
         *pool.report.borrow_mut() = RestReport::default();
         pool.next_k.set(j as u64);
         pool.phase.set(spec.phase);
@@ -320,6 +322,7 @@ pub(crate) async fn publisher(l: Rc<Local>, j: usize) {
                     phase: spec.phase,
                     not_before: 0,
                     retried: false,
+                    held: pool.idle.get() == 0,
                 });
                 k += np;
             }
@@ -473,7 +476,6 @@ async fn lane(l: Rc<Local>, pool: Rc<Pool>, lane_no: usize) {
             Ok(Ok(s)) => s,
             Ok(Err(_)) | Err(_) => {
                 pool.report.borrow_mut().connect_errors += 1;
-                pool.blocked.set(true);
                 monoio::time::sleep(Duration::from_millis(backoff_ms)).await;
                 backoff_ms = (backoff_ms * 2).min(500);
                 continue;
@@ -508,19 +510,17 @@ async fn lane(l: Rc<Local>, pool: Rc<Pool>, lane_no: usize) {
             }
             let room = pool.depth.get().saturating_sub(in_flight);
             if room == 0 {
-                if !pool.ready.borrow().is_empty() {
-                    pool.blocked.set(true);
-                }
                 monoio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
             taken.clear();
             pool.take_ready(room.min(super::fanout::MAX_BATCH), &mut taken);
             if taken.is_empty() {
+                pool.idle.set(pool.idle.get() + 1);
                 monoio::time::sleep(Duration::from_millis(1)).await;
+                pool.idle.set(pool.idle.get() - 1);
                 continue;
             }
-            let blocked = pool.blocked.replace(false);
             let spec = l.spec.get();
             buf.clear();
             let ts = crate::clock::unix_secs();
@@ -541,7 +541,7 @@ async fn lane(l: Rc<Local>, pool: Rc<Pool>, lane_no: usize) {
                 );
                 http::trigger_request(t, &body, ts, &mut buf);
                 let mut st = l.stats.borrow_mut();
-                if blocked || p.retried {
+                if p.held || p.retried {
                     st.lag_server.record(now, due);
                 } else {
                     st.lag_gen.record(now, due);
