@@ -293,6 +293,10 @@ struct ConnectArgs {
     /// Also measure the floor server with the same connections.
     #[arg(long)]
     floor: bool,
+    /// Hold the connections in this many child processes (a process may open only so many
+    /// files: 20,000 here).
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
 }
 
 #[derive(Args, Debug)]
@@ -622,6 +626,8 @@ fn connect_cmd(a: ConnectArgs) -> anyhow::Result<()> {
             hold: Duration::from_secs_f64(a.hold),
             timeout: Duration::from_secs(c.timeout),
             gen: c.gen()?,
+            part: Part::default(),
+            t0_ns: 0,
         })
     };
     let mut rows = Vec::new();
@@ -629,12 +635,19 @@ fn connect_cmd(a: ConnectArgs) -> anyhow::Result<()> {
         let fl = FloorChild::spawn(2, None, 3600)?;
         rows.push(connect::run(
             mk(floor_target(&target, fl.addr))?,
+            a.procs,
             Some(fl.pid()),
             "floor",
             c.quiet,
         )?);
     }
-    rows.push(connect::run(mk(target)?, c.server_pid, &c.label, c.quiet)?);
+    rows.push(connect::run(
+        mk(target)?,
+        a.procs,
+        c.server_pid,
+        &c.label,
+        c.quiet,
+    )?);
     print!("{}", connect::table(&rows));
     for r in &rows {
         if !r.errors.is_empty() {

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::now_ns;
 use crate::gen::PhaseSpec;
 use crate::latency::Latency;
+use crate::scenario::connect::{ConnectPart, ConnectPlan, LocalConnect};
 use crate::scenario::fanout::{FanoutPlan, LocalGen, Part, Partial, Progress};
 use crate::scenario::rest::RestReport;
 
@@ -33,7 +34,14 @@ use crate::scenario::rest::RestReport;
 #[serde(rename_all = "lowercase")]
 pub enum ToChild {
     Plan(Box<FanoutPlan>),
-    Phase { spec: PhaseSpec, end_ns: u64 },
+    Phase {
+        spec: PhaseSpec,
+        end_ns: u64,
+    },
+    /// The `connect` scenario: open and hold this share of the connections.
+    Connect(Box<ConnectPlan>),
+    /// `connect`: report the figures (the connections stay open until `Stop`).
+    Collect,
     Stop,
 }
 
@@ -44,6 +52,7 @@ pub enum FromChild {
     Failed(String),
     Progress(Progress),
     Partial(Box<Partial>),
+    ConnectPart(Box<ConnectPart>),
 }
 
 impl Partial {
@@ -106,8 +115,46 @@ impl Children {
     pub fn start(
         plan: &FanoutPlan,
         n: usize,
-        mut show: impl FnMut(Progress),
+        show: impl FnMut(Progress),
     ) -> anyhow::Result<Children> {
+        let total = (plan.subscribers + plan.publishers) as u64;
+        let limit = plan.setup_timeout
+            + crate::scenario::rest::probe_limit(plan)
+            + Duration::from_millis(total.saturating_mul(5).min(600_000))
+            + Duration::from_secs(10);
+        let mut c = Children::spawn(n, |index| {
+            let mut p = plan.clone();
+            p.part = Part { index, count: n };
+            ToChild::Plan(Box::new(p))
+        })?;
+        c.wait_ready(limit, show)?;
+        Ok(c)
+    }
+
+    /// The `connect` scenario in `n` workers: returns once every worker tried its share.
+    pub fn start_connect(
+        plan: &ConnectPlan,
+        n: usize,
+        mut show: impl FnMut(u64, u64),
+    ) -> anyhow::Result<Children> {
+        let setup = if plan.rate > 0.0 {
+            plan.connections as f64 / plan.rate
+        } else {
+            0.0
+        };
+        let limit = Duration::from_secs_f64(setup)
+            + plan.timeout * 2
+            + Duration::from_secs(plan.connections as u64 / 500 + 20);
+        let mut c = Children::spawn(n, |index| {
+            let mut p = plan.clone();
+            p.part = Part { index, count: n };
+            ToChild::Connect(Box::new(p))
+        })?;
+        c.wait_ready(limit, |p| show(p.connected, p.errors))?;
+        Ok(c)
+    }
+
+    fn spawn(n: usize, first: impl Fn(usize) -> ToChild) -> anyhow::Result<Children> {
         let exe = std::env::current_exe()?;
         let (tx, rx) = mpsc::channel();
         let mut c = Children {
@@ -137,43 +184,75 @@ impl Children {
                 }
                 let _ = tx.send((index, FromChild::Failed(format!("worker {index} exited"))));
             });
-            let mut p = plan.clone();
-            p.part = Part { index, count: n };
-            send(&mut stdin, &ToChild::Plan(Box::new(p)))?;
+            send(&mut stdin, &first(index))?;
             c.kids.push(Kid { child, stdin });
         }
-        let total = (plan.subscribers + plan.publishers) as u64;
-        let limit = plan.setup_timeout
-            + crate::scenario::rest::probe_limit(plan)
-            + Duration::from_millis(total.saturating_mul(5).min(600_000))
-            + Duration::from_secs(10);
+        Ok(c)
+    }
+
+    fn wait_ready(
+        &mut self,
+        limit: Duration,
+        mut show: impl FnMut(Progress),
+    ) -> anyhow::Result<()> {
+        let n = self.kids.len();
         let t0 = Instant::now();
         let mut ready = vec![false; n];
         let mut last = Instant::now();
         while !ready.iter().all(|r| *r) {
             let left = limit.saturating_sub(t0.elapsed());
-            anyhow::ensure!(
-                !left.is_zero(),
-                "the workers' setup did not finish within {limit:?}"
-            );
-            match c.rx.recv_timeout(left.min(Duration::from_millis(200))) {
+            if left.is_zero() {
+                self.stop();
+                anyhow::bail!("the workers' setup did not finish within {limit:?}");
+            }
+            match self.rx.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok((i, FromChild::Ready)) => ready[i] = true,
                 Ok((i, FromChild::Failed(e))) => {
-                    c.stop();
+                    self.stop();
                     anyhow::bail!("worker {i}: {e}");
                 }
-                Ok((i, FromChild::Progress(p))) => c.progress[i] = p,
-                Ok((i, FromChild::Partial(_))) => {
-                    anyhow::bail!("worker {i}: result before a phase")
-                }
+                Ok((i, FromChild::Progress(p))) => self.progress[i] = p,
+                Ok((i, _)) => anyhow::bail!("worker {i}: a result before it was ready"),
                 Err(_) => {}
             }
             if last.elapsed() >= Duration::from_secs(1) {
                 last = Instant::now();
-                show(c.total());
+                show(self.total());
             }
         }
-        Ok(c)
+        Ok(())
+    }
+
+    /// `connect`: every worker's figures, merged (the connections stay open).
+    pub fn collect_connect(&mut self) -> anyhow::Result<ConnectPart> {
+        for k in &mut self.kids {
+            send(&mut k.stdin, &ToChild::Collect)?;
+        }
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut got: Vec<Option<ConnectPart>> = vec![None; self.kids.len()];
+        while got.iter().any(Option::is_none) {
+            anyhow::ensure!(Instant::now() < until, "a worker did not report");
+            match self.rx.recv_timeout(Duration::from_millis(200)) {
+                Ok((i, FromChild::ConnectPart(p))) => got[i] = Some(*p),
+                Ok((i, FromChild::Failed(e))) => anyhow::bail!("worker {i}: {e}"),
+                Ok(_) | Err(_) => {}
+            }
+        }
+        let mut lat = Latency::new();
+        let mut all = ConnectPart::default();
+        for p in got.into_iter().flatten() {
+            lat.merge(&Latency::from_buckets(&p.lat));
+            all.established += p.established;
+            all.failed += p.failed;
+            all.open_after_hold += p.open_after_hold;
+            for e in p.errors {
+                if all.errors.len() < 20 {
+                    all.errors.push(e);
+                }
+            }
+        }
+        all.lat = lat.buckets();
+        Ok(all)
     }
 
     pub fn len(&self) -> usize {
@@ -228,7 +307,9 @@ impl Children {
                     show(self.total());
                 }
                 Ok((i, FromChild::Failed(e))) => anyhow::bail!("worker {i}: {e}"),
-                Ok((i, FromChild::Ready)) => anyhow::bail!("worker {i}: unexpected ready"),
+                Ok((i, FromChild::Ready | FromChild::ConnectPart(_))) => {
+                    anyhow::bail!("worker {i}: unexpected answer to a phase")
+                }
                 Err(_) => {}
             }
         }
@@ -290,6 +371,7 @@ pub fn worker_main() -> anyhow::Result<()> {
     let plan = match lines.next() {
         Some(Ok(l)) => match serde_json::from_str::<ToChild>(&l)? {
             ToChild::Plan(p) => *p,
+            ToChild::Connect(p) => return connect_worker(*p, lines, say),
             other => anyhow::bail!("expected a plan, got {other:?}"),
         },
         _ => return Ok(()),
@@ -312,7 +394,42 @@ pub fn worker_main() -> anyhow::Result<()> {
                 }
             }
             ToChild::Stop => break,
-            ToChild::Plan(_) => anyhow::bail!("a second plan"),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    g.stop();
+    Ok(())
+}
+
+/// A `connect` worker: opens its share, reports when asked, holds until told to stop.
+fn connect_worker(
+    plan: ConnectPlan,
+    lines: impl Iterator<Item = std::io::Result<String>>,
+    say: impl Fn(&FromChild),
+) -> anyhow::Result<()> {
+    let mut g = match LocalConnect::start(plan, |connected, errors| {
+        say(&FromChild::Progress(Progress {
+            connected,
+            errors,
+            ..Default::default()
+        }))
+    }) {
+        Ok(g) => g,
+        Err(e) => {
+            say(&FromChild::Failed(format!("{e:#}")));
+            return Ok(());
+        }
+    };
+    say(&FromChild::Ready);
+    for line in lines {
+        let Ok(line) = line else { break };
+        match serde_json::from_str::<ToChild>(&line)? {
+            ToChild::Collect => match g.collect() {
+                Ok(p) => say(&FromChild::ConnectPart(Box::new(p))),
+                Err(e) => say(&FromChild::Failed(format!("{e:#}"))),
+            },
+            ToChild::Stop => break,
+            other => anyhow::bail!("unexpected {other:?}"),
         }
     }
     g.stop();

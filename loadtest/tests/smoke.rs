@@ -372,3 +372,34 @@ fn connections_in_several_processes_are_merged_exactly() {
     }
     e.shutdown_and_join();
 }
+
+#[test]
+fn connect_holds_connections_in_several_processes() {
+    let e = engine();
+    let url = format!("ws://{}", e.local_addr());
+    let dir = tmp("connect-procs");
+    let v = run(
+        &[
+            "connect",
+            "--ws-url",
+            &url,
+            "--connections",
+            "301",
+            "--procs",
+            "3",
+            "--hold",
+            "0.2",
+            "--server-pid",
+            &std::process::id().to_string(),
+        ],
+        &dir.join("out.json"),
+        Duration::from_secs(90),
+    );
+    let r = &v["results"][0];
+    assert_eq!(r["procs"].as_u64(), Some(3), "{r}");
+    assert_eq!(r["established"].as_u64(), Some(301), "{r}");
+    assert_eq!(r["failed"].as_u64(), Some(0), "{r}");
+    assert_eq!(r["still_open_after_hold"].as_u64(), Some(301), "{r}");
+    assert_eq!(r["latency"]["count"].as_u64(), Some(301), "{r}");
+    e.shutdown_and_join();
+}
