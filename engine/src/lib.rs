@@ -35,10 +35,10 @@ mod shared;
 
 pub use crate::cache::CachedEvent;
 pub use crate::config::{
-    defaults, AppConfig, Config, ConfigError, RawApp, RawConfig, RawWebhook, WebhookTarget,
+    defaults, AppConfig, AppKey, Config, ConfigError, RawApp, RawConfig, RawWebhook, WebhookTarget,
     WEBHOOK_EVENT_TYPES,
 };
-pub use crate::handle::{EngineError, EngineHandle, Publish, Stats};
+pub use crate::handle::{validate_apps, AppsUpdate, EngineError, EngineHandle, Publish, Stats};
 pub use crate::history::{HistoryEvent, HistoryQuery};
 pub use crate::metrics::{CloseReason, MetricsSnapshot};
 pub use crate::msg::{AppIdx, ChannelCounts, ChannelSummary, PresenceUser};

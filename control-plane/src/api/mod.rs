@@ -37,9 +37,9 @@ pub fn system_clock() -> Clock {
 }
 
 /// An authenticated request's app.
-pub struct Ctx<'a> {
+pub struct Ctx {
     pub idx: AppIdx,
-    pub app: &'a AppConfig,
+    pub app: Arc<AppConfig>,
     pub cred: Credential,
 }
 
@@ -98,13 +98,13 @@ impl Api {
         resp
     }
 
-    fn app_ctx<'a>(&'a self, id: &str, req: &Request) -> Result<Ctx<'a>, ApiError> {
+    fn app_ctx(&self, id: &str, req: &Request) -> Result<Ctx, ApiError> {
         let (idx, app) = self
             .engine
             .app_by_id(id)
             .ok_or_else(|| ApiError::unknown_app(id))?;
-        let cred = authenticate_app(req, app, (self.clock)())?;
-        Self::enabled(app)?;
+        let cred = authenticate_app(req, &app, (self.clock)())?;
+        Self::enabled(&app)?;
         Ok(Ctx { idx, app, cred })
     }
 
@@ -198,7 +198,7 @@ impl Api {
                             app,
                             cred: Credential::Signature,
                         };
-                        let res = match Self::enabled(app) {
+                        let res = match Self::enabled(&ctx.app) {
                             Ok(()) => self.terminate(&ctx, user).await,
                             Err(e) => Err(e),
                         };
@@ -227,20 +227,15 @@ impl Api {
             (Route::EventLog { .. }, Some(ctx)) => self.event_log(ctx).await,
             (Route::History { .. }, Some(ctx)) => self.history(ctx, req).await,
             (Route::Auth { .. }, Some(ctx)) => Body::json_or_form(req)
-                .and_then(|b| relay::server_auth(ctx.app, &b))
+                .and_then(|b| relay::server_auth(&ctx.app, &b))
                 .map(|v| Response::json(200, &v)),
         };
         (endpoint, idx, result)
     }
 
     fn metrics_response(&self) -> Response {
-        let apps: Vec<&str> = self
-            .engine
-            .config()
-            .apps
-            .iter()
-            .map(|a| a.id.as_str())
-            .collect();
+        let slots = self.engine.app_slots();
+        let apps: Vec<&str> = slots.iter().map(|(_, id, _)| id.as_str()).collect();
         let text = metrics::render(
             &self.engine.metrics(),
             &self.engine.stats(),
