@@ -132,9 +132,10 @@ impl std::error::Error for ApiError {}
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         match e {
-            // The injection queue of a core is full: the publisher should slow down and retry.
+            // A core's injection queue is full or its mesh is congested: the publisher should
+            // slow down and retry (push-back happens before any event is dropped).
             EngineError::Overloaded => ApiError::new(
-                429,
+                503,
                 "overloaded",
                 "server overloaded: a core's queue is full, retry later",
             ),
@@ -175,9 +176,9 @@ mod tests {
     }
 
     #[test]
-    fn overload_is_429_with_retry_after() {
+    fn overload_is_503_with_retry_after() {
         let r = ApiError::from(EngineError::Overloaded).to_response();
-        assert_eq!(r.status, 429);
+        assert_eq!(r.status, 503);
         assert!(r
             .headers
             .iter()

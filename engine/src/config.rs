@@ -41,9 +41,11 @@ pub mod defaults {
     /// Entries in each SPSC queue of the core mesh (per ordered pair of cores); 0 = derived
     /// from the worker count (131072 / workers, clamped to 1024..=32768).
     pub const MESH_QUEUE_CAPACITY: usize = 0;
-    /// Messages a core keeps in its local overflow for one full peer queue before it starts
-    /// dropping *event deliveries* (counted as `ringcast_mesh_dropped_total`). Subscription
-    /// bookkeeping is never dropped.
+    /// Hard limit of a core's local overflow for one full peer queue. From half of it the core
+    /// is congested and pushes back (new publishes get 503 / `pusher:error`, new subscriptions
+    /// `subscription_error`); an event delivery past the limit is not queued and that peer's
+    /// subscribers of the channel are closed with 4100 instead (`ringcast_mesh_dropped_total`).
+    /// Subscription bookkeeping is never dropped (it is bounded by admission).
     pub const MESH_OVERFLOW_LIMIT: usize = 1 << 20;
     /// Entries in the queue from the process (REST, control plane) into each core.
     pub const INJECT_QUEUE_CAPACITY: usize = 65_536;

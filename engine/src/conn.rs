@@ -720,8 +720,8 @@ fn on_frame(core: &Core, conn: &Rc<Conn>, app: &App, msg: Message) -> bool {
     }
     match msg {
         Message::Text(text) => {
-            let mut buf = text.to_vec();
-            match pusher::parse_client_message(d, &mut buf) {
+            // One JSON reading, borrowing from the frame: the message is not copied.
+            match pusher::parse_client_message(d, &text) {
                 Ok(m) => on_message(core, conn, app, m),
                 Err(e) => {
                     core.metrics().protocol_errors.inc();
@@ -947,6 +947,24 @@ fn subscribe(
         );
         return;
     }
+    let owner = core.shared.owner_of(&ChanKey {
+        app: app.idx,
+        name: name.clone(),
+    });
+    if !core.admits(owner) {
+        drop(st);
+        // Push-back keeps subscription bookkeeping bounded while the mesh is congested.
+        sub_error(
+            core,
+            conn,
+            d,
+            channel,
+            "ServerOverloaded",
+            "Server overloaded, retry the subscription later",
+            503,
+        );
+        return;
+    }
     start_subscription(core, conn, &mut st, app.idx, name, member, false);
 }
 
@@ -1057,6 +1075,20 @@ fn signin(core: &Core, conn: &Rc<Conn>, app: &App, auth: &str, user_data: &str) 
         conn.push(pusher::error_frame(d, None, "Invalid user id for sign-in"));
         return;
     };
+    if !st.subs.contains_key(&name)
+        && !core.admits(core.shared.owner_of(&ChanKey {
+            app: app.idx,
+            name: name.clone(),
+        }))
+    {
+        drop(st);
+        conn.push(pusher::error_frame(
+            d,
+            None,
+            "Sign-in refused - server overloaded, retry later",
+        ));
+        return;
+    }
     st.user = Some(user_id.clone());
     core.add_user(app.idx, user_id, conn.id);
     // Subscribe on the user's behalf so #server-to-user- events reach every signed-in
@@ -1177,6 +1209,11 @@ fn client_event(
     }
     let actor = user_id.clone().or_else(|| st.user.clone());
     drop(st);
+    let key = ChanKey { app: app.idx, name };
+    if !admit_client_event(core, conn, d, &key) {
+        return;
+    }
+    let name = key.name;
     core.metrics().client_events.inc();
     core.record_activity(
         app.idx,
@@ -1206,6 +1243,20 @@ fn client_event(
             except: Some(conn.socket_id),
         },
     );
+}
+
+/// Push-back on a client event: refused (and told) while the mesh toward its owner is
+/// congested, so nothing has to be dropped further on.
+fn admit_client_event(core: &Core, conn: &Conn, d: Dialect, key: &ChanKey) -> bool {
+    if core.admits(core.shared.owner_of(key)) {
+        return true;
+    }
+    conn.push(pusher::error_frame(
+        d,
+        None,
+        "Client event rejected - server overloaded, retry later",
+    ));
+    false
 }
 
 /// The writer task: one vectored write per wake-up, bounded by the write deadline.

@@ -84,6 +84,9 @@ pub(crate) struct Core {
     cache: RefCell<Cache>,
     /// Owned channels whose throttled subscription count is owed.
     dirty_counts: RefCell<Vec<ChanKey>>,
+    /// Push-back mark of the mesh (and of `local_q`), and the congestion last published.
+    pushback_at: usize,
+    congested: Cell<bool>,
 }
 
 impl Core {
@@ -105,6 +108,8 @@ impl Core {
             activity: RefCell::new(crate::activity::ActivityLog::new(idx)),
             cache: RefCell::new(Cache::new(shared.config.cache_max_entries_per_core)),
             dirty_counts: RefCell::new(Vec::new()),
+            pushback_at: crate::mesh::pushback_mark(shared.config.mesh_overflow_limit),
+            congested: Cell::new(false),
             shared,
         }
     }
@@ -153,9 +158,32 @@ impl Core {
         }
     }
 
-    /// Wakes peers that were sent something. Called after every batch of work.
+    /// Wakes peers that were sent something, and publishes this core's congestion (its
+    /// outgoing mesh or its queue to itself past the push-back mark). Called after every batch
+    /// of work.
     pub fn flush(&self) {
-        self.tx.borrow_mut().flush();
+        let mut tx = self.tx.borrow_mut();
+        tx.flush();
+        let congested = tx.is_congested() || self.local_q.borrow().len() >= self.pushback_at;
+        drop(tx);
+        if congested != self.congested.get() {
+            self.congested.set(congested);
+            self.shared.mesh.congested[self.idx]
+                .store(congested, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Admission control for new work that will travel to `owner` and fan out from it (a
+    /// publish, a subscription): refused while this core or the owner is congested, so the
+    /// publisher backs off before any event would have to be dropped. Counts a refusal.
+    pub(crate) fn admits(&self, owner: usize) -> bool {
+        let mesh = &self.shared.mesh;
+        if self.congested.get() || mesh.is_congested(owner) {
+            self.metrics().mesh_pushback.inc();
+            false
+        } else {
+            true
+        }
     }
 
     // ---------------------------------------------------------------- drain task
@@ -250,6 +278,7 @@ impl Core {
                 outcome,
             } => self.on_sub_ack(key, conn, gen, outcome),
             Msg::Deliver { key, frame, except } => self.deliver(&key, &frame, except),
+            Msg::Lost { keys } => self.on_lost(&keys),
         }
     }
 
@@ -385,6 +414,11 @@ impl Core {
             }
             Command::Shutdown => return true,
             Command::InjectPanic => panic!("injected panic on core {} (test hook)", self.idx),
+            Command::Stall { stalled, release } => {
+                // Test hook only: a core never blocks otherwise.
+                let _ = stalled.send(());
+                let _ = release.recv_timeout(Duration::from_secs(30));
+            }
         }
         false
     }
@@ -851,6 +885,24 @@ impl Core {
             n += 1;
         }
         self.metrics().deliveries.add(n);
+    }
+
+    /// The owner could not hand this core an event of these channels: every local subscriber
+    /// of them is closed with 4100 (slow consumer), so it reconnects knowing it missed
+    /// something rather than silently missing it. Closing first flushes what was queued before.
+    fn on_lost(&self, keys: &[ChanKey]) {
+        let subs = self.subs.borrow();
+        for key in keys {
+            let Some(list) = subs.get(key) else { continue };
+            for conn in list.values() {
+                conn.set_end_reason(CloseReason::SlowConsumerMesh);
+                conn.close(
+                    ringcast_protocol::close::SLOW_CONSUMER,
+                    "Slow consumer: events for a channel could not be delivered",
+                    CloseReason::SlowConsumerMesh,
+                );
+            }
+        }
     }
 
     fn on_sub_ack(&self, key: ChanKey, conn_id: u64, gen: u32, outcome: SubOutcome) {

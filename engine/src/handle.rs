@@ -60,6 +60,12 @@ pub struct Stats {
     pub per_app: Vec<(String, u64)>,
 }
 
+/// A core blocked by [`EngineHandle::stall_core`]; dropping it releases the core.
+#[doc(hidden)]
+pub struct CoreStall {
+    _release: std::sync::mpsc::SyncSender<()>,
+}
+
 /// What a [`EngineHandle::set_apps`] changed (app ids), and the table version it published.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppsUpdate {
@@ -309,6 +315,16 @@ impl EngineHandle {
         }
     }
 
+    /// Push-back for publishes: refused while the owner's mesh is congested, before anything
+    /// would have to be dropped.
+    fn admit_publish(&self, owner: usize) -> Result<(), EngineError> {
+        if self.shared.mesh.is_congested(owner) {
+            Err(EngineError::Overloaded)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Hands a command to one core (no wait).
     fn send_to(&self, core: usize, cmd: Command) -> Result<(), EngineError> {
         self.shared
@@ -366,6 +382,7 @@ impl EngineHandle {
             let frame = pusher::event_frame(&p.event, name.as_str(), &p.data, None);
             let key = self.key(p.app, name)?;
             let owner = self.shared.owner_of(&key);
+            self.admit_publish(owner)?;
             let (tx, rx) = oneshot::channel();
             self.send_to(
                 owner,
@@ -397,6 +414,7 @@ impl EngineHandle {
             let frame = pusher::event_frame(&p.event, name.as_str(), &p.data, None);
             let key = self.key(p.app, name)?;
             let owner = self.shared.owner_of(&key);
+            self.admit_publish(owner)?;
             self.send_to(
                 owner,
                 Command::Publish {
@@ -586,6 +604,27 @@ impl EngineHandle {
     #[doc(hidden)]
     pub fn inject_panic(&self, core: usize) -> Result<(), EngineError> {
         self.send_to(core, Command::InjectPanic)
+    }
+
+    /// Test hook: blocks core `core`'s thread until the returned guard is dropped (at most
+    /// 30 s), as a core too busy to drain its mesh would be. Returns once the core is blocked.
+    #[doc(hidden)]
+    pub fn stall_core(&self, core: usize) -> Result<CoreStall, EngineError> {
+        let (stalled_tx, stalled_rx) = std::sync::mpsc::sync_channel(1);
+        let (release_tx, release_rx) = std::sync::mpsc::sync_channel(1);
+        self.send_to(
+            core,
+            Command::Stall {
+                stalled: stalled_tx,
+                release: release_rx,
+            },
+        )?;
+        stalled_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(CoreStall {
+            _release: release_tx,
+        })
     }
 
     /// Test hook: with `false`, a panicking core stops (and is reported by `/health`) instead

@@ -41,7 +41,9 @@ pub use crate::config::{
     defaults, AppConfig, AppKey, Config, ConfigError, RateLimit, RawApp, RawConfig, RawRateLimit,
     RawWebhook, WebhookTarget, RATE_LIMIT_ENDPOINTS, WEBHOOK_EVENT_TYPES,
 };
-pub use crate::handle::{validate_apps, AppsUpdate, EngineError, EngineHandle, Publish, Stats};
+pub use crate::handle::{
+    validate_apps, AppsUpdate, CoreStall, EngineError, EngineHandle, Publish, Stats,
+};
 pub use crate::history::{HistoryEvent, HistoryQuery};
 pub use crate::metrics::{CloseReason, MetricsSnapshot};
 pub use crate::msg::{AppIdx, ChannelCounts, ChannelSummary, PresenceUser};
