@@ -80,6 +80,7 @@ pub(crate) struct Core {
     /// Wakes the accept loop when shutdown begins.
     pub shutdown_waker: RefCell<Option<std::task::Waker>>,
     history: RefCell<History>,
+    activity: RefCell<crate::activity::ActivityLog>,
     cache: RefCell<Cache>,
     /// Owned channels whose throttled subscription count is owed.
     dirty_counts: RefCell<Vec<ChanKey>>,
@@ -104,6 +105,7 @@ impl Core {
             shutting_down: Cell::new(false),
             shutdown_waker: RefCell::new(None),
             history: RefCell::new(History::new(shared.config.history_max_bytes_per_core)),
+            activity: RefCell::new(crate::activity::ActivityLog::new(idx)),
             cache: RefCell::new(Cache::new(shared.config.cache_max_entries_per_core)),
             dirty_counts: RefCell::new(Vec::new()),
             pushback_at: crate::mesh::pushback_mark(shared.config.mesh_overflow_limit),
@@ -290,6 +292,17 @@ impl Core {
                 reply,
             } => {
                 self.metrics().events_published.inc();
+                if self.activity_cap(key.app) > 0 {
+                    let name = crate::history::frame_event_name(&frame);
+                    self.record_activity(
+                        key.app,
+                        crate::activity::ActivityKind::ApiEvent,
+                        Some(key.name.as_str()),
+                        None,
+                        None,
+                        name.as_deref(),
+                    );
+                }
                 let counts = self.on_publish(&key, frame, except);
                 if let Some(reply) = reply {
                     let _ = reply.send(counts);
@@ -377,6 +390,9 @@ impl Core {
             Command::History { app, query, reply } => {
                 // `query` returns newest first already.
                 let _ = reply.send(self.history.borrow().query(app, &query));
+            }
+            Command::Activity { app, query, reply } => {
+                let _ = reply.send(self.activity.borrow().query(app, &query));
             }
             Command::Shutdown => return true,
             Command::InjectPanic => panic!("injected panic on core {} (test hook)", self.idx),
@@ -781,6 +797,40 @@ impl Core {
         }
     }
 
+    /// The app's `activity_history_size` (0: off, or no such app).
+    fn activity_cap(&self, app: AppIdx) -> usize {
+        self.shared
+            .apps()
+            .get(app)
+            .map_or(0, |a| a.config.activity_history_size)
+    }
+
+    /// Appends an activity record when the app keeps activity history (a branch otherwise).
+    pub(crate) fn record_activity(
+        &self,
+        app: AppIdx,
+        kind: crate::activity::ActivityKind,
+        channel: Option<&str>,
+        socket_id: Option<&str>,
+        user_id: Option<&str>,
+        event_name: Option<&str>,
+    ) {
+        let cap = self.activity_cap(app);
+        if cap == 0 {
+            return;
+        }
+        self.activity.borrow_mut().record(
+            app,
+            cap,
+            kind,
+            channel,
+            socket_id,
+            user_id,
+            event_name,
+            now_ms(),
+        );
+    }
+
     // ---------------------------------------------------------------- subscriber side
 
     /// Appends `frame` (shared, not copied) to every local subscriber's outbound queue.
@@ -849,6 +899,21 @@ impl Core {
                     .insert(conn_id, conn.clone());
                 self.metrics().subscriptions_current.inc();
                 if !silent {
+                    let user = {
+                        let st = conn.state.borrow();
+                        st.subs
+                            .get(&key.name)
+                            .and_then(|s| s.presence_user.clone())
+                            .or_else(|| st.user.clone())
+                    };
+                    self.record_activity(
+                        key.app,
+                        crate::activity::ActivityKind::Subscribe,
+                        Some(key.name.as_str()),
+                        Some(&conn.socket_id_str),
+                        user.as_deref(),
+                        None,
+                    );
                     let frame = frame.unwrap_or_else(|| {
                         pusher::subscription_succeeded_frame(dialect, key.name.as_str(), None)
                     });
@@ -913,6 +978,11 @@ impl Core {
             .connections
             .fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Wall-clock Unix seconds (token expiry).
+pub(crate) fn unix_now_secs() -> u64 {
+    now_ms() / 1000
 }
 
 fn now_ms() -> u64 {

@@ -80,6 +80,7 @@ pub struct AppsUpdate {
 pub fn validate_apps(apps: &[AppConfig]) -> Result<(), ConfigError> {
     let mut ids = std::collections::HashSet::new();
     let mut keys = std::collections::HashSet::new();
+    let mut api_keys = std::collections::HashSet::new();
     for a in apps {
         if a.id.is_empty() {
             return Err(ConfigError("an app needs a non-empty id".into()));
@@ -96,6 +97,11 @@ pub fn validate_apps(apps: &[AppConfig]) -> Result<(), ConfigError> {
             }
             if !keys.insert(k) {
                 return Err(ConfigError(format!("duplicate app key {k:?}")));
+            }
+        }
+        for k in &a.api_keys {
+            if !api_keys.insert(k.as_str()) {
+                return Err(ConfigError(format!("api key {k:?} is listed twice")));
             }
         }
     }
@@ -131,6 +137,23 @@ impl EngineHandle {
             .apps()
             .by_key(key)
             .map(|a| (a.idx, a.config.clone()))
+    }
+
+    /// Finds the live app one of whose LatteStream `api_keys` is `key` (every key is compared
+    /// in constant time).
+    pub fn app_by_api_key(&self, key: &str) -> Option<(AppIdx, Arc<AppConfig>)> {
+        let ct_eq = |a: &[u8], b: &[u8]| {
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        };
+        let mut found = None;
+        for a in self.shared.apps().live() {
+            for k in &a.config.api_keys {
+                if ct_eq(k.as_bytes(), key.as_bytes()) && found.is_none() {
+                    found = Some((a.idx, a.config.clone()));
+                }
+            }
+        }
+        found
     }
 
     /// The config of slot `idx` (a deleted app's last config); `None` for an index never
@@ -539,6 +562,30 @@ impl EngineHandle {
             all.iter().filter_map(crate::history::decode).collect(),
             more,
         ))
+    }
+
+    /// Activity records of an app, newest first, merged over every core; `true` when more
+    /// matched than `q.limit`.
+    pub async fn activity(
+        &self,
+        app: AppIdx,
+        q: crate::activity::ActivityQuery,
+    ) -> Result<(Vec<crate::activity::ActivityRecord>, bool), EngineError> {
+        self.live_app(app)?;
+        let mut all: Vec<_> = self
+            .ask_all(|reply| Command::Activity {
+                app,
+                query: q.clone(),
+                reply,
+            })
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        crate::activity::sort_newest_first(&mut all);
+        let more = all.len() > q.limit;
+        all.truncate(q.limit);
+        Ok((all, more))
     }
 
     /// The core owning a channel (placement is keyed with this process's secret, so only the

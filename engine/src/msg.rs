@@ -154,6 +154,11 @@ pub(crate) enum Command {
         query: crate::history::HistoryQuery,
         reply: oneshot::Sender<Vec<crate::history::RawEvent>>,
     },
+    Activity {
+        app: AppIdx,
+        query: crate::activity::ActivityQuery,
+        reply: oneshot::Sender<Vec<crate::activity::ActivityRecord>>,
+    },
     Shutdown,
     /// Test hook: the core panics while handling this (proves the panic policy).
     InjectPanic,

@@ -54,6 +54,7 @@
 #![warn(missing_docs)]
 
 pub mod close;
+pub mod jwt;
 pub mod limits;
 pub mod pusher;
 pub mod ws;
