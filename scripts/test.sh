@@ -174,6 +174,8 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Brokers for the cluster tests: redis-server + redis-cli (Debian: redis-server, redis-tools) and
 # nats-server, installed with apt-get only when missing (CI runs as root on Debian bookworm).
+# Debian puts nats-server in /usr/sbin, which a non-login PATH may lack.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
 BROKERS_MISSING=()
 command -v redis-server >/dev/null 2>&1 || BROKERS_MISSING+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || BROKERS_MISSING+=(redis-tools)

@@ -16,7 +16,7 @@
 // /routez, CLUSTER INFO).
 
 import { spawn, execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
@@ -318,8 +318,12 @@ function httpJson(port, pathname, timeoutMs = 2_000) {
   });
 }
 
+/** nats-server by PATH, else where Debian installs it (/usr/sbin, often not on a user's PATH). */
+const NATS_SERVER = ['/usr/sbin/nats-server', '/usr/bin/nats-server', '/usr/local/bin/nats-server']
+  .find((p) => existsSync(p)) ?? 'nats-server';
+
 async function spawnNats(args, monitorPort, what) {
-  const p = spawnProc('nats-server', [...args, '-m', String(monitorPort)], undefined);
+  const p = spawnProc(NATS_SERVER, [...args, '-m', String(monitorPort)], undefined);
   await awaitReady(p, async () => (await httpJson(monitorPort, '/healthz')).status === 200, what);
   return p;
 }

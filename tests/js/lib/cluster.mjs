@@ -134,7 +134,7 @@ export async function startNode(o) {
   const child = spawn(bin, args, {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_BACKTRACE: process.env.RUST_BACKTRACE ?? '1' },
+    env: { ...process.env, RUST_BACKTRACE: process.env.RUST_BACKTRACE ?? '1', NO_COLOR: '1' },
   });
   live.add(child);
   let stdout = '';
