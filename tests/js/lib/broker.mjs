@@ -339,6 +339,7 @@ export async function startNats() {
   return {
     kind: 'nats',
     port,
+    monitorPort: mon,
     url: `nats://127.0.0.1:${port}`,
     async stop() {
       await stopProc(proc);
@@ -396,6 +397,114 @@ export async function startNatsCluster() {
     },
     logs: () => procs.map((p, i) => `--- nats server ${i} ---\n${p.logs()}`).join('\n'),
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw protocol access, to put foreign / malformed traffic on the subjects and keys ringcast uses.
+
+/** One TCP exchange: write `out`, collect input until `done(buffer)` is true (bounded). */
+function tcpExchange(port, onData, timeoutMs = 5_000) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1');
+    let buf = Buffer.alloc(0);
+    const t = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`no answer from 127.0.0.1:${port} within ${timeoutMs} ms: ${buf.toString('latin1').slice(0, 200)}`));
+    }, timeoutMs);
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      let r;
+      try {
+        r = onData(buf, sock);
+      } catch (err) {
+        clearTimeout(t);
+        sock.destroy();
+        reject(err);
+        return;
+      }
+      if (r !== undefined) {
+        clearTimeout(t);
+        sock.end();
+        resolve(r);
+      }
+    });
+    sock.on('error', (err) => {
+      clearTimeout(t);
+      reject(err);
+    });
+  });
+}
+
+/** Redis PUBLISH (or SPUBLISH) of a binary payload over raw RESP; resolves with the receiver count. */
+export function redisPublish(port, channel, payload, { command = 'PUBLISH' } = {}) {
+  const parts = [Buffer.from(command), Buffer.from(channel), Buffer.isBuffer(payload) ? payload : Buffer.from(payload)];
+  const req = Buffer.concat([
+    Buffer.from(`*${parts.length}\r\n`),
+    ...parts.flatMap((p) => [Buffer.from(`$${p.length}\r\n`), p, Buffer.from('\r\n')]),
+  ]);
+  let sent = false;
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1', () => {
+      sock.write(req);
+      sent = true;
+    });
+    let buf = '';
+    const t = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`redis ${command}: no answer (sent=${sent})`));
+    }, 5_000);
+    sock.setEncoding('latin1');
+    sock.on('data', (d) => {
+      buf += d;
+      const m = /^:(\d+)\r\n/.exec(buf);
+      if (m || buf.startsWith('-')) {
+        clearTimeout(t);
+        sock.end();
+        if (m) resolve(Number(m[1]));
+        else reject(new Error(`redis ${command}: ${buf.trim()}`));
+      }
+    });
+    sock.on('error', (err) => {
+      clearTimeout(t);
+      reject(err);
+    });
+  });
+}
+
+/** The pub/sub channels that have subscribers on a redis-server (PUBSUB CHANNELS). */
+export async function redisPubsubChannels(port) {
+  const out = await redisCli(['-h', '127.0.0.1', '-p', String(port), 'PUBSUB', 'CHANNELS', '*']);
+  return out.split('\n').map((l) => l.trim()).filter(Boolean);
+}
+
+/** Every subject some client subscribes to on a nats-server (monitoring /connz?subs=1). */
+export async function natsSubjects(monitorPort) {
+  const { body } = await httpJson(monitorPort, '/connz?subs=1&limit=1024');
+  const subs = new Set();
+  for (const c of body.connections ?? []) for (const s of c.subscriptions_list ?? []) subs.add(s);
+  return [...subs];
+}
+
+/** Publish raw payloads on NATS subjects (plain protocol: CONNECT, PUB..., PING -> PONG). */
+export function natsPublish(port, messages) {
+  let stage = 0;
+  return tcpExchange(port, (buf, sock) => {
+    const text = buf.toString('latin1');
+    if (stage === 0 && text.includes('INFO ')) {
+      stage = 1;
+      const chunks = [Buffer.from('CONNECT {"verbose":false,"pedantic":false,"name":"ringcast-test-garbage"}\r\n')];
+      for (const { subject, payload } of messages) {
+        const b = Buffer.isBuffer(payload) ? payload : Buffer.from(payload);
+        chunks.push(Buffer.from(`PUB ${subject} ${b.length}\r\n`), b, Buffer.from('\r\n'));
+      }
+      chunks.push(Buffer.from('PING\r\n'));
+      sock.write(Buffer.concat(chunks));
+      return undefined;
+    }
+    if (stage === 1 && text.includes('PONG')) return true;
+    if (text.includes('-ERR')) throw new Error(`nats: ${text}`);
+    return undefined;
+  });
 }
 
 /** Start a broker by kind: 'redis' | 'nats' | 'redis-cluster' | 'nats-cluster'. */

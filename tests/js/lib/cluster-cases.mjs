@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { closeAllClients, closeClient, errorCode, uniq, waitForEvent, waitForState } from './client.mjs';
-import { startBroker } from './broker.mjs';
+import { natsPublish, natsSubjects, redisPubsubChannels, redisPublish, startBroker } from './broker.mjs';
 import {
   apiGet,
   appConfig,
@@ -392,13 +392,13 @@ export const basic = {
  * Register the basic matrix for one backend: one broker, one webhook receiver and 3 nodes shared
  * by every case (each case uses its own channels).
  */
-export function registerBasic(kind, { nodeUrl, cases = Object.keys(basic) } = {}) {
+export function registerBasic(kind, { nodeUrl, cases = Object.keys(basic), brokerOpts, label = kind } = {}) {
   // No cluster (no broker, no nodes) for a describe whose cases all wait for the implementation.
   if (!cases.some(enabled)) return;
-  describe(`cluster on ${kind}: 3 nodes`, { timeout: 600_000 }, () => {
+  describe(`cluster on ${label}: 3 nodes`, { timeout: 600_000 }, () => {
     const ctx = {};
     before(async () => {
-      ctx.broker = await startBroker(kind);
+      ctx.broker = await startBroker(kind, brokerOpts);
       ctx.receiver = await startReceiver();
       ctx.nodes = await startNodes(3, {
         cluster: nodeUrl ? (i) => nodeUrl(ctx.broker, i) : ctx.broker.url,
@@ -611,7 +611,134 @@ export const faults = {
       assert.equal(removed.data().filter((m) => m.id === 'x').length, 0, 'x never left');
     });
   },
+
+  async 'foreign and malformed broker traffic is counted and ignored: no crash, presence and delivery go on'(kind) {
+    await withCluster(kind, { leaseMs: 2000 }, async ({ nodes, broker }) => {
+      const [n0, n1, n2] = nodes;
+      const prefix = uniq('bad');
+      const pres = `presence-${prefix}`;
+      const pub = `${prefix}-pub`;
+      const obsCh = (await join(await clientOn(n0, { user_id: 'obs', user_info: {} }), pres)).channel;
+      const added = collect(obsCh, 'pusher:member_added');
+      await join(await clientOn(n1, { user_id: 'u1', user_info: {} }), pres);
+      const subs = [];
+      for (const nd of [n1, n2]) {
+        const { channel } = await join(await clientOn(nd), pub);
+        subs.push({ ev: collect(channel, 'ev'), done: collect(channel, 'done') });
+      }
+      await usersEverywhere(nodes, pres, ['obs', 'u1']);
+      await countsEverywhere(nodes, pub, { occupied: true, subscription_count: 2 });
+
+      // Whatever the nodes subscribe to on the broker (event and control subjects alike) gets junk.
+      const targets = kind === 'redis'
+        ? await redisPubsubChannels(broker.port)
+        : (await natsSubjects(broker.monitorPort)).map((t) => t.replace(/\*/g, 'junk').replace(/>$/, 'junk.more'));
+      assert.ok(targets.length > 0, 'the nodes subscribe to something on the broker');
+      const payloads = [
+        Buffer.alloc(0),
+        Buffer.from('garbage'),
+        Buffer.from('{"v":1,"node":"ghost","kind":"join","user":"ghost"}'),
+        Buffer.from([0x00]),
+        Buffer.from([0x01]),
+        Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+        Buffer.alloc(70_000, 0xa5),
+        ...Array.from({ length: 8 }, (_, i) => Buffer.from(Array.from({ length: 1 + i * 37 }, (_, j) => (j * 131 + i * 17 + 7) & 0xff))),
+      ];
+      if (kind === 'redis') {
+        for (const t of targets) for (const p of payloads) await redisPublish(broker.port, t, p);
+      } else {
+        await natsPublish(broker.port, targets.flatMap((subject) => payloads.map((payload) => ({ subject, payload }))));
+      }
+
+      for (const nd of nodes) {
+        await waitFor(async () => (metricSum(await nd.metrics(), 'ringcast_cluster_bad_messages') ?? 0) > 0,
+          `ringcast_cluster_bad_messages > 0 on ${nd.id}`);
+        assert.ok(nd.alive(), `${nd.id} still running`);
+        assert.equal((await nd.health()).body.status, 'ok');
+      }
+      // Nothing of the junk became a member or a count; the cluster still works.
+      await usersEverywhere(nodes, pres, ['obs', 'u1']);
+      await countsEverywhere(nodes, pub, { occupied: true, subscription_count: 2 });
+      await trigger(n0, pub, 'ev', { n: 1 });
+      await trigger(n0, pub, 'done', {});
+      for (const x of subs) {
+        await x.done.until((g) => g.length === 1, 'done after the junk');
+        assert.deepEqual(x.ev.data(), [{ n: 1 }]);
+      }
+      await join(await clientOn(n2, { user_id: 'u2', user_info: {} }), pres);
+      await added.until((g) => g.some(([m]) => m.id === 'u2'), 'member_added u2 after the junk');
+      assert.deepEqual(added.data().map(memberId).sort(), ['u1', 'u2']);
+    });
+  },
 };
+
+/** Sum of a Prometheus counter/gauge (any labels; `name` or `name_total`); undefined if absent. */
+export function metricSum(text, name) {
+  let sum;
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eE]+|NaN)/.exec(line);
+    if (m && (m[1] === name || m[1] === `${name}_total`)) sum = (sum ?? 0) + Number(m[3]);
+  }
+  return sum;
+}
+
+/**
+ * Broker sharing: two clusters with different prefixes (set in the [cluster] table of the config,
+ * not on the command line) on one broker never see each other's events, presence or counts.
+ */
+export const sharing = {
+  async 'two clusters with different prefixes share one broker and never see each other'(kind) {
+    const broker = await startBroker(kind);
+    const all = [];
+    try {
+      const A = await startNodes(2, { cluster: broker.url, toml: true, prefix: 'ringA', idPrefix: 'a' });
+      all.push(...A);
+      const B = await startNodes(2, { cluster: broker.url, toml: true, prefix: 'ringB', idPrefix: 'b' });
+      all.push(...B);
+      await withLogs({ nodes: all, broker }, async () => {
+        const ch = uniq('presence-shared-');
+        const side = async (nodesOf, tag) => {
+          const out = [];
+          for (const [i, nd] of nodesOf.entries()) {
+            const { channel } = await join(await clientOn(nd, { user_id: `${tag}${i}`, user_info: {} }), ch);
+            out.push({ ev: collect(channel, 'ev'), done: collect(channel, 'done') });
+          }
+          return out;
+        };
+        const a = await side(A, 'a');
+        const b = await side(B, 'b');
+        await usersEverywhere(A, ch, ['a0', 'a1']);
+        await usersEverywhere(B, ch, ['b0', 'b1']);
+        await countsEverywhere(A, ch, { occupied: true, user_count: 2, subscription_count: 2 }, 'user_count,subscription_count');
+        await countsEverywhere(B, ch, { occupied: true, user_count: 2, subscription_count: 2 }, 'user_count,subscription_count');
+        await trigger(B[0], ch, 'ev', { c: 'B' });
+        await trigger(B[0], ch, 'done', {});
+        await b[1].done.until((g) => g.length === 1, 'done in cluster B');
+        await trigger(A[0], ch, 'ev', { c: 'A' });
+        await trigger(A[0], ch, 'done', {});
+        await a[1].done.until((g) => g.length === 1, 'done in cluster A');
+        for (const x of a) assert.deepEqual(x.ev.data(), [{ c: 'A' }]);
+        for (const x of b) assert.deepEqual(x.ev.data(), [{ c: 'B' }]);
+        for (const x of [...a, ...b]) assert.equal(x.done.got.length, 1);
+        await usersEverywhere(A, ch, ['a0', 'a1']);
+        await usersEverywhere(B, ch, ['b0', 'b1']);
+      });
+    } finally {
+      closeAllClients();
+      await stopNodes(all);
+      await broker.close();
+    }
+  },
+};
+
+/** Register the broker-sharing case for one backend. */
+export function registerSharing(kind) {
+  if (!Object.keys(sharing).some(enabled)) return;
+  describe(`cluster on ${kind}: prefixes`, { timeout: 300_000 }, () => {
+    afterEach(() => closeAllClients());
+    for (const [title, fn] of Object.entries(sharing)) caseIt(title, { timeout: 120_000 }, () => fn(kind));
+  });
+}
 
 /** Register the fault cases for one backend (each with its own cluster). */
 export function registerFaults(kind) {
@@ -628,4 +755,4 @@ export function registerFaults(kind) {
 // What waits for the implementation (kept in step with .cluster-notes.md). Run everything anyway
 // with RINGCAST_CLUSTER_ALL=1.
 const NOT_LANDED = 'the cluster implementation (H2): `ringcast --cluster` is not on this branch yet';
-for (const t of [...Object.keys(basic), ...Object.keys(faults)]) WAITING.set(t, NOT_LANDED);
+for (const t of [...Object.keys(basic), ...Object.keys(faults), ...Object.keys(sharing)]) WAITING.set(t, NOT_LANDED);

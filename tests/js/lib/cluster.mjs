@@ -117,20 +117,24 @@ ${extra}
  * @param {number} [o.leaseMs] --cluster-lease-ms (default 2000)
  * @param {string} [o.config]  TOML text (default appConfig())
  * @param {string[]} [o.args]  more arguments
+ * @param {boolean} [o.toml]   put url/node_id/lease_ms (and prefix) in a [cluster] table, not on the command line
+ * @param {string} [o.prefix]  [cluster] prefix (only with toml)
  */
 export async function startNode(o) {
   const bin = ringcastBin();
   const tmp = mkdtempSync(path.join(tmpdir(), 'ringcast-node-'));
   const file = path.join(tmp, 'ringcast.toml');
-  writeFileSync(file, o.config ?? appConfig());
-  const args = [
-    '--listen', '127.0.0.1:0',
-    '--config', file,
-    '--cluster', o.cluster,
-    '--node-id', o.nodeId,
-    '--cluster-lease-ms', String(o.leaseMs ?? 2000),
-    ...(o.args ?? []),
-  ];
+  let config = o.config ?? appConfig();
+  const args = ['--listen', '127.0.0.1:0', '--config', file];
+  if (o.toml) {
+    // The [cluster] table instead of the command line (a top-level table: after the apps).
+    config += `\n[cluster]\nurl = ${JSON.stringify(o.cluster)}\nnode_id = ${JSON.stringify(o.nodeId)}\n` +
+      `lease_ms = ${o.leaseMs ?? 2000}\n${o.prefix ? `prefix = ${JSON.stringify(o.prefix)}\n` : ''}`;
+  } else {
+    args.push('--cluster', o.cluster, '--node-id', o.nodeId, '--cluster-lease-ms', String(o.leaseMs ?? 2000));
+  }
+  args.push(...(o.args ?? []));
+  writeFileSync(file, config);
   const child = spawn(bin, args, {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -218,12 +222,12 @@ export async function startNode(o) {
  * Start `n` nodes n0..n{n-1}. `cluster` is a URL or a function (i) -> URL (to point each node
  * at a different server of a broker cluster).
  */
-export async function startNodes(n, { cluster, leaseMs, config, args, idPrefix = 'n' }) {
+export async function startNodes(n, { cluster, leaseMs, config, args, idPrefix = 'n', toml, prefix }) {
   const nodes = [];
   try {
     for (let i = 0; i < n; i += 1) {
       const url = typeof cluster === 'function' ? cluster(i) : cluster;
-      nodes.push(await startNode({ cluster: url, nodeId: `${idPrefix}${i}`, leaseMs, config, args }));
+      nodes.push(await startNode({ cluster: url, nodeId: `${idPrefix}${i}`, leaseMs, config, args, toml, prefix }));
     }
   } catch (err) {
     await stopNodes(nodes);
