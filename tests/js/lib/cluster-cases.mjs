@@ -10,12 +10,13 @@
 
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
-import { closeAllClients, closeClient, errorCode, uniq, waitForEvent, waitForState } from './client.mjs';
+import { closeAllClients, closeClient, errorCode, serverSdk, uniq, waitForEvent, waitForState } from './client.mjs';
 import { natsPublish, natsSubjects, redisPubsubChannels, redisPublish, startBroker } from './broker.mjs';
 import {
   apiGet,
   appConfig,
   channelInfo,
+  HISTORY_APP,
   clientOn,
   collect,
   everyNode,
@@ -324,6 +325,41 @@ export const basic = {
       await s.ce.until((g) => g.length >= N, `${N} client events on ${s.node}`);
       assert.deepEqual(s.ce.data().map((d) => d.i), want, `client event order on ${s.node}`);
     }
+  },
+
+  async 'cache channels and history answer the same from every node'({ nodes }) {
+    const [n0, , n2] = nodes;
+    // Cache channel: the last event published through any node is replayed by every node, even
+    // with no subscriber anywhere when it was published.
+    const ch = uniq('cache-cl-');
+    const replayOn = async (nd, want) => waitFor(async () => {
+      const p = await clientOn(nd);
+      try {
+        const channel = p.subscribe(ch);
+        const got = await Promise.race([
+          waitForEvent(channel, 'price', 10_000).then((d) => ({ d })),
+          waitForEvent(channel, 'pusher:cache_miss', 10_000).then(() => ({ miss: true })),
+        ]);
+        return got.d && JSON.stringify(got.d) === JSON.stringify(want) ? got.d : false;
+      } finally {
+        closeClient(p);
+      }
+    }, `cache replay ${JSON.stringify(want)} on ${nd.id}`);
+    await trigger(n0, ch, 'price', { usd: 1 });
+    for (const nd of nodes) assert.deepEqual(await replayOn(nd, { usd: 1 }), { usd: 1 });
+    await trigger(n2, ch, 'price', { usd: 2 });
+    for (const nd of nodes) assert.deepEqual(await replayOn(nd, { usd: 2 }), { usd: 2 });
+
+    // History (an app with history_size > 0): every node lists the events published through all.
+    const hist = uniq('hist-cl-');
+    const sdks = nodes.map((nd) => serverSdk(nd, HISTORY_APP));
+    for (const [i, sdk] of sdks.entries()) assert.equal((await sdk.trigger(hist, 'story', { i })).status, 200);
+    const want = nodes.map((_, i) => JSON.stringify({ i }));
+    await Promise.all(sdks.map((sdk, k) => waitFor(async () => {
+      const body = await (await sdk.get({ path: `/channels/${hist}/events`, params: { limit: 10 } })).json();
+      const got = body.events.map((e) => (typeof e.data === 'string' ? e.data : JSON.stringify(e.data)));
+      return JSON.stringify([...got].sort()) === JSON.stringify([...want].sort()) && body.events.every((e) => e.event === 'story');
+    }, `history of ${hist} from ${nodes[k].id}`)));
   },
 
   async 'webhooks: occupied/vacated and member_added/removed fire once per cluster transition, client_event once; all valid'({ nodes, receiver }) {

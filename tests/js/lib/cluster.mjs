@@ -94,6 +94,9 @@ export async function waitForEqual(get, expected, what, timeoutMs = WAIT_MS) {
   }
 }
 
+/** The second app of appConfig(): event history on. */
+export const HISTORY_APP = Object.freeze({ appId: 'hist-app', key: 'hist-key', secret: 'hist-secret' });
+
 /** The app config (TOML) every node of a test cluster shares. */
 export function appConfig({ webhookUrl, extra = '' } = {}) {
   let toml = `[[apps]]
@@ -106,6 +109,8 @@ subscription_count = true
 ${extra}
 `;
   if (webhookUrl) toml += `[[apps.webhooks]]\nurl = "${webhookUrl}"\n`;
+  // A second app with event history on (kept apart so the first app's routing stays interest-based).
+  toml += `\n[[apps]]\nid = "${HISTORY_APP.appId}"\nkey = "${HISTORY_APP.key}"\nsecret = "${HISTORY_APP.secret}"\nhistory_size = 100\n`;
   return toml;
 }
 
