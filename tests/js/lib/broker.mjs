@@ -178,8 +178,9 @@ export function redisCli(args, timeoutMs = 10_000) {
   });
 }
 
-async function redisPing(port) {
-  const out = await redisCli(['-h', '127.0.0.1', '-p', String(port), 'PING'], 2_000);
+async function redisPing(port, password) {
+  const auth = password ? ['-a', password, '--no-auth-warning'] : [];
+  const out = await redisCli(['-h', '127.0.0.1', '-p', String(port), ...auth, 'PING'], 2_000);
   return out.trim() === 'PONG';
 }
 
@@ -196,9 +197,9 @@ function redisArgs(port, dir, extra = []) {
 }
 
 /** One redis-server process on `port` (+ extra args); waits for PING. */
-async function spawnRedis(port, dir, extra) {
+async function spawnRedis(port, dir, extra, password) {
   const p = spawnProc('redis-server', redisArgs(port, dir, extra), dir);
-  await awaitReady(p, () => redisPing(port), `redis-server on ${port}`);
+  await awaitReady(p, () => redisPing(port, password), `redis-server on ${port}`);
   return p;
 }
 
@@ -226,7 +227,7 @@ export async function startRedis(o = {}) {
   const extra = o.password ? ['--requirepass', o.password] : [];
   let proc;
   const port = await withFreshPorts(1, async ([p]) => {
-    proc = await spawnRedis(p, dir, extra);
+    proc = await spawnRedis(p, dir, extra, o.password);
     return p;
   });
   const auth = o.password ? `:${encodeURIComponent(o.password)}@` : '';
@@ -241,7 +242,7 @@ export async function startRedis(o = {}) {
     /** Start it again on the same port, empty. */
     async start() {
       if (proc.alive()) return;
-      proc = await spawnRedis(port, dir, extra);
+      proc = await spawnRedis(port, dir, extra, o.password);
     },
     async close() {
       await stopProc(proc);

@@ -68,6 +68,17 @@ function usersEverywhere(nodes, ch, ids) {
 
 const memberId = (m) => m?.id;
 
+/**
+ * Occupy channel `ch` through node `nd` until every node of `nodes` sees it occupied, then vacate
+ * it: its channel_occupied/vacated webhooks come after everything `nd` reported before.
+ */
+async function sentinelChannel(nodes, nd, ch) {
+  const p = await clientOn(nd);
+  await join(p, ch);
+  await countsEverywhere(nodes, ch, { occupied: true, subscription_count: 1 });
+  closeClient(p);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The basic matrix (one shared 3-node cluster per backend)
 
@@ -400,12 +411,9 @@ export const basic = {
       { name: 'member_removed', channel: pres, user_id: 'wa' },
       { name: 'member_removed', channel: pres, user_id: 'wb' },
     ]);
-    // Sentinels: a channel occupied and vacated through each node, after all of the above.
-    for (const [i, nd] of nodes.entries()) {
-      const p = await clientOn(nd);
-      await join(p, `${prefix}-sentinel${i}`);
-      closeClient(p);
-    }
+    // Sentinels: a channel occupied (visibly, cluster-wide) and vacated through each node, after
+    // all of the above.
+    for (const [i, nd] of nodes.entries()) await sentinelChannel(nodes, nd, `${prefix}-sentinel${i}`);
     await receiver.until(nodes.map((_, i) => ({ name: 'channel_vacated', channel: `${prefix}-sentinel${i}` })));
     const once = (m) => assert.equal(receiver.count(m), 1, `${JSON.stringify(m)}: ${JSON.stringify(receiver.matching(m))}`);
     for (const channel of [pub, pres, priv]) {
@@ -538,11 +546,7 @@ async function checkNodeLoss(s, receiver) {
   const sentinel = await clientOn(survivors[1], { user_id: 'sentinel', user_info: {} });
   await join(sentinel, pres);
   await added.until((g) => g.some(([m]) => m.id === 'sentinel'), 'member_added sentinel at the observer');
-  for (const [i, nd] of survivors.entries()) {
-    const p = await clientOn(nd);
-    await join(p, `${prefix}-sentinel${i}`);
-    closeClient(p);
-  }
+  for (const [i, nd] of survivors.entries()) await sentinelChannel(survivors, nd, `${prefix}-sentinel${i}`);
   await receiver.until([
     { name: 'member_added', channel: pres, user_id: 'sentinel' },
     ...survivors.map((_, i) => ({ name: 'channel_vacated', channel: `${prefix}-sentinel${i}` })),
@@ -790,5 +794,8 @@ export function registerFaults(kind) {
 // ---------------------------------------------------------------------------------------------
 // What waits for the implementation (kept in step with .cluster-notes.md). Run everything anyway
 // with RINGCAST_CLUSTER_ALL=1.
-const NOT_LANDED = 'the cluster implementation (H2): `ringcast --cluster` is not on this branch yet';
-for (const t of [...Object.keys(basic), ...Object.keys(faults), ...Object.keys(sharing)]) WAITING.set(t, NOT_LANDED);
+WAITING.set(
+  'kill -9 of the webhook leader (the oldest node): the next node takes over and the webhooks still fire once',
+  'H2: on leader failover the new leader sometimes sends only one of member_removed / channel_vacated ' +
+    'for what the dead leader held (about 1 run in 5, both backends)',
+);
