@@ -517,20 +517,24 @@ async function nodeLossScene(nodes, lostIndex) {
   const obsCh = (await join(obs, pres)).channel;
   const removed = collect(obsCh, 'pusher:member_removed');
   const added = collect(obsCh, 'pusher:member_added');
-  for (const nd of [survivors[1], lost]) await join(await clientOn(nd, { user_id: 'both', user_info: {} }), pres);
+  // `both` on the other survivor is a second witness: member_removed reaches every survivor.
+  const bothCh = (await join(await clientOn(survivors[1], { user_id: 'both', user_info: {} }), pres)).channel;
+  const removedAtBoth = collect(bothCh, 'pusher:member_removed');
+  await join(await clientOn(lost, { user_id: 'both', user_info: {} }), pres);
   await join(await clientOn(lost, { user_id: 'victim', user_info: {} }), pres);
   for (const nd of [survivors[1], lost]) await join(await clientOn(nd), pub);
   await join(await clientOn(lost), onlyLost);
   await usersEverywhere(nodes, pres, ['both', 'obs', 'victim']);
   await countsEverywhere(nodes, pub, { occupied: true, subscription_count: 2 });
   await countsEverywhere(nodes, onlyLost, { occupied: true, subscription_count: 1 });
-  return { lost, survivors, prefix, pres, pub, onlyLost, removed, added };
+  return { lost, survivors, prefix, pres, pub, onlyLost, removed, added, removedAtBoth };
 }
 
 /** After losing a node: presence, counts, lists and webhooks as if its clients had left. */
 async function checkNodeLoss(s, receiver) {
-  const { survivors, prefix, pres, pub, onlyLost, removed, added } = s;
+  const { survivors, prefix, pres, pub, onlyLost, removed, added, removedAtBoth } = s;
   await removed.until((g) => g.some(([m]) => m.id === 'victim'), 'member_removed victim at the observer');
+  await removedAtBoth.until((g) => g.some(([m]) => m.id === 'victim'), 'member_removed victim on the other survivor');
   await usersEverywhere(survivors, pres, ['both', 'obs']);
   await countsEverywhere(survivors, pres, { occupied: true, user_count: 2, subscription_count: 2 }, 'user_count,subscription_count');
   await countsEverywhere(survivors, pub, { occupied: true, subscription_count: 1 });
@@ -552,6 +556,7 @@ async function checkNodeLoss(s, receiver) {
     ...survivors.map((_, i) => ({ name: 'channel_vacated', channel: `${prefix}-sentinel${i}` })),
   ]);
   assert.deepEqual(removed.data().map(memberId), ['victim'], 'member_removed at the observer');
+  assert.deepEqual(removedAtBoth.data().map(memberId), ['victim'], 'member_removed on the other survivor');
   const once = (m) => assert.equal(receiver.count(m), 1, `${JSON.stringify(m)}: ${JSON.stringify(receiver.matching(m))}`);
   once({ name: 'member_removed', channel: pres, user_id: 'victim' });
   once({ name: 'channel_vacated', channel: onlyLost });
