@@ -430,6 +430,19 @@ export const basic = {
     assert.deepEqual(JSON.parse(ce.data), { k: 1 });
     for (const r of receiver.requests) assert.equal(r.valid, true, `invalid webhook ${r.rawBody}`);
   },
+  async 'webhooks: a brief subscription on a non-leader node still gives one channel_occupied and one channel_vacated'({ nodes, receiver }) {
+    const prefix = uniq('brief');
+    const brief = `${prefix}-brief`;
+    const last = nodes[nodes.length - 1];
+    const p = await clientOn(last);
+    await join(p, brief);
+    closeClient(p);
+    await sentinelChannel(nodes, last, `${prefix}-sentinel`);
+    await receiver.until([{ name: 'channel_vacated', channel: `${prefix}-sentinel` }]);
+    await receiver.until([{ name: 'channel_occupied', channel: brief }, { name: 'channel_vacated', channel: brief }]);
+    assert.equal(receiver.count({ name: 'channel_occupied', channel: brief }), 1);
+    assert.equal(receiver.count({ name: 'channel_vacated', channel: brief }), 1);
+  },
 };
 
 /**
@@ -803,4 +816,9 @@ WAITING.set(
   'kill -9 of the webhook leader (the oldest node): the next node takes over and the webhooks still fire once',
   'H2: on leader failover the new leader sometimes sends only one of member_removed / channel_vacated ' +
     'for what the dead leader held (about 1 run in 5, both backends)',
+);
+WAITING.set(
+  'webhooks: a brief subscription on a non-leader node still gives one channel_occupied and one channel_vacated',
+  'H2: a subscribe + unsubscribe on a non-leader node within the count coalescing window never reaches ' +
+    'the leader, so no channel_occupied / channel_vacated is sent at all (a single node sends the pair)',
 );
