@@ -1009,7 +1009,7 @@ fn client_event(
         Msg::Publish {
             key,
             frame,
-            except: Some(conn.id),
+            except: Some(conn.socket_id),
         },
     );
 }

@@ -25,6 +25,8 @@ pub enum EngineError {
     Stopped,
     /// No such app.
     UnknownApp,
+    /// Clustered and the broker is unreachable: an event could not reach the other nodes.
+    ClusterUnavailable,
 }
 
 impl std::fmt::Display for EngineError {
@@ -33,6 +35,9 @@ impl std::fmt::Display for EngineError {
             EngineError::Overloaded => "server overloaded, retry later",
             EngineError::Stopped => "server is shutting down",
             EngineError::UnknownApp => "unknown app",
+            EngineError::ClusterUnavailable => {
+                "the cluster broker is unavailable: the event cannot reach the other nodes"
+            }
         })
     }
 }
@@ -103,6 +108,58 @@ impl EngineHandle {
         }
     }
 
+    /// Clustered with the broker unreachable: publishing is refused (never accepted for an
+    /// event that cannot reach the cluster).
+    fn cluster_up(&self) -> Result<(), EngineError> {
+        match self.shared.cluster() {
+            Some(c) if !c.is_connected() => Err(EngineError::ClusterUnavailable),
+            _ => Ok(()),
+        }
+    }
+
+    /// The cluster seam, when clustered.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterLink>> {
+        self.shared.cluster()
+    }
+
+    /// Worker cores.
+    pub fn workers(&self) -> usize {
+        self.shared.config.workers
+    }
+
+    /// The core owning a channel (for the cluster bridge's routing).
+    pub fn owner_core(&self, app: AppIdx, name: &ChannelName) -> usize {
+        self.shared.owner_of(&ChanKey {
+            app,
+            name: name.clone(),
+        })
+    }
+
+    /// For the cluster bridge: hands a remote update to a core without waiting; gives it back
+    /// when that core's injection queue is full.
+    pub fn cluster_send(
+        &self,
+        core: usize,
+        r: crate::cluster::Remote,
+    ) -> Result<(), crate::cluster::Remote> {
+        match self.shared.mesh.inject(core, Command::Remote(r)) {
+            Ok(()) => Ok(()),
+            Err(Command::Remote(r)) => Err(r),
+            Err(_) => unreachable!("inject gives back the command it was given"),
+        }
+    }
+
+    /// For the cluster bridge: this node's share of every channel (local counts and
+    /// members), from every core.
+    pub async fn cluster_dump(&self) -> Result<Vec<crate::cluster::ShareChannel>, EngineError> {
+        Ok(self
+            .ask_all(|reply| Command::ClusterDump { reply })
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
     /// Hands a command to one core (no wait).
     fn send_to(&self, core: usize, cmd: Command) -> Result<(), EngineError> {
         self.shared
@@ -153,7 +210,8 @@ impl EngineHandle {
     /// already have been published.
     pub async fn publish(&self, p: Publish) -> Result<Vec<ChannelCounts>, EngineError> {
         self.live()?;
-        let except = p.except.map(|s| s.lo);
+        self.cluster_up()?;
+        let except = p.except;
         let mut replies = Vec::with_capacity(p.channels.len());
         for name in p.channels {
             let frame = pusher::event_frame(&p.event, name.as_str(), &p.data, None);
@@ -184,7 +242,8 @@ impl EngineHandle {
     /// channel is the same as `publish`'s (each owner's queue is FIFO).
     pub fn publish_queued(&self, p: Publish) -> Result<(), EngineError> {
         self.live()?;
-        let except = p.except.map(|s| s.lo);
+        self.cluster_up()?;
+        let except = p.except;
         for name in p.channels {
             let frame = pusher::event_frame(&p.event, name.as_str(), &p.data, None);
             let key = self.key(p.app, name)?;
@@ -258,6 +317,17 @@ impl EngineHandle {
         user_id: &str,
         close_code: u16,
     ) -> Result<usize, EngineError> {
+        if let Some(c) = self.shared.cluster() {
+            // The other nodes close theirs too.
+            c.push(
+                0,
+                crate::cluster::Outbound::Terminate {
+                    app,
+                    user_id: Arc::from(user_id),
+                    code: close_code,
+                },
+            );
+        }
         let per_core = self
             .ask_all(|reply| Command::TerminateUser {
                 app,

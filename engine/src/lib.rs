@@ -22,6 +22,7 @@
 //! the channels hashed to it. See docs/ARCHITECTURE.md for the full data path.
 
 mod cache;
+mod cluster;
 mod config;
 mod conn;
 mod core;
@@ -34,6 +35,7 @@ mod server;
 mod shared;
 
 pub use crate::cache::CachedEvent;
+pub use crate::cluster::{ClusterLink, ClusterMetrics, NodeId, Outbound, Remote, ShareChannel};
 pub use crate::config::{
     defaults, AppConfig, Config, ConfigError, RawApp, RawConfig, RawWebhook, WebhookTarget,
     WEBHOOK_EVENT_TYPES,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_channel::oneshot;
-use ringcast_protocol::ChannelName;
+use ringcast_protocol::{ChannelName, SocketId};
 
 /// Index of an app in the resolved config.
 pub type AppIdx = u32;
@@ -65,6 +65,26 @@ pub struct PresenceUser {
     pub user_info_json: String,
 }
 
+/// The connection a delivery skips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Except {
+    /// A connection of this node by id (the owner knows only the id of a joining connection).
+    Conn(u64),
+    /// A socket id as a publisher gave it: it may belong to another node, so both parts are
+    /// compared (the `lo` part alone is this node's connection id and repeats across nodes).
+    Socket(SocketId),
+}
+
+impl Except {
+    #[inline]
+    pub fn skips(&self, id: u64, socket_id: &SocketId) -> bool {
+        match self {
+            Except::Conn(c) => *c == id,
+            Except::Socket(s) => s.lo == id && s == socket_id,
+        }
+    }
+}
+
 pub(crate) enum Msg {
     /// To the owner: a connection on core `from` wants to subscribe.
     Subscribe {
@@ -85,7 +105,7 @@ pub(crate) enum Msg {
     Publish {
         key: ChanKey,
         frame: Bytes,
-        except: Option<u64>,
+        except: Option<SocketId>,
     },
     /// From the owner to the subscriber's core.
     SubAck {
@@ -98,7 +118,7 @@ pub(crate) enum Msg {
     Deliver {
         key: ChanKey,
         frame: Bytes,
-        except: Option<u64>,
+        except: Option<Except>,
     },
 }
 
@@ -114,7 +134,7 @@ pub(crate) enum Command {
     Publish {
         key: ChanKey,
         frame: Bytes,
-        except: Option<u64>,
+        except: Option<SocketId>,
         reply: Option<oneshot::Sender<ChannelCounts>>,
     },
     ListChannels {
@@ -149,6 +169,12 @@ pub(crate) enum Command {
         app: AppIdx,
         query: crate::history::HistoryQuery,
         reply: oneshot::Sender<Vec<crate::history::HistoryEvent>>,
+    },
+    /// From the cluster bridge: another node's event or share, or a node's departure.
+    Remote(crate::cluster::Remote),
+    /// For the cluster bridge: this core's share (local counts and members of owned channels).
+    ClusterDump {
+        reply: oneshot::Sender<Vec<crate::cluster::ShareChannel>>,
     },
     Shutdown,
 }

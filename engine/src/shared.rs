@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     pub observer: Option<Arc<dyn EngineObserver>>,
     pub shutdown: AtomicBool,
     pub http: std::sync::OnceLock<Arc<dyn crate::HttpService>>,
+    /// The cluster seam, when `[cluster]` is configured (attached before start).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterLink>>,
     /// Fixed seeds: every core must compute the same owner for a channel.
     hasher: ahash::RandomState,
 }
@@ -83,6 +85,7 @@ impl Shared {
             observer,
             shutdown: AtomicBool::new(false),
             http: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
             hasher: ahash::RandomState::with_seeds(
                 0x5249_4e47_4341_5354,
                 0x0123_4567_89ab_cdef,
@@ -103,6 +106,18 @@ impl Shared {
 
     pub fn app_by_id(&self, id: &str) -> Option<&App> {
         self.apps.iter().find(|a| a.config.id == id)
+    }
+
+    #[inline]
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterLink>> {
+        self.cluster.get()
+    }
+
+    /// Lifecycle webhooks (occupied/vacated, member added/removed, subscription count) are
+    /// sent by one node only: the cluster's webhook leader, or this node when alone.
+    #[inline]
+    pub fn sends_lifecycle(&self) -> bool {
+        self.cluster().is_none_or(|c| c.is_leader())
     }
 
     /// The core owning `key`: ahash of (app, channel name) modulo the worker count.

@@ -176,7 +176,7 @@ impl Api {
                 503,
                 &json!({"ok": false, "shutting_down": true}),
             )),
-            (Route::Health, _) => Ok(Response::json(200, &json!({"ok": true}))),
+            (Route::Health, _) => Ok(Response::json(200, &self.health())),
             (Route::Stats, _) => Ok(Response::json(200, &stats::render(&self.engine.stats()))),
             (Route::Metrics, _) => Ok(self.metrics_response()),
             (Route::TerminateConnections { app: None, user }, _) => {
@@ -224,6 +224,28 @@ impl Api {
         (endpoint, idx, result)
     }
 
+    /// `/health`: `status` is `ok`, or `degraded` when clustered and the broker is unreachable
+    /// (still HTTP 200: the node serves its own clients and delivers locally; a load balancer
+    /// must not take every node out at once because the shared broker is down).
+    fn health(&self) -> serde_json::Value {
+        match self.engine.cluster() {
+            None => json!({"ok": true, "status": "ok"}),
+            Some(c) if c.is_connected() => json!({
+                "ok": true,
+                "status": "ok",
+                "cluster": "connected",
+                "node": &**c.node_id(),
+            }),
+            Some(c) => json!({
+                "ok": true,
+                "status": "degraded",
+                "cluster": "disconnected",
+                "node": &**c.node_id(),
+                "reason": "the cluster broker is unreachable: local delivery continues, REST publishing answers 503",
+            }),
+        }
+    }
+
     fn metrics_response(&self) -> Response {
         let apps: Vec<&str> = self
             .engine
@@ -239,6 +261,9 @@ impl Api {
             &apps,
         );
         let mut text = text;
+        if let Some(c) = self.engine.cluster() {
+            metrics::render_cluster(c, &mut text);
+        }
         if let Some(w) = self.webhooks.get() {
             w.stats().render_prometheus(&mut text);
         }
