@@ -123,6 +123,11 @@ struct State {
     peers: HashMap<String, Peer>,
     partial: HashMap<String, Partial>,
     on_connected: Option<Box<dyn FnOnce() + Send>>,
+    /// A node does not claim the webhook leadership until it has heard the cluster for a
+    /// moment after its first connection (the others answer its Hello at once), so a new
+    /// node never sends lifecycle webhooks beside the real leader.
+    settle_at: Option<Instant>,
+    settled: bool,
 }
 
 async fn run(
@@ -157,6 +162,8 @@ async fn run(
         peers: HashMap::new(),
         partial: HashMap::new(),
         on_connected: Some(on_connected),
+        settle_at: None,
+        settled: false,
         cfg,
         handle,
         link,
@@ -165,6 +172,7 @@ async fn run(
         .metrics
         .nodes_alive
         .store(1, std::sync::atomic::Ordering::Relaxed);
+    st.link.set_leader(false);
     let mut flush = tokio::time::interval(Duration::from_millis(defaults::DELTA_FLUSH_MS));
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut beat = tokio::time::interval(lease / 3);
@@ -181,6 +189,10 @@ async fn run(
             },
             _ = notify.notified() => st.drain(&mut broker).await,
             _ = flush.tick() => {
+                if !st.settled && st.settle_at.is_some_and(|t| Instant::now() >= t) {
+                    st.settled = true;
+                    st.update_leader();
+                }
                 st.flush_delta(&broker);
                 if st.link.take_resync() && st.connected {
                     st.send_snapshot(&broker).await;
@@ -317,12 +329,14 @@ impl State {
                     local,
                 } => {
                     let key = (app, channel);
-                    match self.count_idx.get(&key) {
-                        Some(&i) => {
-                            if let Item::Count { count, .. } = &mut self.pending[i] {
-                                *count = local;
-                            }
-                        }
+                    // Coalesced, except across zero: a subscribe and unsubscribe within one
+                    // batch still reach the leader as occupied + vacated.
+                    let slot = self.count_idx.get(&key).and_then(|&i| match &mut self.pending[i] {
+                        Item::Count { count, .. } if (*count == 0) == (local == 0) => Some(count),
+                        _ => None,
+                    });
+                    match slot {
+                        Some(count) => *count = local,
                         None => {
                             self.count_idx.insert(key.clone(), self.pending.len());
                             self.pending.push(Item::Count {
@@ -522,6 +536,9 @@ impl State {
             }
         }
         let first = !self.connected && self.on_connected.is_some();
+        if self.settle_at.is_none() {
+            self.settle_at = Some(now_settle(self.cfg.lease));
+        }
         // The others' leases restart now: they could not be heard while the link was down.
         let now = Instant::now();
         for p in self.peers.values_mut() {
@@ -855,31 +872,41 @@ impl State {
             .filter(|(_, p)| p.last_seen.elapsed() > lease)
             .map(|(n, _)| n.clone())
             .collect();
-        for node in dead {
+        for node in &dead {
             tracing::warn!(node = %node, "cluster: node lease expired, dropping its share");
-            self.peers.remove(&node);
-            self.partial.remove(&node);
+            self.peers.remove(node);
+            self.partial.remove(node);
             ClusterMetrics::inc(&self.link.metrics.nodes_expired);
+        }
+        // The leader first: if the dead node was the leader, its successor must already be
+        // in charge when the cores drop the share and fire member_removed / vacated.
+        self.update_leader();
+        for node in dead {
             let nid: NodeId = Arc::from(node.as_str());
             self.to_all_cores(|| Remote::NodeGone { node: nid.clone() })
                 .await;
         }
-        self.update_leader();
     }
 
     /// The webhook leader is the oldest live node: smallest (started_at, node id).
     fn update_leader(&self) {
         let mine = (self.started_at, &*self.me);
-        let leader = self
-            .peers
-            .iter()
-            .all(|(id, p)| mine < (p.started_at, id.as_str()));
+        let leader = self.settled
+            && self
+                .peers
+                .iter()
+                .all(|(id, p)| mine < (p.started_at, id.as_str()));
         self.link.set_leader(leader);
         self.link.metrics.nodes_alive.store(
             self.peers.len() as u64 + 1,
             std::sync::atomic::Ordering::Relaxed,
         );
     }
+}
+
+/// When a newly connected node may claim the leadership: a third of the lease, at most 500 ms.
+fn now_settle(lease: Duration) -> Instant {
+    Instant::now() + (lease / 3).min(Duration::from_millis(500))
 }
 
 /// App ids are used as one NATS subject token; anything but [A-Za-z0-9_-] is hex-encoded.
