@@ -120,6 +120,8 @@ struct State {
     count_idx: HashMap<(AppIdx, ChannelName), usize>,
     /// Channels with local subscribers (their event subjects are subscribed).
     interest: HashSet<(AppIdx, ChannelName)>,
+    /// Apps whose broadcast subject is subscribed.
+    bc_subscribed: HashSet<AppIdx>,
     peers: HashMap<String, Peer>,
     partial: HashMap<String, Partial>,
     on_connected: Option<Box<dyn FnOnce() + Send>>,
@@ -159,6 +161,7 @@ async fn run(
         pending: Vec::new(),
         count_idx: HashMap::new(),
         interest: HashSet::new(),
+        bc_subscribed: HashSet::new(),
         peers: HashMap::new(),
         partial: HashMap::new(),
         on_connected: Some(on_connected),
@@ -199,6 +202,9 @@ async fn run(
                 }
             }
             _ = beat.tick() => {
+                if st.connected {
+                    st.subscribe_apps(&mut broker).await;
+                }
                 st.heartbeat(&broker);
                 st.expire().await;
             }
@@ -239,11 +245,11 @@ impl State {
     /// every node answers cache and history the same), so they go on one subject per app
     /// that every node subscribes to.
     fn is_broadcast(&self, app: AppIdx, channel: &ChannelName) -> bool {
-        channel.is_cache() || self.handle.app(app).history_size > 0
+        channel.is_cache() || self.handle.app(app).is_some_and(|a| a.history_size > 0)
     }
 
     fn broadcast_subject(&self, app: AppIdx) -> Subject {
-        let id = &self.handle.app(app).id;
+        let id = &self.app_id(app);
         if self.nats() {
             Subject {
                 name: format!("{}.bc.{}", self.cfg.prefix, nats_token(id)),
@@ -261,7 +267,7 @@ impl State {
         if self.is_broadcast(app, channel) {
             return self.broadcast_subject(app);
         }
-        let id = &self.handle.app(app).id;
+        let id = &self.app_id(app);
         match self.cfg.backend {
             Backend::Nats { .. } => Subject {
                 name: format!(
@@ -283,8 +289,26 @@ impl State {
         }
     }
 
-    fn apps(&self) -> usize {
-        self.handle.config().apps.len()
+    /// The app's id (apps are named by id on the wire, never by index).
+    fn app_id(&self, app: AppIdx) -> String {
+        self.handle
+            .app(app)
+            .map(|a| a.id.clone())
+            .unwrap_or_default()
+    }
+
+    /// Subscribes the broadcast subject of every live app not subscribed yet (apps can be
+    /// added at runtime).
+    async fn subscribe_apps(&mut self, broker: &mut Broker) {
+        for (app, _) in self.handle.apps() {
+            if self.bc_subscribed.insert(app) {
+                let s = self.broadcast_subject(app);
+                if let Err(e) = broker.subscribe(&s).await {
+                    self.bc_subscribed.remove(&app);
+                    tracing::warn!("cluster: subscribing {}: {e}", s.name);
+                }
+            }
+        }
     }
 
     fn app_idx(&self, id: &str) -> Option<AppIdx> {
@@ -331,16 +355,21 @@ impl State {
                     let key = (app, channel);
                     // Coalesced, except across zero: a subscribe and unsubscribe within one
                     // batch still reach the leader as occupied + vacated.
-                    let slot = self.count_idx.get(&key).and_then(|&i| match &mut self.pending[i] {
-                        Item::Count { count, .. } if (*count == 0) == (local == 0) => Some(count),
-                        _ => None,
-                    });
+                    let slot = self
+                        .count_idx
+                        .get(&key)
+                        .and_then(|&i| match &mut self.pending[i] {
+                            Item::Count { count, .. } if (*count == 0) == (local == 0) => {
+                                Some(count)
+                            }
+                            _ => None,
+                        });
                     match slot {
                         Some(count) => *count = local,
                         None => {
                             self.count_idx.insert(key.clone(), self.pending.len());
                             self.pending.push(Item::Count {
-                                app_id: self.handle.app(app).id.clone(),
+                                app_id: self.app_id(app),
                                 channel: key.1.as_str().to_owned(),
                                 count: local,
                             });
@@ -353,13 +382,13 @@ impl State {
                     user,
                     info,
                 } => self.pending.push(Item::Join {
-                    app_id: self.handle.app(app).id.clone(),
+                    app_id: self.app_id(app),
                     channel: channel.as_str().to_owned(),
                     user: user.to_string(),
                     info: info.to_string(),
                 }),
                 Outbound::Leave { app, channel, user } => self.pending.push(Item::Leave {
-                    app_id: self.handle.app(app).id.clone(),
+                    app_id: self.app_id(app),
                     channel: channel.as_str().to_owned(),
                     user: user.to_string(),
                 }),
@@ -375,7 +404,7 @@ impl State {
                     }
                     let payload = wire::encode_event(
                         &self.me,
-                        &self.handle.app(app).id,
+                        &self.app_id(app),
                         channel.as_str(),
                         except,
                         &frame,
@@ -388,7 +417,7 @@ impl State {
                 Outbound::Terminate { app, user_id, code } => {
                     let c = Control::Terminate {
                         node: self.me.to_string(),
-                        app_id: self.handle.app(app).id.clone(),
+                        app_id: self.app_id(app),
                         user_id: user_id.to_string(),
                         code,
                     };
@@ -466,7 +495,7 @@ impl State {
         let entries: Vec<ShareEntry> = share
             .into_iter()
             .map(|c| ShareEntry {
-                app_id: self.handle.app(c.app).id.clone(),
+                app_id: self.app_id(c.app),
                 channel: c.channel.as_str().to_owned(),
                 count: c.count,
                 members: c
@@ -523,9 +552,7 @@ impl State {
     async fn on_up(&mut self, broker: &mut Broker) {
         ClusterMetrics::inc(&self.link.metrics.connects);
         let mut subjects = vec![self.control_subject()];
-        for app in 0..self.apps() as AppIdx {
-            subjects.push(self.broadcast_subject(app));
-        }
+        self.bc_subscribed.clear();
         let interest: Vec<(AppIdx, ChannelName)> = self.interest.iter().cloned().collect();
         for (app, ch) in &interest {
             subjects.push(self.event_subject(*app, ch));
@@ -535,6 +562,7 @@ impl State {
                 tracing::warn!("cluster: subscribing {}: {e}", s.name);
             }
         }
+        self.subscribe_apps(broker).await;
         let first = !self.connected && self.on_connected.is_some();
         if self.settle_at.is_none() {
             self.settle_at = Some(now_settle(self.cfg.lease));

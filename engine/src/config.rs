@@ -238,6 +238,16 @@ pub struct AppConfig {
     pub history_max_age: Duration,
     pub webhooks: Vec<WebhookTarget>,
     pub webhook_retry_budget: Duration,
+    /// Further key/secret pairs besides (`key`, `secrets`) (created through the management
+    /// API). Each connection remembers the key it connected with; revoking a key closes them.
+    pub extra_keys: Vec<AppKey>,
+}
+
+/// An additional key of an app and the secret that signs for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppKey {
+    pub key: String,
+    pub secret: String,
 }
 
 /// A configuration the operator must fix.
@@ -426,6 +436,7 @@ impl RawApp {
             });
         }
         Ok(AppConfig {
+            extra_keys: Vec::new(),
             webhooks,
             webhook_retry_budget: Duration::from_secs(
                 self.webhook_retry_budget_secs
@@ -494,7 +505,22 @@ impl AppConfig {
             history_max_age: Duration::from_secs(defaults::APP_HISTORY_MAX_AGE_SECS),
             webhooks: Vec::new(),
             webhook_retry_budget: Duration::from_secs(defaults::WEBHOOK_RETRY_BUDGET_SECS),
+            extra_keys: Vec::new(),
         }
+    }
+
+    /// Every (key, accepted secrets) pair: the primary key first, then `extra_keys`.
+    pub fn credentials(&self) -> impl Iterator<Item = (&str, &[String])> {
+        std::iter::once((self.key.as_str(), self.secrets.as_slice())).chain(
+            self.extra_keys
+                .iter()
+                .map(|k| (k.key.as_str(), std::slice::from_ref(&k.secret))),
+        )
+    }
+
+    /// The secrets accepted for signatures made with `key`, if it is one of this app's keys.
+    pub fn secrets_for(&self, key: &str) -> Option<&[String]> {
+        self.credentials().find(|(k, _)| *k == key).map(|(_, s)| s)
     }
 
     /// The secret new signatures are made with.

@@ -29,7 +29,7 @@ use crate::history::History;
 use crate::mesh::{MeshRx, MeshTx};
 use crate::metrics::{CloseReason, CoreMetrics};
 use crate::msg::{
-    AppIdx, ChanKey, ChannelCounts, ChannelSummary, Command, Except, MemberInfo, Msg, PresenceUser,
+    AppIdx, ChanKey, ChannelCounts, ChannelSummary, Command, MemberInfo, Msg, PresenceUser,
     SubOutcome,
 };
 use crate::shared::Shared;
@@ -312,11 +312,11 @@ impl Core {
         match m {
             Msg::Subscribe {
                 key,
-                conn,
+                socket,
                 gen,
                 from,
                 member,
-            } => self.on_subscribe(key, conn, gen, from as usize, member),
+            } => self.on_subscribe(key, socket, gen, from as usize, member),
             Msg::Unsubscribe {
                 key,
                 conn,
@@ -386,6 +386,19 @@ impl Core {
                     .unwrap_or_default();
                 let _ = reply.send(users);
             }
+            Command::CloseApp {
+                app,
+                key,
+                code,
+                reason,
+            } => {
+                let conns = self.conns.borrow();
+                for c in conns.values() {
+                    if c.app == app && key.as_deref().is_none_or(|k| *c.key == *k) {
+                        c.close(code, reason, CloseReason::Refused);
+                    }
+                }
+            }
             Command::TerminateUser {
                 app,
                 user_id,
@@ -409,6 +422,7 @@ impl Core {
                 let _ = reply.send(self.cluster_dump());
             }
             Command::Shutdown => return true,
+            Command::InjectPanic => panic!("injected panic on core {} (test hook)", self.idx),
         }
         false
     }
@@ -453,7 +467,7 @@ impl Core {
                 frame,
                 except,
             } => {
-                if (app as usize) < self.shared.apps.len() {
+                if self.shared.apps().get(app).is_some() {
                     let key = ChanKey { app, name: channel };
                     self.metrics().events_published.inc();
                     self.fan_out(&key, frame, except);
@@ -537,7 +551,7 @@ impl Core {
                 }
             }
             Remote::Terminate { app, user_id, code } => {
-                if (app as usize) < self.shared.apps.len() {
+                if self.shared.apps().get(app).is_some() {
                     self.terminate_local(app, &user_id, code);
                 }
             }
@@ -571,10 +585,10 @@ impl Core {
     /// subscribers (and, on the webhook leader, the observer) what changed in the merged view:
     /// members that appeared or vanished cluster-wide, the count, occupied/vacated.
     fn apply_share(&self, key: ChanKey, node: &NodeId, edit: ShareEdit) {
-        if (key.app as usize) >= self.shared.apps.len() {
+        let apps = self.shared.apps();
+        let Some(app) = apps.get(key.app) else {
             return;
-        }
-        let app = self.shared.app(key.app);
+        };
         let mut owned = self.owned.borrow_mut();
         if !owned.contains_key(&key) {
             let nothing = match &edit {
@@ -727,7 +741,9 @@ impl Core {
                 }
                 None if now.saturating_duration_since(conn.last_read.get()) >= activity => {
                     conn.ping_sent.set(Some(now));
-                    conn.push(pusher::ping_frame(self.shared.app(conn.app).config.dialect));
+                    conn.push(pusher::ping_frame(
+                        self.shared.apps().app(conn.app).config.dialect,
+                    ));
                 }
                 _ => {}
             }
@@ -756,12 +772,14 @@ impl Core {
     fn on_subscribe(
         &self,
         key: ChanKey,
-        conn: u64,
+        socket: SocketId,
         gen: u32,
         from: usize,
         member: Option<MemberInfo>,
     ) {
-        let app = self.shared.app(key.app);
+        let conn = socket.lo;
+        let apps = self.shared.apps();
+        let app = apps.app(key.app);
         let mut owned = self.owned.borrow_mut();
         let new_channel = !owned.contains_key(&key);
         let is_presence = key.name.kind() == ChannelKind::Presence;
@@ -910,7 +928,7 @@ impl Core {
                 &m.info_json,
             );
             for c in &targets {
-                self.send_deliver(*c, &key, &frame, Some(Except::Conn(conn)));
+                self.send_deliver(*c, &key, &frame, Some(socket));
             }
             if lifecycle {
                 if let Some(obs) = &self.shared.observer {
@@ -928,7 +946,8 @@ impl Core {
     /// Subscription-count feature: tells a non-presence channel's subscribers its new count,
     /// at once up to the throttle threshold, at most every interval above it.
     fn count_changed(&self, key: &ChanKey) {
-        let app = self.shared.app(key.app);
+        let apps = self.shared.apps();
+        let app = apps.app(key.app);
         if !app.config.subscription_count || key.name.kind() == ChannelKind::Presence {
             return;
         }
@@ -1000,7 +1019,7 @@ impl Core {
                 let shared = self.shared.clone();
                 self.history
                     .borrow_mut()
-                    .expire(now_ms(), |a| shared.app(a).config.history_max_age);
+                    .expire(now_ms(), |a| shared.apps().app(a).config.history_max_age);
             }
             self.sweep_connections(Instant::now());
             let m = self.metrics();
@@ -1011,7 +1030,8 @@ impl Core {
     }
 
     fn on_unsubscribe(&self, key: ChanKey, conn: u64, from: usize, user_id: Option<Arc<str>>) {
-        let app = self.shared.app(key.app);
+        let apps = self.shared.apps();
+        let app = apps.app(key.app);
         let mut owned = self.owned.borrow_mut();
         let Some(ch) = owned.get_mut(&key) else {
             return;
@@ -1117,7 +1137,8 @@ impl Core {
     /// Records the event (cache, history) and forwards `frame` to every core of this node
     /// holding subscribers of `key`. Returns the cluster-wide counts.
     fn fan_out(&self, key: &ChanKey, frame: Bytes, except: Option<SocketId>) -> ChannelCounts {
-        let app = &self.shared.app(key.app).config;
+        let apps = self.shared.apps();
+        let app = &*apps.app(key.app).config;
         if key.name.is_cache() {
             self.cache
                 .borrow_mut()
@@ -1142,7 +1163,6 @@ impl Core {
         };
         let targets = targets_of(ch);
         drop(owned);
-        let except = except.map(Except::Socket);
         for c in targets {
             self.send_deliver(c, key, &frame, except);
         }
@@ -1167,7 +1187,7 @@ impl Core {
         }
     }
 
-    fn send_deliver(&self, core: usize, key: &ChanKey, frame: &Bytes, except: Option<Except>) {
+    fn send_deliver(&self, core: usize, key: &ChanKey, frame: &Bytes, except: Option<SocketId>) {
         if core == self.idx {
             // Deliver in place: no queue hop for the owner's own subscribers.
             self.deliver(key, frame, except);
@@ -1186,13 +1206,17 @@ impl Core {
     // ---------------------------------------------------------------- subscriber side
 
     /// Appends `frame` (shared, not copied) to every local subscriber's outbound queue.
-    pub(crate) fn deliver(&self, key: &ChanKey, frame: &Bytes, except: Option<Except>) {
+    pub(crate) fn deliver(&self, key: &ChanKey, frame: &Bytes, except: Option<SocketId>) {
         let subs = self.subs.borrow();
         let Some(list) = subs.get(key) else { return };
         let mut n = 0u64;
         for (id, conn) in list.iter() {
-            if except.is_some_and(|e| e.skips(*id, &conn.socket_id)) {
-                continue;
+            // The connection id is the socket id's low half, so the cheap compare comes first;
+            // the exclusion holds only when the whole socket id matches.
+            if let Some(ex) = except {
+                if ex.lo == *id && conn.socket_id == ex {
+                    continue;
+                }
             }
             conn.push(frame.clone());
             n += 1;
@@ -1204,7 +1228,7 @@ impl Core {
         let Some(conn) = self.conns.borrow().get(&conn_id).cloned() else {
             return;
         };
-        let dialect = self.shared.app(key.app).config.dialect;
+        let dialect = self.shared.apps().app(key.app).config.dialect;
         let mut state = conn.state.borrow_mut();
         let Some(sub) = state.subs.get_mut(&key.name) else {
             return;
@@ -1288,6 +1312,7 @@ impl Core {
 
     pub(crate) fn app_connections_dec(&self, app: AppIdx) {
         self.shared
+            .apps()
             .app(app)
             .connections
             .fetch_sub(1, Ordering::Relaxed);

@@ -5,7 +5,7 @@
 //!  client ──TCP──► worker k (SO_REUSEPORT accept) ── upgrade ──► conn task (reader)
 //!                                                                   │ pusher:subscribe
 //!                                                                   ▼
-//!        owner core o = ahash(app, channel) % N  ◄── Subscribe ── mesh k→o (SPSC)
+//!        owner core o = keyed_hash(app, channel) % N ◄── Subscribe ── mesh k→o (SPSC)
 //!        (per-core counts, presence members)     ── SubAck ────► conn: subscription_succeeded
 //!
 //!  EngineHandle::publish (REST)         client event on core k
@@ -37,10 +37,10 @@ mod shared;
 pub use crate::cache::CachedEvent;
 pub use crate::cluster::{ClusterLink, ClusterMetrics, NodeId, Outbound, Remote, ShareChannel};
 pub use crate::config::{
-    defaults, AppConfig, Config, ConfigError, RawApp, RawConfig, RawWebhook, WebhookTarget,
+    defaults, AppConfig, AppKey, Config, ConfigError, RawApp, RawConfig, RawWebhook, WebhookTarget,
     WEBHOOK_EVENT_TYPES,
 };
-pub use crate::handle::{EngineError, EngineHandle, Publish, Stats};
+pub use crate::handle::{validate_apps, AppsUpdate, EngineError, EngineHandle, Publish, Stats};
 pub use crate::history::{HistoryEvent, HistoryQuery};
 pub use crate::metrics::{CloseReason, MetricsSnapshot};
 pub use crate::msg::{AppIdx, ChannelCounts, ChannelSummary, PresenceUser};

@@ -65,31 +65,12 @@ pub struct PresenceUser {
     pub user_info_json: String,
 }
 
-/// The connection a delivery skips.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Except {
-    /// A connection of this node by id (the owner knows only the id of a joining connection).
-    Conn(u64),
-    /// A socket id as a publisher gave it: it may belong to another node, so both parts are
-    /// compared (the `lo` part alone is this node's connection id and repeats across nodes).
-    Socket(SocketId),
-}
-
-impl Except {
-    #[inline]
-    pub fn skips(&self, id: u64, socket_id: &SocketId) -> bool {
-        match self {
-            Except::Conn(c) => *c == id,
-            Except::Socket(s) => s.lo == id && s == socket_id,
-        }
-    }
-}
-
 pub(crate) enum Msg {
-    /// To the owner: a connection on core `from` wants to subscribe.
+    /// To the owner: a connection on core `from` wants to subscribe. `socket.lo` is the
+    /// connection id; the whole socket id is kept to exclude it from its own `member_added`.
     Subscribe {
         key: ChanKey,
-        conn: u64,
+        socket: SocketId,
         gen: u32,
         from: u16,
         member: Option<MemberInfo>,
@@ -118,7 +99,7 @@ pub(crate) enum Msg {
     Deliver {
         key: ChanKey,
         frame: Bytes,
-        except: Option<Except>,
+        except: Option<SocketId>,
     },
 }
 
@@ -131,6 +112,14 @@ impl Msg {
 }
 
 pub(crate) enum Command {
+    /// Close every local connection of `app` (disabled: 4003, deleted: 4001), or only those
+    /// that connected with `key` (a revoked key: 4001).
+    CloseApp {
+        app: AppIdx,
+        key: Option<String>,
+        code: u16,
+        reason: &'static str,
+    },
     Publish {
         key: ChanKey,
         frame: Bytes,
@@ -177,4 +166,6 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Vec<crate::cluster::ShareChannel>>,
     },
     Shutdown,
+    /// Test hook: the core panics while handling this (proves the panic policy).
+    InjectPanic,
 }

@@ -17,7 +17,7 @@ use crate::config::{defaults, Config};
 use crate::core::Core;
 use crate::handle::EngineHandle;
 use crate::mesh::{self, MeshRx, MeshShared, MeshTx};
-use crate::shared::{EngineObserver, Shared};
+use crate::shared::{EngineObserver, Placement, Shared};
 
 /// Serves a plain-HTTP (non-WebSocket) connection that arrived on the public port. Installed by
 /// the composition root (the control plane implements it); the engine knows nothing of routes.
@@ -94,7 +94,8 @@ impl Engine {
             config.mesh_overflow_limit,
             mesh_shared.clone(),
         );
-        let shared = Arc::new(Shared::new(config, mesh_shared, observer));
+        let placement = Placement::random()?;
+        let shared = Arc::new(Shared::new(config, mesh_shared, observer, placement));
         Ok(Engine {
             shared,
             listeners,
@@ -163,9 +164,32 @@ impl Engine {
                         monoio::FusionRuntime::Uring(_) => "io_uring",
                         monoio::FusionRuntime::Legacy(_) => "epoll (legacy fallback)",
                     };
-                    let core = Rc::new(Core::new(idx, shared, tx, rx, seed));
+                    let core = Rc::new(Core::new(idx, shared.clone(), tx, rx, seed));
                     let _ = ready.send(Ok(driver));
-                    rt.block_on(worker_main(core, listener));
+                    // Panic policy: every task of this core is polled inside this `block_on`
+                    // (monoio does not catch a task's panic), so one catch here covers them all.
+                    // A second handle on the listening socket: after a panic the runtime
+                    // cannot be relied on to close the listener (an in-flight io_uring accept
+                    // keeps its fd open), so the socket is shut down through this one.
+                    let listen_handle = listener.try_clone();
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        rt.block_on(worker_main(core, listener))
+                    }));
+                    if run.is_err() {
+                        if let Ok(l) = &listen_handle {
+                            // Leaves the SO_REUSEPORT group: new connections go to live cores.
+                            let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Both);
+                        }
+                    }
+                    drop(listen_handle);
+                    // After the runtime is gone (with the panic, `on_core_panic` drops it): a
+                    // core reported stopped has closed its listener, so no new connection can
+                    // land in its backlog any more.
+                    match run {
+                        Err(panic) => on_core_panic(&shared, idx, panic.as_ref(), rt),
+                        Ok(()) => drop(rt),
+                    }
+                    shared.core_stopped[idx].store(true, std::sync::atomic::Ordering::Release);
                 })?;
             threads.push(t);
         }
@@ -196,6 +220,37 @@ impl Engine {
             driver,
         })
     }
+}
+
+/// The panic policy: a panic in any task on a core aborts the whole process, so that a
+/// supervisor (systemd, Kubernetes, ...) restarts it. Containing it instead would leave the
+/// core's state half-updated (a `RefCell` mid-change, owner counts that other cores rely on)
+/// and its connections and owned channels dead while the process still looked alive. The
+/// panic message is already on stderr (the default panic hook runs first).
+fn on_core_panic(shared: &Shared, idx: usize, panic: &(dyn std::any::Any + Send), rt: impl Sized) {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic payload)".into());
+    if shared
+        .abort_on_panic
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        tracing::error!(
+            core = idx,
+            "a task on core {idx} panicked: {msg}; aborting the process (panic policy)"
+        );
+        eprintln!("ringcast: a task on core {idx} panicked: {msg}; aborting (panic policy)");
+        std::process::abort();
+    }
+    // Test hook only: the core stays stopped. Dropping its runtime closes its sockets (the
+    // listener too, so new connections go to the other cores).
+    tracing::error!(
+        core = idx,
+        "a task on core {idx} panicked: {msg}; core stopped (abort disabled by a test hook)"
+    );
+    drop(rt);
 }
 
 /// One worker: the mesh drain task plus the accept loop; returns after shutdown once its

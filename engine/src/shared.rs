@@ -1,8 +1,12 @@
-//! Process-wide, immutable-after-start state every core and handle can read: the resolved
-//! config, the apps, the metrics registry, the mesh wake-ups and injection queues.
+//! Process-wide state every core and handle can read: the resolved config, the apps table
+//! (swapped whole at runtime, never locked on the hot path), the metrics registry, the mesh
+//! wake-ups and injection queues.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use ringcast_protocol::{ChannelName, SocketId};
 
@@ -11,12 +15,83 @@ use crate::mesh::MeshShared;
 use crate::metrics::Metrics;
 use crate::msg::{AppIdx, ChanKey};
 
-/// One app and its live connection count (checked against `max_connections` on connect; the
-/// only cross-core atomic, and it is off the message path).
+/// One app slot and its live connection count (checked against `max_connections` on connect;
+/// the only cross-core atomic, and it is off the message path). A slot keeps its index for the
+/// life of the process: an update replaces `config` in a new table but keeps the counter, a
+/// deletion leaves a tombstone (`deleted`) that refuses everything.
 pub struct App {
     pub idx: AppIdx,
-    pub config: AppConfig,
-    pub connections: AtomicU32,
+    pub config: Arc<AppConfig>,
+    pub connections: Arc<AtomicU32>,
+    pub deleted: bool,
+}
+
+impl App {
+    /// Live: not deleted (a disabled app is live but refuses connections).
+    pub fn is_live(&self) -> bool {
+        !self.deleted
+    }
+}
+
+/// An immutable snapshot of every app slot, published through an [`ArcSwap`]: readers load it
+/// without a lock (`Shared::apps`), writers build a new one and swap it in
+/// (`EngineHandle::set_apps`).
+pub struct AppsTable {
+    pub(crate) apps: Vec<App>,
+    by_key: HashMap<String, AppIdx>,
+    by_id: HashMap<String, AppIdx>,
+    /// Incremented on every swap.
+    pub version: u64,
+}
+
+impl AppsTable {
+    pub(crate) fn build(apps: Vec<App>, version: u64) -> AppsTable {
+        let mut by_key = HashMap::new();
+        let mut by_id = HashMap::new();
+        for a in apps.iter().filter(|a| a.is_live()) {
+            by_id.insert(a.config.id.clone(), a.idx);
+            for (k, _) in a.config.credentials() {
+                by_key.insert(k.to_owned(), a.idx);
+            }
+        }
+        AppsTable {
+            apps,
+            by_key,
+            by_id,
+            version,
+        }
+    }
+
+    /// The slot `idx` (every index ever handed out stays valid).
+    #[inline]
+    pub fn app(&self, idx: AppIdx) -> &App {
+        &self.apps[idx as usize]
+    }
+
+    /// The slot `idx`, if it was ever handed out.
+    pub fn get(&self, idx: AppIdx) -> Option<&App> {
+        self.apps.get(idx as usize)
+    }
+
+    /// A live app holding `key` (any of its keys).
+    pub fn by_key(&self, key: &str) -> Option<&App> {
+        self.by_key.get(key).map(|&i| self.app(i))
+    }
+
+    /// A live app by id.
+    pub fn by_id(&self, id: &str) -> Option<&App> {
+        self.by_id.get(id).map(|&i| self.app(i))
+    }
+
+    /// Every slot, tombstones included.
+    pub fn slots(&self) -> &[App] {
+        &self.apps
+    }
+
+    /// Live apps in index order.
+    pub fn live(&self) -> impl Iterator<Item = &App> {
+        self.apps.iter().filter(|a| a.is_live())
+    }
 }
 
 /// Hooks the engine calls when channel state changes, on the owner core (or, for client events,
@@ -49,16 +124,56 @@ pub trait EngineObserver: Send + Sync + 'static {
 
 pub(crate) struct Shared {
     pub config: Config,
-    pub apps: Box<[App]>,
+    apps: ArcSwap<AppsTable>,
+    /// Serializes writers of `apps` (never taken by a core).
+    pub apps_writer: std::sync::Mutex<()>,
     pub metrics: Metrics,
     pub mesh: Arc<MeshShared>,
     pub observer: Option<Arc<dyn EngineObserver>>,
     pub shutdown: AtomicBool,
+    /// Per core: its worker has stopped (returned or panicked). `/health` reports these.
+    pub core_stopped: Box<[AtomicBool]>,
+    /// Panic policy: abort the process when a task on a core panics (the default). Only a test
+    /// hook turns this off, to observe a stopped core (`EngineHandle::set_abort_on_panic`).
+    pub abort_on_panic: AtomicBool,
     pub http: std::sync::OnceLock<Arc<dyn crate::HttpService>>,
     /// The cluster seam, when `[cluster]` is configured (attached before start).
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterLink>>,
-    /// Fixed seeds: every core must compute the same owner for a channel.
+    /// Keyed channel placement, shared by every core of the process (so all agree on owners).
+    placement: Placement,
+}
+
+/// Channel placement: a keyed hash of (app, channel name) modulo the worker count. The key is
+/// 256 random bits drawn from the OS when the process starts and never leaves it, so a client
+/// cannot predict which core owns a channel and cannot craft names that all land on one core.
+/// (A cluster needs a stable, secret key shared by its nodes instead: build it with
+/// [`Placement::with_key`].)
+pub(crate) struct Placement {
     hasher: ahash::RandomState,
+}
+
+impl Placement {
+    /// A placement keyed with fresh OS randomness.
+    pub fn random() -> std::io::Result<Placement> {
+        let mut b = [0u8; 32];
+        getrandom::getrandom(&mut b)
+            .map_err(|e| std::io::Error::other(format!("no OS random source: {e}")))?;
+        let k = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        Ok(Placement::with_key([k(0), k(1), k(2), k(3)]))
+    }
+
+    /// A placement with a given secret key.
+    pub fn with_key(key: [u64; 4]) -> Placement {
+        Placement {
+            hasher: ahash::RandomState::with_seeds(key[0], key[1], key[2], key[3]),
+        }
+    }
+
+    #[inline]
+    fn core_of(&self, key: &ChanKey, workers: usize) -> usize {
+        let h = self.hasher.hash_one((key.app, key.name.as_str()));
+        (h % workers as u64) as usize
+    }
 }
 
 impl Shared {
@@ -66,6 +181,7 @@ impl Shared {
         config: Config,
         mesh: Arc<MeshShared>,
         observer: Option<Arc<dyn EngineObserver>>,
+        placement: Placement,
     ) -> Shared {
         let apps = config
             .apps
@@ -73,39 +189,54 @@ impl Shared {
             .enumerate()
             .map(|(i, a)| App {
                 idx: i as AppIdx,
-                config: a.clone(),
-                connections: AtomicU32::new(0),
+                config: Arc::new(a.clone()),
+                connections: Arc::new(AtomicU32::new(0)),
+                deleted: false,
             })
             .collect();
+        let workers = config.workers;
+        let apps = ArcSwap::from_pointee(AppsTable::build(apps, 0));
         Shared {
-            metrics: Metrics::new(config.workers),
+            metrics: Metrics::new(workers),
             config,
             apps,
+            apps_writer: std::sync::Mutex::new(()),
             mesh,
             observer,
             shutdown: AtomicBool::new(false),
+            core_stopped: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            abort_on_panic: AtomicBool::new(true),
             http: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
-            hasher: ahash::RandomState::with_seeds(
-                0x5249_4e47_4341_5354,
-                0x0123_4567_89ab_cdef,
-                0x0f1e_2d3c_4b5a_6978,
-                0x9e37_79b9_7f4a_7c15,
-            ),
+            placement,
         }
     }
 
+    /// Cores whose worker has stopped, in order.
+    pub fn stopped_cores(&self) -> Vec<usize> {
+        self.core_stopped
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.load(std::sync::atomic::Ordering::Acquire))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The current apps table: a lock-free load (no reference-count write in the common case).
+    /// Do not hold the guard across an `.await`.
     #[inline]
-    pub fn app(&self, idx: AppIdx) -> &App {
-        &self.apps[idx as usize]
+    pub fn apps(&self) -> arc_swap::Guard<Arc<AppsTable>> {
+        self.apps.load()
     }
 
-    pub fn app_by_key(&self, key: &str) -> Option<&App> {
-        self.apps.iter().find(|a| a.config.key == key)
+    /// The current apps table as an owned `Arc` (for holders that outlive a call).
+    pub fn apps_full(&self) -> Arc<AppsTable> {
+        self.apps.load_full()
     }
 
-    pub fn app_by_id(&self, id: &str) -> Option<&App> {
-        self.apps.iter().find(|a| a.config.id == id)
+    /// Publishes a new table (callers hold `apps_writer`).
+    pub fn store_apps(&self, table: AppsTable) {
+        self.apps.store(Arc::new(table));
     }
 
     #[inline]
@@ -120,10 +251,44 @@ impl Shared {
         self.cluster().is_none_or(|c| c.is_leader())
     }
 
-    /// The core owning `key`: ahash of (app, channel name) modulo the worker count.
+    /// The core owning `key`: the keyed placement hash of (app, channel name) modulo the worker
+    /// count. The single place that decides ownership.
     #[inline]
     pub fn owner_of(&self, key: &ChanKey) -> usize {
-        let h = self.hasher.hash_one((key.app, key.name.as_str()));
-        (h % self.config.workers as u64) as usize
+        self.placement.core_of(key, self.config.workers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringcast_protocol::ChannelName;
+
+    fn owners(p: &Placement, workers: usize) -> Vec<usize> {
+        (0..256)
+            .map(|i| {
+                let key = ChanKey {
+                    app: 0,
+                    name: ChannelName::parse(&format!("room-{i}")).unwrap(),
+                };
+                p.core_of(&key, workers)
+            })
+            .collect()
+    }
+
+    /// Two processes place the same names differently: the key is random per process, so
+    /// nobody can precompute a set of names that share one owner.
+    #[test]
+    fn placement_is_keyed_randomly_per_process() {
+        let a = owners(&Placement::random().unwrap(), 2);
+        let b = owners(&Placement::random().unwrap(), 2);
+        // 256 names on 2 cores: equal placements by chance have probability 2^-256.
+        assert_ne!(a, b);
+        // Deterministic for one key (every core of a process agrees).
+        let k = [1, 2, 3, 4];
+        assert_eq!(
+            owners(&Placement::with_key(k), 4),
+            owners(&Placement::with_key(k), 4)
+        );
     }
 }

@@ -3,8 +3,6 @@
 //! success or [`ApiError`], is counted in the REST metrics by endpoint and status.
 
 mod body;
-mod channels;
-mod events;
 mod history;
 mod route;
 
@@ -13,16 +11,17 @@ use std::sync::Arc;
 use ringcast_engine::{AppConfig, AppIdx, EngineHandle};
 use serde_json::json;
 
-pub use body::{Body, Info};
-pub use events::{parse_event, EventSpec};
+pub use crate::dialect::pusher::{parse_event, EventSpec};
+pub use body::{data_text, query_param, Body, Info};
 pub use route::{percent_decode, route, Endpoint, Route, RouteError};
 
 use crate::auth::{authenticate_app, authenticate_by_key, Credential};
 use crate::config::ApiConfig;
+use crate::dialect::relay;
 use crate::error::ApiError;
 use crate::http::{Request, Response};
 use crate::metrics::RestMetrics;
-use crate::{metrics, seed, stats};
+use crate::{metrics, stats};
 
 /// Seconds since the Unix epoch; injectable so tests can sign with any timestamp.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -38,9 +37,9 @@ pub fn system_clock() -> Clock {
 }
 
 /// An authenticated request's app.
-pub(crate) struct Ctx<'a> {
+pub struct Ctx {
     pub idx: AppIdx,
-    pub app: &'a AppConfig,
+    pub app: Arc<AppConfig>,
     pub cred: Credential,
 }
 
@@ -99,13 +98,13 @@ impl Api {
         resp
     }
 
-    fn app_ctx<'a>(&'a self, id: &str, req: &Request) -> Result<Ctx<'a>, ApiError> {
+    fn app_ctx(&self, id: &str, req: &Request) -> Result<Ctx, ApiError> {
         let (idx, app) = self
             .engine
             .app_by_id(id)
             .ok_or_else(|| ApiError::unknown_app(id))?;
-        let cred = authenticate_app(req, app, (self.clock)())?;
-        Self::enabled(app)?;
+        let cred = authenticate_app(req, &app, (self.clock)())?;
+        Self::enabled(&app)?;
         Ok(Ctx { idx, app, cred })
     }
 
@@ -176,7 +175,17 @@ impl Api {
                 503,
                 &json!({"ok": false, "shutting_down": true}),
             )),
-            (Route::Health, _) => Ok(Response::json(200, &self.health())),
+            (Route::Health, _) => {
+                let stopped = self.engine.stopped_cores();
+                if stopped.is_empty() {
+                    Ok(Response::json(200, &self.health()))
+                } else {
+                    Ok(Response::json(
+                        503,
+                        &json!({"ok": false, "stopped_cores": stopped}),
+                    ))
+                }
+            }
             (Route::Stats, _) => Ok(Response::json(200, &stats::render(&self.engine.stats()))),
             (Route::Metrics, _) => Ok(self.metrics_response()),
             (Route::TerminateConnections { app: None, user }, _) => {
@@ -189,7 +198,7 @@ impl Api {
                             app,
                             cred: Credential::Signature,
                         };
-                        let res = match Self::enabled(app) {
+                        let res = match Self::enabled(&ctx.app) {
                             Ok(()) => self.terminate(&ctx, user).await,
                             Err(e) => Err(e),
                         };
@@ -201,7 +210,7 @@ impl Api {
             (_, None) => Err(ApiError::new(500, "internal", "route without an app")),
             (Route::Events { .. }, Some(ctx)) => self.events(ctx, req).await,
             (Route::BatchEvents { .. }, Some(ctx)) => self.batch_events(ctx, req).await,
-            (Route::SeedBatch { .. }, Some(ctx)) => self.seed_batch(ctx, req).await,
+            (Route::SeedBatch { .. }, Some(ctx)) => self.relay_batch(ctx, req).await,
             (Route::Channels { .. }, Some(ctx)) => self.channels(ctx, req).await,
             (Route::Channel { channel, .. }, Some(ctx)) => self.channel(ctx, req, channel).await,
             (Route::ChannelUsers { channel, .. }, Some(ctx)) => {
@@ -218,7 +227,7 @@ impl Api {
             (Route::EventLog { .. }, Some(ctx)) => self.event_log(ctx).await,
             (Route::History { .. }, Some(ctx)) => self.history(ctx, req).await,
             (Route::Auth { .. }, Some(ctx)) => Body::json_or_form(req)
-                .and_then(|b| seed::server_auth(ctx.app, &b))
+                .and_then(|b| relay::server_auth(&ctx.app, &b))
                 .map(|v| Response::json(200, &v)),
         };
         (endpoint, idx, result)
@@ -247,13 +256,8 @@ impl Api {
     }
 
     fn metrics_response(&self) -> Response {
-        let apps: Vec<&str> = self
-            .engine
-            .config()
-            .apps
-            .iter()
-            .map(|a| a.id.as_str())
-            .collect();
+        let slots = self.engine.app_slots();
+        let apps: Vec<&str> = slots.iter().map(|(_, id, _)| id.as_str()).collect();
         let text = metrics::render(
             &self.engine.metrics(),
             &self.engine.stats(),

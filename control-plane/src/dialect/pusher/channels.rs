@@ -5,12 +5,12 @@
 use ringcast_protocol::{ChannelKind, ChannelName, SERVER_TO_USER_PREFIX};
 use serde_json::{json, Map, Value};
 
-use super::body::{query_param, Info};
-use super::Ctx;
+use crate::api::{query_param, Ctx, Info};
 use crate::auth::Credential;
+use crate::dialect::relay;
 use crate::error::ApiError;
 use crate::http::{Request, Response};
-use crate::{seed, Api};
+use crate::Api;
 
 fn parse_channel(name: &str) -> Result<ChannelName, ApiError> {
     ChannelName::parse(name).map_err(|e| {
@@ -34,11 +34,7 @@ const MAX_USER_ID_BYTES: usize = 200;
 
 impl Api {
     /// `GET /apps/{id}/channels`: occupied channels, optionally by `filter_by_prefix`.
-    pub(crate) async fn channels(
-        &self,
-        ctx: &Ctx<'_>,
-        req: &Request,
-    ) -> Result<Response, ApiError> {
+    pub(crate) async fn channels(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
         let prefix = query_param(req, "filter_by_prefix").filter(|p| !p.is_empty());
         let info = info_of(req, false)?;
         if info.user_count
@@ -60,7 +56,7 @@ impl Api {
         let body = if ctx.cred == Credential::Bearer {
             let arr: Vec<Value> = list
                 .iter()
-                .map(|s| seed::channel_object(&ctx.app.id, s))
+                .map(|s| relay::channel_object(&ctx.app.id, s))
                 .collect();
             json!({ "channels": arr })
         } else {
@@ -85,7 +81,7 @@ impl Api {
     /// `GET /apps/{id}/channels/{name}`: `occupied` always, counts when asked for.
     pub(crate) async fn channel(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         req: &Request,
         name: &str,
     ) -> Result<Response, ApiError> {
@@ -104,7 +100,7 @@ impl Api {
         };
         let s = self.engine.channel(ctx.idx, channel).await?;
         if ctx.cred == Credential::Bearer {
-            return Ok(Response::json(200, &seed::channel_object(&ctx.app.id, &s)));
+            return Ok(Response::json(200, &relay::channel_object(&ctx.app.id, &s)));
         }
         let mut m = Map::new();
         m.insert("occupied".into(), s.occupied.into());
@@ -121,11 +117,7 @@ impl Api {
     }
 
     /// `GET /apps/{id}/channels/{name}/users`: presence channels only.
-    pub(crate) async fn channel_users(
-        &self,
-        ctx: &Ctx<'_>,
-        name: &str,
-    ) -> Result<Response, ApiError> {
+    pub(crate) async fn channel_users(&self, ctx: &Ctx, name: &str) -> Result<Response, ApiError> {
         let channel = parse_channel(name)?;
         if channel.kind() != ChannelKind::Presence {
             return Err(ApiError::bad_request(format!(
@@ -134,7 +126,7 @@ impl Api {
         }
         let users = self.engine.presence_users(ctx.idx, channel).await?;
         let body = if ctx.cred == Credential::Bearer {
-            seed::users_object(&users)
+            relay::users_object(&users)
         } else {
             let list: Vec<Value> = users.iter().map(|u| json!({"id": u.id})).collect();
             json!({ "users": list })
@@ -144,7 +136,7 @@ impl Api {
 
     /// `POST .../users/{id}/terminate_connections`: closes every connection signed in as the
     /// user with the configured close code (4009 by default).
-    pub(crate) async fn terminate(&self, ctx: &Ctx<'_>, user: &str) -> Result<Response, ApiError> {
+    pub(crate) async fn terminate(&self, ctx: &Ctx, user: &str) -> Result<Response, ApiError> {
         if user.is_empty() || user.len() > MAX_USER_ID_BYTES {
             return Err(ApiError::bad_request(format!(
                 "the user id must be 1 to {MAX_USER_ID_BYTES} bytes long"
