@@ -30,6 +30,7 @@ on_both_backends!(
     graceful_stop_drops_the_share_at_once,
     terminate_and_server_to_user_reach_every_node,
     broker_restart_rejects_then_recovers,
+    silent_node_expires_and_junk_is_ignored,
 );
 
 fn events_cross_nodes_in_order_once(kind: Kind) {
@@ -292,4 +293,89 @@ fn broker_restart_rejects_then_recovers(kind: Kind) {
     assert_eq!(data_of(&m)["user_id"], "u3");
     n1.publish(ch, "again", "z");
     assert_eq!(b.recv_not_count()["event"], "again");
+}
+
+/// Publishes raw payloads on a subject of the broker, as a foreign client would.
+fn publish_raw(broker: &Broker, subject: &str, payloads: Vec<bytes::Bytes>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        match broker.kind {
+            Kind::Redis => {
+                use fred::prelude::*;
+                let c = Builder::from_config(Config::from_url(&broker.url()).unwrap())
+                    .build()
+                    .unwrap();
+                c.init().await.unwrap();
+                for p in payloads {
+                    let _: () = c.publish(subject, p).await.unwrap();
+                }
+                c.quit().await.unwrap();
+            }
+            Kind::Nats => {
+                let c = async_nats::connect(broker.url()).await.unwrap();
+                for p in payloads {
+                    c.publish(subject.to_owned(), p).await.unwrap();
+                }
+                c.flush().await.unwrap();
+            }
+        }
+    });
+}
+
+/// A node that goes silent (no Bye, as after `kill -9`) is dropped after its lease: its member
+/// is removed (member_removed to the survivors' subscribers) and its count with it. Junk on the
+/// control subject is counted and ignored.
+fn silent_node_expires_and_junk_is_ignored(kind: Kind) {
+    use ringcast_cluster::wire::{encode_control, Control, ShareEntry};
+    let broker = Broker::start(kind);
+    let n1 = Node::start("n1", &broker.url(), 1_000);
+    let ch = "presence-ghost";
+    let mut a = n1.connect();
+    a.subscribe_presence(ch, "u1");
+    let ctl = match kind {
+        Kind::Redis => "ringcast:ctl",
+        Kind::Nats => "ringcast.ctl",
+    };
+    // A fake node announces itself with a member, then never speaks again.
+    publish_raw(
+        &broker,
+        ctl,
+        vec![
+            bytes::Bytes::from_static(b""),
+            bytes::Bytes::from_static(b"{\"event\":\"x\"}"),
+            bytes::Bytes::from_static(b"RC\x01\x04\xff\xff\xff\xff"),
+            encode_control(&Control::Hello {
+                node: "ghost".into(),
+                started_at: 1,
+            }),
+            encode_control(&Control::Snapshot {
+                node: "ghost".into(),
+                started_at: 1,
+                seq: 0,
+                part: 0,
+                parts: 1,
+                channels: vec![ShareEntry {
+                    app_id: APP_ID.into(),
+                    channel: ch.into(),
+                    count: 1,
+                    members: vec![("ghost-user".into(), "{}".into())],
+                }],
+            }),
+        ],
+    );
+    let m = a.recv_event("pusher_internal:member_added");
+    assert_eq!(data_of(&m)["user_id"], "ghost-user");
+    assert_eq!(n1.count(ch), 2);
+    assert_eq!(n1.users(ch), ["ghost-user", "u1"]);
+    let bad = &n1.link.metrics.bad_messages;
+    assert!(ringcast_engine::ClusterMetrics::get(bad) >= 3);
+    // Silence for a lease: the ghost is dead.
+    let m = a.recv_event("pusher_internal:member_removed");
+    assert_eq!(data_of(&m)["user_id"], "ghost-user");
+    assert_eq!(n1.count(ch), 1);
+    assert_eq!(n1.users(ch), ["u1"]);
+    assert!(ringcast_engine::ClusterMetrics::get(&n1.link.metrics.nodes_expired) >= 1);
 }
