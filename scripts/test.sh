@@ -43,6 +43,8 @@ JS_TESTS=(
   cluster-faults-redis.test.mjs
   cluster-faults-nats.test.mjs
   cluster-topologies.test.mjs
+  lattestream.test.mjs
+  activity.test.mjs
 )
 # Files that need a feature not built yet (run only with RINGCAST_REST_TESTS=1). None now.
 JS_TESTS_NEED_REST=()
