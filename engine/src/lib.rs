@@ -23,6 +23,7 @@
 
 mod activity;
 mod cache;
+mod cluster;
 mod config;
 mod conn;
 mod core;
@@ -36,6 +37,7 @@ mod shared;
 
 pub use crate::activity::{ActivityKind, ActivityQuery, ActivityRecord};
 pub use crate::cache::CachedEvent;
+pub use crate::cluster::{ClusterLink, ClusterMetrics, NodeId, Outbound, Remote, ShareChannel};
 pub use crate::config::{
     defaults, AppConfig, AppKey, Config, ConfigError, RateLimit, RawApp, RawConfig, RawRateLimit,
     RawWebhook, WebhookTarget, RATE_LIMIT_ENDPOINTS, WEBHOOK_EVENT_TYPES,
