@@ -34,6 +34,7 @@ mod metrics;
 mod msg;
 mod server;
 mod shared;
+mod user_socket;
 
 pub use crate::activity::{ActivityKind, ActivityQuery, ActivityRecord};
 pub use crate::cache::CachedEvent;

@@ -165,6 +165,13 @@ pub(crate) enum Command {
         query: crate::activity::ActivityQuery,
         reply: oneshot::Sender<Vec<crate::activity::ActivityRecord>>,
     },
+    /// Close the user's other `/ws` user sockets on this core with 4000 (apps with
+    /// `single_connection_per_user`); `keep` is the new connection.
+    ReplaceUserSocket {
+        app: AppIdx,
+        user_id: String,
+        keep: u64,
+    },
     Shutdown,
     /// Test hook: the core panics while handling this (proves the panic policy).
     InjectPanic,
