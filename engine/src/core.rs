@@ -1424,6 +1424,16 @@ impl Core {
         }
     }
 
+    /// Puts a connection in the local index of `key` directly (the bench hook; the engine
+    /// itself does this on a `SubAck`).
+    pub(crate) fn add_local_sub(&self, key: &ChanKey, conn: Rc<Conn>) {
+        self.subs
+            .borrow_mut()
+            .entry(key.clone())
+            .or_default()
+            .insert(conn.id, conn);
+    }
+
     /// Removes a connection's active subscription from the local index.
     pub(crate) fn remove_local_sub(&self, key: &ChanKey, conn: u64) {
         let mut subs = self.subs.borrow_mut();

@@ -22,6 +22,8 @@
 //! the channels hashed to it. See docs/ARCHITECTURE.md for the full data path.
 
 mod activity;
+#[doc(hidden)]
+pub mod bench_support;
 mod cache;
 mod cluster;
 mod config;
