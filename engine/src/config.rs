@@ -123,6 +123,9 @@ pub struct RawConfig {
     /// The `[api]` table: the HTTP API's own limits. Opaque to the engine; the control plane
     /// resolves and validates it.
     pub api: Option<toml::Table>,
+    /// The `[cluster]` table (scale-out over Redis or NATS). Opaque to the engine; the
+    /// cluster crate resolves and validates it.
+    pub cluster: Option<toml::Table>,
     #[serde(default)]
     pub apps: Vec<RawApp>,
 }

@@ -185,6 +185,49 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// A connection without a socket (its writer never runs): for the bench hook, which
+    /// measures `Core::deliver` + `Conn::push` themselves. The writer counts as parked.
+    pub(crate) fn detached(id: u64, socket_id: SocketId, app: AppIdx, budget: usize) -> Conn {
+        Conn {
+            id,
+            socket_id,
+            socket_id_str: socket_id.to_string().into_boxed_str(),
+            app,
+            key: "".into(),
+            budget,
+            out: RefCell::new(Outbound::default()),
+            writer_waker: Cell::new(Some(Waker::noop().clone())),
+            write_started: Cell::new(None),
+            last_read: Cell::new(Instant::now()),
+            ping_sent: Cell::new(None),
+            state: RefCell::new(ConnState {
+                subs: HashMap::new(),
+                user: None,
+                gen: 0,
+                client_events: TokenBucket::new(1),
+                control: TokenBucket::new(1),
+                read_only: false,
+            }),
+            fd: -1,
+            end_reason: Cell::new(None),
+            user_socket: false,
+        }
+    }
+
+    /// What the writer does after a write, without a socket: releases the queued frames
+    /// (keeping the queue's capacity) and parks again. Returns how many there were.
+    pub(crate) fn drain_detached(&self) -> usize {
+        let mut out = self.out.borrow_mut();
+        let n = out.frames.len();
+        out.frames.clear();
+        out.bytes = 0;
+        drop(out);
+        self.writer_waker.set(Some(Waker::noop().clone()));
+        n
+    }
+}
+
 /// A simple token bucket on monoio's clock.
 struct TokenBucket {
     rate: f64,
@@ -1428,4 +1471,71 @@ fn http_json(status: u16, body: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monoio::buf::IoVecBuf;
+
+    fn batch(frames: &[&'static [u8]]) -> (FrameBatch, usize) {
+        let mut b = FrameBatch {
+            frames: frames.iter().map(|f| Bytes::from_static(f)).collect(),
+            ..FrameBatch::default()
+        };
+        let total = b.prepare();
+        (b, total)
+    }
+
+    /// The bytes the next `writev` would send, concatenated.
+    fn pending(b: &FrameBatch) -> Vec<u8> {
+        let n = b.read_iovec_len();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let v = &b.iov[b.start + i];
+            // iov[i] describes (the unwritten tail of) frames[i].
+            let frame = &b.frames[b.start + i];
+            let off = v.iov_base as usize - frame.as_ptr() as usize;
+            assert!(off + v.iov_len == frame.len(), "a tail of its frame");
+            out.extend_from_slice(&frame[off..]);
+        }
+        assert_eq!(n, b.iov.len() - b.start);
+        out
+    }
+
+    #[test]
+    fn advance_skips_written_bytes_at_every_split() {
+        let frames: [&'static [u8]; 3] = [b"abc", b"de", b"fghij"];
+        let all = b"abcdefghij";
+        for first in 0..=all.len() {
+            for second in 0..=all.len() - first {
+                let (mut b, total) = batch(&frames);
+                assert_eq!(total, all.len());
+                assert_eq!(pending(&b), all);
+                b.advance(first);
+                assert_eq!(pending(&b), &all[first..], "after {first}");
+                b.advance(second);
+                assert_eq!(
+                    pending(&b),
+                    &all[first + second..],
+                    "after {first} + {second}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn advance_past_the_end_leaves_nothing_and_clear_resets() {
+        let (mut b, total) = batch(&[b"xy", b"z"]);
+        b.advance(total);
+        assert_eq!(b.read_iovec_len(), 0);
+        b.advance(5);
+        assert_eq!(b.read_iovec_len(), 0);
+        b.clear();
+        assert!(b.frames.is_empty() && b.iov.is_empty() && b.start == 0);
+        // Reused for the next write: prepare starts from the first frame again.
+        b.frames.push(Bytes::from_static(b"next"));
+        assert_eq!(b.prepare(), 4);
+        assert_eq!(pending(&b), b"next");
+    }
 }

@@ -154,6 +154,12 @@ pub(crate) enum Command {
         query: crate::history::HistoryQuery,
         reply: oneshot::Sender<Vec<crate::history::RawEvent>>,
     },
+    /// From the cluster bridge: another node's event or share, or a node's departure.
+    Remote(crate::cluster::Remote),
+    /// For the cluster bridge: this core's share (local counts and members of owned channels).
+    ClusterDump {
+        reply: oneshot::Sender<Vec<crate::cluster::ShareChannel>>,
+    },
     Activity {
         app: AppIdx,
         query: crate::activity::ActivityQuery,

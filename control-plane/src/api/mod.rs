@@ -256,7 +256,7 @@ impl Api {
             (Route::Health, _) => {
                 let stopped = self.engine.stopped_cores();
                 if stopped.is_empty() {
-                    Ok(Response::json(200, &json!({"ok": true})))
+                    Ok(Response::json(200, &self.health()))
                 } else {
                     Ok(Response::json(
                         503,
@@ -318,6 +318,29 @@ impl Api {
         (endpoint, idx, result)
     }
 
+    /// `/health`: `status` is `ok`, or `degraded` when clustered and the broker is unreachable
+    /// (still HTTP 200: the node serves its own clients and delivers locally; a load balancer
+    /// must not take every node out at once because the shared broker is down).
+    fn health(&self) -> serde_json::Value {
+        match self.engine.cluster() {
+            // Single node: unchanged from before clustering existed.
+            None => json!({"ok": true}),
+            Some(c) if c.is_connected() => json!({
+                "ok": true,
+                "status": "ok",
+                "cluster": "connected",
+                "node": &**c.node_id(),
+            }),
+            Some(c) => json!({
+                "ok": true,
+                "status": "degraded",
+                "cluster": "disconnected",
+                "node": &**c.node_id(),
+                "reason": "the cluster broker is unreachable: local delivery continues, REST publishing answers 503",
+            }),
+        }
+    }
+
     fn metrics_response(&self) -> Response {
         let slots = self.engine.app_slots();
         let apps: Vec<&str> = slots.iter().map(|(_, id, _)| id.as_str()).collect();
@@ -328,6 +351,9 @@ impl Api {
             &apps,
         );
         let mut text = text;
+        if let Some(c) = self.engine.cluster() {
+            metrics::render_cluster(c, &mut text);
+        }
         if let Some(w) = self.webhooks.get() {
             w.stats().render_prometheus(&mut text);
         }
