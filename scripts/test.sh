@@ -45,6 +45,7 @@ JS_TESTS=(
   cluster-topologies.test.mjs
   lattestream.test.mjs
   activity.test.mjs
+  user-socket.test.mjs
 )
 # Files that need a feature not built yet (run only with RINGCAST_REST_TESTS=1). None now.
 JS_TESTS_NEED_REST=()

@@ -466,6 +466,24 @@ impl Core {
             Command::Activity { app, query, reply } => {
                 let _ = reply.send(self.activity.borrow().query(app, &query));
             }
+            Command::ReplaceUserSocket { app, user_id, keep } => {
+                let ids: Vec<u64> = self
+                    .users
+                    .borrow()
+                    .get(&(app, Arc::from(user_id.as_str())))
+                    .cloned()
+                    .unwrap_or_default();
+                let conns = self.conns.borrow();
+                for id in ids.into_iter().filter(|id| *id != keep) {
+                    if let Some(c) = conns.get(&id).filter(|c| c.user_socket) {
+                        c.close(
+                            crate::user_socket::CLOSE_REPLACED,
+                            "Replaced by a newer connection of the same user",
+                            CloseReason::Terminated,
+                        );
+                    }
+                }
+            }
             Command::Shutdown => return true,
             Command::InjectPanic => panic!("injected panic on core {} (test hook)", self.idx),
             Command::Stall { stalled, release } => {
@@ -791,9 +809,14 @@ impl Core {
                 }
                 None if now.saturating_duration_since(conn.last_read.get()) >= activity => {
                     conn.ping_sent.set(Some(now));
-                    conn.push(pusher::ping_frame(
-                        self.shared.apps().app(conn.app).config.dialect,
-                    ));
+                    if conn.user_socket {
+                        // Plain JSON clients answer a WebSocket ping (any frame counts).
+                        conn.push(ringcast_protocol::ws::ping_frame(b""));
+                    } else {
+                        conn.push(pusher::ping_frame(
+                            self.shared.apps().app(conn.app).config.dialect,
+                        ));
+                    }
                 }
                 _ => {}
             }
@@ -1294,6 +1317,7 @@ impl Core {
         let subs = self.subs.borrow();
         let Some(list) = subs.get(key) else { return };
         let mut n = 0u64;
+        let mut alt: Option<Option<Bytes>> = None;
         for (id, conn) in list.iter() {
             // The connection id is the socket id's low half, so the cheap compare comes first;
             // the exclusion holds only when the whole socket id matches.
@@ -1301,6 +1325,17 @@ impl Core {
                 if ex.lo == *id && conn.socket_id == ex {
                     continue;
                 }
+            }
+            if conn.user_socket {
+                // The alrt user socket's JSON form, encoded once per delivery on this core.
+                if alt.is_none() {
+                    alt = Some(crate::user_socket::notification_frame(frame));
+                }
+                if let Some(Some(f)) = &alt {
+                    conn.push(f.clone());
+                    n += 1;
+                }
+                continue;
             }
             conn.push(frame.clone());
             n += 1;
@@ -1387,6 +1422,16 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Puts a connection in the local index of `key` directly (the bench hook; the engine
+    /// itself does this on a `SubAck`).
+    pub(crate) fn add_local_sub(&self, key: &ChanKey, conn: Rc<Conn>) {
+        self.subs
+            .borrow_mut()
+            .entry(key.clone())
+            .or_default()
+            .insert(conn.id, conn);
     }
 
     /// Removes a connection's active subscription from the local index.

@@ -22,6 +22,8 @@
 //! the channels hashed to it. See docs/ARCHITECTURE.md for the full data path.
 
 mod activity;
+#[doc(hidden)]
+pub mod bench_support;
 mod cache;
 mod cluster;
 mod config;
@@ -34,6 +36,7 @@ mod metrics;
 mod msg;
 mod server;
 mod shared;
+mod user_socket;
 
 pub use crate::activity::{ActivityKind, ActivityQuery, ActivityRecord};
 pub use crate::cache::CachedEvent;

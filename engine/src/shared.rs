@@ -110,6 +110,9 @@ pub trait EngineObserver: Send + Sync + 'static {
     /// The subscription count of a non-presence channel changed (apps with
     /// `subscription_count` on; throttled like the client-side event).
     fn subscription_count(&self, app: &AppConfig, channel: &ChannelName, count: u64) {}
+    /// A message from an alrt user socket (`/ws`) other than ping: `message_json` is the
+    /// client's JSON text as received.
+    fn client_message(&self, app: &AppConfig, user_id: &str, message_json: &str) {}
     fn client_event(
         &self,
         app: &AppConfig,

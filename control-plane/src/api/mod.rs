@@ -208,6 +208,8 @@ impl Api {
             | Route::ChannelEvents { app, .. }
             | Route::EventLog { app }
             | Route::History { app }
+            | Route::UserToken { app, .. }
+            | Route::UserEvents { app, .. }
             | Route::TerminateConnections { app: Some(app), .. } => Some(app.as_str()),
             _ => None,
         };
@@ -307,6 +309,8 @@ impl Api {
             }
             (Route::EventLog { .. }, Some(ctx)) => self.event_log(ctx).await,
             (Route::History { .. }, Some(ctx)) => self.history(ctx, req).await,
+            (Route::UserToken { user, .. }, Some(ctx)) => self.user_token(ctx, req, user),
+            (Route::UserEvents { user, .. }, Some(ctx)) => self.user_events(ctx, req, user).await,
             (Route::Auth { .. }, Some(ctx)) => Body::json_or_form(req)
                 .and_then(|b| relay::server_auth(&ctx.app, &b))
                 .map(|v| Response::json(200, &v)),
