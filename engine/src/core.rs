@@ -1042,3 +1042,194 @@ async fn yield_now() {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    //! The owner's bookkeeping, driven message by message on a socket-less core 0 of 2 (the
+    //! test plays core 1: it sends what core 1 would and reads what core 0 sends it).
+
+    use super::*;
+    use crate::config::{AppConfig, RawConfig};
+    use crate::mesh::{self, MeshShared};
+    use crate::shared::{EngineObserver, Placement};
+    use ringcast_protocol::ChannelName;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+    impl EngineObserver for Seen {
+        fn channel_occupied(&self, _: &AppConfig, c: &ChannelName) {
+            self.0.lock().unwrap().push(format!("occupied {c}"));
+        }
+        fn channel_vacated(&self, _: &AppConfig, c: &ChannelName) {
+            self.0.lock().unwrap().push(format!("vacated {c}"));
+        }
+        fn member_added(&self, _: &AppConfig, _: &ChannelName, u: &str) {
+            self.0.lock().unwrap().push(format!("added {u}"));
+        }
+        fn member_removed(&self, _: &AppConfig, _: &ChannelName, u: &str) {
+            self.0.lock().unwrap().push(format!("removed {u}"));
+        }
+    }
+
+    fn owner() -> (Core, MeshRx, Arc<Seen>) {
+        let config = RawConfig::from_toml(
+            "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\nmax_presence_members = 2\n",
+        )
+        .unwrap()
+        .resolve(2)
+        .unwrap();
+        let ms = Arc::new(MeshShared::new(2, 16));
+        let mut wiring = mesh::build(2, 64, 64, ms.clone());
+        let (_, rx1) = wiring.pop().unwrap();
+        let (tx0, rx0) = wiring.pop().unwrap();
+        let seen = Arc::new(Seen::default());
+        let obs: Arc<dyn EngineObserver> = seen.clone();
+        let shared = Arc::new(Shared::new(
+            config,
+            ms,
+            Some(obs),
+            Placement::with_key([1, 2, 3, 4]),
+        ));
+        (Core::new(0, shared, tx0, rx0, 1), rx1, seen)
+    }
+
+    fn key() -> ChanKey {
+        ChanKey {
+            app: 0,
+            name: ChannelName::parse("presence-room").unwrap(),
+        }
+    }
+
+    fn sub(core: &Core, conn: u64, user: &str) {
+        core.handle_msg(Msg::Subscribe {
+            key: key(),
+            socket: SocketId::new(9, conn),
+            gen: 1,
+            from: 1,
+            member: Some(MemberInfo {
+                user_id: user.into(),
+                info_json: "null".into(),
+            }),
+        });
+        core.flush();
+    }
+
+    fn unsub(core: &Core, conn: u64, user: &str) {
+        core.handle_msg(Msg::Unsubscribe {
+            key: key(),
+            conn,
+            from: 1,
+            user_id: Some(user.into()),
+        });
+        core.flush();
+    }
+
+    /// What core 0 sent core 1, in order.
+    fn sent(rx: &mut MeshRx) -> Vec<String> {
+        let mut out = Vec::new();
+        rx.drain(usize::MAX, |m| {
+            out.push(match m {
+                Msg::SubAck {
+                    conn,
+                    outcome: SubOutcome::Ok { .. },
+                    ..
+                } => format!("ack {conn}"),
+                Msg::SubAck {
+                    conn,
+                    outcome: SubOutcome::Refused(_),
+                    ..
+                } => format!("refused {conn}"),
+                Msg::Deliver { frame, except, .. } => {
+                    let text = String::from_utf8_lossy(&frame).into_owned();
+                    let what = if text.contains("member_added") {
+                        "member_added"
+                    } else if text.contains("member_removed") {
+                        "member_removed"
+                    } else {
+                        "other"
+                    };
+                    format!("{what} except {except:?}")
+                }
+                _ => "other".into(),
+            })
+        });
+        out
+    }
+
+    fn counted(core: &Core) -> Option<(u32, Vec<(String, Vec<u64>)>)> {
+        core.owned.borrow().get(&key()).map(|ch| {
+            (
+                ch.per_core[1],
+                ch.members
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .map(|(u, m)| (u.to_string(), m.conns.clone()))
+                    .collect(),
+            )
+        })
+    }
+
+    #[test]
+    fn presence_refcounts_per_user_and_occupied_vacated_once() {
+        let (core, mut rx, seen) = owner();
+        sub(&core, 11, "u1");
+        assert_eq!(counted(&core), Some((1, vec![("u1".into(), vec![11])])));
+        // member_added goes to the subscribers' cores, excluding the joining socket (whole id),
+        // before the ack; the ack follows.
+        assert_eq!(
+            sent(&mut rx),
+            [
+                format!("member_added except {:?}", Some(SocketId::new(9, 11))),
+                "ack 11".into()
+            ]
+        );
+        // A second connection of the same user: counted, no second member_added.
+        sub(&core, 13, "u1");
+        assert_eq!(counted(&core), Some((2, vec![("u1".into(), vec![11, 13])])));
+        assert_eq!(sent(&mut rx), ["ack 13"]);
+        // One of them leaves: the user stays.
+        unsub(&core, 11, "u1");
+        assert_eq!(counted(&core), Some((1, vec![("u1".into(), vec![13])])));
+        assert_eq!(sent(&mut rx), Vec::<String>::new());
+        // An unsubscribe the owner never counted (a refused join) changes nothing.
+        unsub(&core, 99, "u9");
+        assert_eq!(counted(&core), Some((1, vec![("u1".into(), vec![13])])));
+        // The last connection leaves: member removed, channel vacated and forgotten.
+        unsub(&core, 13, "u1");
+        assert_eq!(counted(&core), None);
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "occupied presence-room",
+                "added u1",
+                "removed u1",
+                "vacated presence-room"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_presence_channel_refuses_and_leaves_no_trace() {
+        let (core, mut rx, seen) = owner();
+        sub(&core, 11, "u1");
+        sub(&core, 13, "u2");
+        let _ = sent(&mut rx);
+        // max_presence_members = 2: a third user is refused, an existing one still joins.
+        sub(&core, 15, "u3");
+        assert_eq!(sent(&mut rx), ["refused 15"]);
+        sub(&core, 17, "u2");
+        assert_eq!(sent(&mut rx), ["ack 17"]);
+        // The refused connection's unsubscribe (its cleanup) changes nothing.
+        unsub(&core, 15, "u3");
+        assert_eq!(
+            counted(&core),
+            Some((
+                3,
+                vec![("u1".into(), vec![11]), ("u2".into(), vec![13, 17])]
+            ))
+        );
+        assert!(!seen.0.lock().unwrap().iter().any(|e| e.contains("u3")));
+    }
+}
