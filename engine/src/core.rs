@@ -1157,7 +1157,10 @@ mod tests {
         out
     }
 
-    fn counted(core: &Core) -> Option<(u32, Vec<(String, Vec<u64>)>)> {
+    /// Subscribers counted on core 1, and each member's connections.
+    type Counted = Option<(u32, Vec<(String, Vec<u64>)>)>;
+
+    fn counted(core: &Core) -> Counted {
         core.owned.borrow().get(&key()).map(|ch| {
             (
                 ch.per_core[1],
