@@ -62,6 +62,13 @@ pub(crate) struct ConnState {
     read_only: bool,
 }
 
+impl ConnState {
+    /// Takes a token of the connection's client-event budget (user-socket messages too).
+    pub(crate) fn allow_client_message(&mut self) -> bool {
+        self.client_events.take()
+    }
+}
+
 struct Closing {
     code: u16,
     reason: String,
@@ -84,6 +91,8 @@ pub(crate) struct Conn {
     pub app: AppIdx,
     /// The app key this connection connected with (revoking it closes the connection).
     pub key: Box<str>,
+    /// An alrt user socket (`/ws`): plain JSON, not the Pusher protocol.
+    pub user_socket: bool,
     budget: usize,
     out: RefCell<Outbound>,
     writer_waker: Cell<Option<Waker>>,
@@ -420,7 +429,34 @@ async fn handshake(
         return None;
     }
     let leftover = head_buf.split_off(head.head_len.min(head_buf.len()));
-    let params = match ws::parse_connect(&head.path, &head.query) {
+    // `GET /ws?token=<jwt>`: the alrt user socket (plain JSON for one user; user_socket.rs).
+    let user_socket = head.path.trim_end_matches('/') == "/ws";
+    let user_claims = if user_socket {
+        match crate::user_socket::verify_token(&core.shared, &head.query) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                core.metrics().auth_failures.inc();
+                core.metrics().closed(CloseReason::Refused);
+                let frame = ws::close_frame(crate::user_socket::CLOSE_INVALID_TOKEN, &e);
+                let _ =
+                    monoio::time::timeout(Duration::from_secs(2), stream.write_all(frame)).await;
+                let _ = stream.shutdown().await;
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    let params = match user_claims.as_ref() {
+        Some((key, _)) => Ok(ws::ConnectParams {
+            app_key: key.to_string(),
+            protocol: 7,
+            client: None,
+            version: None,
+        }),
+        None => ws::parse_connect(&head.path, &head.query),
+    };
+    let params = match params {
         Ok(p) => p,
         Err(code) => {
             reject(
@@ -486,7 +522,10 @@ async fn handshake(
         return None;
     }
     // `?token=<jwt>` (a LatteStream access token): the connection is signed in from the start.
-    let token = verify_connect_token(&core.shared.apps().app(app_idx).config, &head.query);
+    let token = match user_claims {
+        Some((_, claims)) => Ok(Some(claims)),
+        None => verify_connect_token(&core.shared.apps().app(app_idx).config, &head.query),
+    };
     let token = match token {
         Ok(t) => t,
         Err(e) => {
@@ -592,6 +631,7 @@ async fn run(
         socket_id_str: socket_id.to_string().into_boxed_str(),
         app: app_idx,
         key,
+        user_socket: token.as_ref().is_some_and(|c| c.scope == "user"),
         budget: cfg.outbound_budget_bytes,
         out: RefCell::new(Outbound::default()),
         writer_waker: Cell::new(None),
@@ -616,11 +656,13 @@ async fn run(
 
     let (mut reader, writer) = stream.into_split();
     let writer_task = monoio::spawn(write_loop(core.clone(), conn.clone(), writer));
-    conn.push(pusher::connection_established_frame(
-        dialect,
-        &socket_id,
-        cfg.activity_timeout_secs,
-    ));
+    if !conn.user_socket {
+        conn.push(pusher::connection_established_frame(
+            dialect,
+            &socket_id,
+            cfg.activity_timeout_secs,
+        ));
+    }
     core.record_activity(
         app_idx,
         crate::activity::ActivityKind::Connect,
@@ -631,7 +673,11 @@ async fn run(
     );
     if let Some(claims) = token {
         let apps = shared.apps();
-        token_signin(&core, &conn, apps.app(app_idx), claims);
+        if conn.user_socket {
+            crate::user_socket::start(&core, &conn, apps.app(app_idx), claims);
+        } else {
+            token_signin(&core, &conn, apps.app(app_idx), claims);
+        }
     }
 
     let mut decoder = FrameDecoder::new(Role::Server, cfg.max_message_bytes);
@@ -708,6 +754,12 @@ async fn run(
 fn on_frame(core: &Core, conn: &Rc<Conn>, app: &App, msg: Message) -> bool {
     core.metrics().messages_in.inc();
     let d = app.config.dialect;
+    if conn.user_socket {
+        if let Message::Text(text) = &msg {
+            crate::user_socket::on_text(core, conn, app, &text[..]);
+            return true;
+        }
+    }
     match msg {
         Message::Text(text) => {
             // One JSON reading, borrowing from the frame: the message is not copied.
@@ -958,7 +1010,7 @@ fn subscribe(
     start_subscription(core, conn, &mut st, app.idx, name, member, false);
 }
 
-fn start_subscription(
+pub(crate) fn start_subscription(
     core: &Core,
     conn: &Conn,
     st: &mut ConnState,
@@ -1099,7 +1151,7 @@ fn signin(core: &Core, conn: &Rc<Conn>, app: &App, auth: &str, user_data: &str) 
 
 /// Signs a connection in from its verified `?token=`, exactly as a `pusher:signin` would:
 /// the user's `#server-to-user-` channel is joined silently and `pusher:signin_success` sent.
-fn token_signin(core: &Core, conn: &Rc<Conn>, app: &App, claims: jwt::Claims) {
+pub(crate) fn token_signin(core: &Core, conn: &Rc<Conn>, app: &App, claims: jwt::Claims) {
     let Ok(name) = ChannelName::parse(&format!("#server-to-user-{}", claims.sub)) else {
         return; // verify_connect_token checked it
     };
