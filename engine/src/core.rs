@@ -450,7 +450,7 @@ impl Core {
                 let _ = reply.send(self.terminate_local(app, &user_id, code));
             }
             Command::ChannelCache { key, reply } => {
-                let _ = reply.send(self.cache.borrow_mut().describe(&key, Instant::now()));
+                let _ = reply.send(self.cache.borrow_mut().describe(&key, self.shared.now()));
             }
             Command::ChannelHistory { key, limit, reply } => {
                 let _ = reply.send(self.history.borrow().channel_events(&key, limit));
@@ -486,6 +486,10 @@ impl Core {
             }
             Command::Shutdown => return true,
             Command::InjectPanic => panic!("injected panic on core {} (test hook)", self.idx),
+            Command::Tick { reply } => {
+                self.housekeeping(true);
+                let _ = reply.send(());
+            }
             Command::Stall { stalled, release } => {
                 // Test hook only: a core never blocks otherwise.
                 let _ = stalled.send(());
@@ -930,7 +934,7 @@ impl Core {
         });
         let targets: Vec<usize> = targets_of(ch);
         let then = if key.name.is_cache() {
-            match self.cache.borrow_mut().get(&key, Instant::now()) {
+            match self.cache.borrow_mut().get(&key, self.shared.now()) {
                 Some((frame, _)) => Some(frame),
                 None => {
                     if let Some(obs) = &self.shared.observer {
@@ -1026,7 +1030,7 @@ impl Core {
         }
         let mut owned = self.owned.borrow_mut();
         let Some(ch) = owned.get_mut(key) else { return };
-        let now = Instant::now();
+        let now = self.shared.now();
         let interval = Duration::from_secs(defaults::SUBSCRIPTION_COUNT_INTERVAL_SECS);
         let due = ch.total() <= defaults::SUBSCRIPTION_COUNT_THROTTLE_ABOVE
             || ch
@@ -1060,46 +1064,52 @@ impl Core {
 
     /// Housekeeping once a second: owed subscription counts, cache and history expiry.
     pub(crate) async fn tick_loop(self: Rc<Self>) {
-        let interval = Duration::from_secs(defaults::SUBSCRIPTION_COUNT_INTERVAL_SECS);
         let mut n: u64 = 0;
         loop {
             monoio::time::sleep(Duration::from_secs(1)).await;
             n += 1;
-            let owed = std::mem::take(&mut *self.dirty_counts.borrow_mut());
-            let now = Instant::now();
-            for key in owed {
-                let state = self
-                    .owned
-                    .borrow()
-                    .get(&key)
-                    .map(|c| (c.count_dirty, c.count_sent));
-                match state {
-                    Some((true, Some(sent))) if now.duration_since(sent) < interval => {
-                        self.dirty_counts.borrow_mut().push(key);
-                    }
-                    Some((true, _)) => {
-                        if let Some(ch) = self.owned.borrow_mut().get_mut(&key) {
-                            ch.count_dirty = false;
-                            ch.count_sent = None;
-                        }
-                        self.count_changed(&key);
-                    }
-                    _ => {}
-                }
-            }
-            if n.is_multiple_of(10) {
-                self.cache.borrow_mut().sweep(Instant::now());
-                let shared = self.shared.clone();
-                self.history
-                    .borrow_mut()
-                    .expire(now_ms(), |a| shared.apps().app(a).config.history_max_age);
-            }
-            self.sweep_connections(Instant::now());
-            let m = self.metrics();
-            m.history_bytes.set(self.history.borrow().bytes() as u64);
-            m.cache_entries.set(self.cache.borrow().len() as u64);
-            self.flush();
+            self.housekeeping(n.is_multiple_of(10));
         }
+    }
+
+    /// One housekeeping pass on the engine's clock (`Shared::now`): owed subscription counts,
+    /// liveness and write deadlines, and with `expire` cache and history expiry.
+    fn housekeeping(&self, expire: bool) {
+        let interval = Duration::from_secs(defaults::SUBSCRIPTION_COUNT_INTERVAL_SECS);
+        let owed = std::mem::take(&mut *self.dirty_counts.borrow_mut());
+        let now = self.shared.now();
+        for key in owed {
+            let state = self
+                .owned
+                .borrow()
+                .get(&key)
+                .map(|c| (c.count_dirty, c.count_sent));
+            match state {
+                Some((true, Some(sent))) if now.duration_since(sent) < interval => {
+                    self.dirty_counts.borrow_mut().push(key);
+                }
+                Some((true, _)) => {
+                    if let Some(ch) = self.owned.borrow_mut().get_mut(&key) {
+                        ch.count_dirty = false;
+                        ch.count_sent = None;
+                    }
+                    self.count_changed(&key);
+                }
+                _ => {}
+            }
+        }
+        if expire {
+            self.cache.borrow_mut().sweep(now);
+            let shared = self.shared.clone();
+            self.history.borrow_mut().expire(shared.now_ms(), |a| {
+                shared.apps().app(a).config.history_max_age
+            });
+        }
+        self.sweep_connections(now);
+        let m = self.metrics();
+        m.history_bytes.set(self.history.borrow().bytes() as u64);
+        m.cache_entries.set(self.cache.borrow().len() as u64);
+        self.flush();
     }
 
     fn on_unsubscribe(&self, key: ChanKey, conn: u64, from: usize, user_id: Option<Arc<str>>) {
@@ -1215,13 +1225,13 @@ impl Core {
         if key.name.is_cache() {
             self.cache
                 .borrow_mut()
-                .put(key, &frame, app.cache_ttl, Instant::now());
+                .put(key, &frame, app.cache_ttl, self.shared.now());
         }
         if app.history_size > 0 {
             self.history.borrow_mut().record(
                 key,
                 &frame,
-                now_ms(),
+                self.shared.now_ms(),
                 app.history_size,
                 app.history_max_age,
             );
@@ -1306,7 +1316,7 @@ impl Core {
             socket_id,
             user_id,
             event_name,
-            now_ms(),
+            self.shared.now_ms(),
         );
     }
 
