@@ -212,6 +212,7 @@ impl Conn {
             }),
             fd: -1,
             end_reason: Cell::new(None),
+            user_socket: false,
         }
     }
 
