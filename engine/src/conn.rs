@@ -212,7 +212,6 @@ impl Conn {
             }),
             fd: -1,
             end_reason: Cell::new(None),
-            user_socket: false,
         }
     }
 
