@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use ringcast_control_plane::webhook::Webhooks;
-use ringcast_control_plane::{ApiConfig, ApiServer, ControlPlane};
+use ringcast_control_plane::mgmt::{Management, RawManagementConfig};
+use ringcast_control_plane::{system_clock, ApiConfig, ApiServer, ControlPlane};
 use ringcast_engine::{Engine, HttpService, RawConfig};
 
 #[global_allocator]
@@ -33,6 +34,10 @@ struct Cli {
     /// Worker threads (one per core by default). Overrides `workers`.
     #[arg(long)]
     workers: Option<usize>,
+    /// Directory of the management store (apps and API tokens created through `/api`).
+    /// Overrides `[management] data_dir`; default `./ringcast-data`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,23 +49,17 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let mut raw = match &cli.config {
-        Some(path) => RawConfig::from_file(path)?,
-        None => RawConfig::default(),
-    };
-    if cli.listen.is_some() {
-        raw.listen = cli.listen.clone();
-    }
-    if cli.api_listen.is_some() {
-        raw.api_listen = cli.api_listen.clone();
-    }
-    if cli.workers.is_some() {
-        raw.workers = cli.workers;
-    }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let mut raw = read_config(&cli)?;
     let api_config = ApiConfig::from_table(raw.api.take()).map_err(anyhow::Error::msg)?;
+    let mgmt_config = RawManagementConfig::from_table(raw.management.take())
+        .map_err(anyhow::Error::msg)?
+        .resolve(
+            cli.data_dir.clone(),
+            std::env::var(ringcast_control_plane::mgmt::defaults::ADMIN_TOKEN_ENV).ok(),
+        );
     let config = raw.resolve(cores)?;
     let grace = config.shutdown_grace;
     let api_listen = config.api_listen;
@@ -74,6 +73,24 @@ fn main() -> anyhow::Result<()> {
     // --api-listen (the public port then answers only WebSocket upgrades and /health).
     let control_plane = ControlPlane::new(engine.handle(), api_config);
     control_plane.attach_webhooks(webhooks.clone());
+    // The management plane: opens the store (a corrupt one stops the start here), applies the
+    // stored apps next to the config file's, and serves /api and /dashboard.
+    let management: Option<Arc<Management>> = match mgmt_config {
+        Some(mc) => {
+            let dir = mc.data_dir.clone();
+            let started = Management::start(engine.handle(), mc, system_clock())
+                .with_context(|| format!("opening the management store in {}", dir.display()))?;
+            if let Some(t) = &started.generated_admin_token {
+                println!(
+                    "ringcast: generated the first admin API token (shown once, stored hashed in {}): {t}",
+                    started.management.store_path().display()
+                );
+            }
+            control_plane.attach_management(started.management.clone());
+            Some(started.management)
+        }
+        None => None,
+    };
     let api_server = match api_listen {
         Some(a) => Some(
             ApiServer::start(a, &control_plane, 1)
@@ -87,6 +104,13 @@ fn main() -> anyhow::Result<()> {
         Arc::new(control_plane.clone())
     };
     let running = engine.start(Some(http)).context("starting workers")?;
+    // Before the listening line: a SIGHUP sent as soon as it is printed must not kill us.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("installing signal handlers")?;
 
     println!(
         "ringcast: listening on {addr} (workers={}, driver={})",
@@ -98,12 +122,15 @@ fn main() -> anyhow::Result<()> {
     }
     std::io::stdout().flush().ok();
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("installing signal handlers")?;
-    let sig = signals.forever().next();
+    let mut sig = None;
+    for s in signals.forever() {
+        if s == signal_hook::consts::SIGHUP {
+            reload(&cli, cores, management.as_deref());
+            continue;
+        }
+        sig = Some(s);
+        break;
+    }
     tracing::info!(?sig, "shutting down: closing clients with 4200");
     // Watchdog: the process exits within the grace period plus a margin, whatever happens.
     std::thread::spawn(move || {
@@ -114,10 +141,60 @@ fn main() -> anyhow::Result<()> {
     if let Some(api) = api_server {
         api.shutdown();
     }
+    if let Some(m) = &management {
+        m.shutdown();
+    }
     running.shutdown_and_join();
     // After the engine: vacated/member_removed events of the closed connections are queued by
     // now; whatever cannot be sent is counted and logged with its body.
     webhooks.shutdown_graceful(Duration::from_secs(2));
     tracing::info!("bye");
     Ok(())
+}
+
+/// The config file (or the embedded default) with the command line's overrides.
+fn read_config(cli: &Cli) -> anyhow::Result<RawConfig> {
+    let mut raw = match &cli.config {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::default(),
+    };
+    if cli.listen.is_some() {
+        raw.listen = cli.listen.clone();
+    }
+    if cli.api_listen.is_some() {
+        raw.api_listen = cli.api_listen.clone();
+    }
+    if cli.workers.is_some() {
+        raw.workers = cli.workers;
+    }
+    Ok(raw)
+}
+
+/// SIGHUP: re-reads the config file and applies its apps the way a management change is
+/// applied (swap, closes). A file that does not parse or resolve is rejected with the reason
+/// logged, and the running config stays. Settings other than the apps need a restart.
+fn reload(cli: &Cli, cores: usize, management: Option<&Management>) {
+    let Some(path) = &cli.config else {
+        tracing::warn!("SIGHUP: no --config file to re-read");
+        return;
+    };
+    let Some(m) = management else {
+        tracing::warn!("SIGHUP: the management plane is disabled; apps cannot change at runtime");
+        return;
+    };
+    let apps = match read_config(cli).and_then(|raw| Ok(raw.resolve(cores)?)) {
+        Ok(c) => c.apps,
+        Err(e) => {
+            tracing::error!(file = %path.display(), "SIGHUP: config rejected, the old one stays: {e:#}");
+            return;
+        }
+    };
+    match m.reload_config_apps(apps) {
+        Ok(version) => tracing::info!(
+            file = %path.display(),
+            version,
+            "SIGHUP: config re-read and applied (apps; other settings need a restart)"
+        ),
+        Err(e) => tracing::error!(file = %path.display(), "SIGHUP: config rejected, the old one stays: {e}"),
+    }
 }

@@ -117,6 +117,9 @@ pub struct RawConfig {
     /// The `[api]` table: the HTTP API's own limits. Opaque to the engine; the control plane
     /// resolves and validates it.
     pub api: Option<toml::Table>,
+    /// The `[management]` table (data dir, admin token). Opaque to the engine; the control
+    /// plane resolves it.
+    pub management: Option<toml::Table>,
     #[serde(default)]
     pub apps: Vec<RawApp>,
 }
@@ -238,6 +241,9 @@ pub struct AppConfig {
     /// Further key/secret pairs besides (`key`, `secrets`) (created through the management
     /// API). Each connection remembers the key it connected with; revoking a key closes them.
     pub extra_keys: Vec<AppKey>,
+    /// Signs the app's webhooks when set (management API); otherwise the primary secret does,
+    /// as with Pusher.
+    pub webhook_secret: Option<String>,
 }
 
 /// An additional key of an app and the secret that signs for it.
@@ -379,7 +385,9 @@ impl RawConfig {
 }
 
 impl RawApp {
-    fn resolve(self) -> Result<AppConfig, ConfigError> {
+    /// Validates one app and fills its defaults (also used for apps created through the
+    /// management API).
+    pub fn resolve(self) -> Result<AppConfig, ConfigError> {
         if self.id.is_empty() || self.key.is_empty() {
             return err("every [[apps]] entry needs a non-empty id and key");
         }
@@ -434,6 +442,7 @@ impl RawApp {
         }
         Ok(AppConfig {
             extra_keys: Vec::new(),
+            webhook_secret: None,
             webhooks,
             webhook_retry_budget: Duration::from_secs(
                 self.webhook_retry_budget_secs
@@ -503,6 +512,7 @@ impl AppConfig {
             webhooks: Vec::new(),
             webhook_retry_budget: Duration::from_secs(defaults::WEBHOOK_RETRY_BUDGET_SECS),
             extra_keys: Vec::new(),
+            webhook_secret: None,
         }
     }
 

@@ -765,6 +765,14 @@ impl Core {
             n += 1;
         }
         self.metrics().deliveries.add(n);
+        if n > 0 {
+            self.shared
+                .apps()
+                .app(key.app)
+                .counters
+                .messages_out
+                .fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     fn on_sub_ack(&self, key: ChanKey, conn_id: u64, gen: u32, outcome: SubOutcome) {

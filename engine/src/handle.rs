@@ -101,6 +101,18 @@ fn same_app(a: &AppConfig, b: &AppConfig) -> bool {
     format!("{a:?}") == format!("{b:?}")
 }
 
+/// One app's live usage counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppUsage {
+    pub id: String,
+    pub idx: AppIdx,
+    pub connections: u64,
+    /// Frames received from the app's clients.
+    pub messages_in: u64,
+    /// Frames delivered to the app's clients (one per subscriber).
+    pub messages_out: u64,
+}
+
 #[derive(Clone)]
 pub struct EngineHandle {
     pub(crate) shared: Arc<Shared>,
@@ -152,6 +164,22 @@ impl EngineHandle {
             .collect()
     }
 
+    /// Usage counters of every live app: (id, connections now, messages in, messages out).
+    pub fn app_usage(&self) -> Vec<AppUsage> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shared
+            .apps()
+            .live()
+            .map(|a| AppUsage {
+                id: a.config.id.clone(),
+                idx: a.idx,
+                connections: a.connections.load(Relaxed) as u64,
+                messages_in: a.counters.messages_in.load(Relaxed),
+                messages_out: a.counters.messages_out.load(Relaxed),
+            })
+            .collect()
+    }
+
     /// Incremented by every [`set_apps`](Self::set_apps).
     pub fn apps_version(&self) -> u64 {
         self.shared.apps().version
@@ -178,6 +206,7 @@ impl EngineHandle {
                 idx: a.idx,
                 config: a.config.clone(),
                 connections: a.connections.clone(),
+                counters: a.counters.clone(),
                 deleted: a.deleted,
             })
             .collect();
@@ -213,6 +242,7 @@ impl EngineHandle {
                         idx: slots.len() as AppIdx,
                         config: Arc::new(cfg),
                         connections: Arc::new(AtomicU32::new(0)),
+                        counters: Arc::default(),
                         deleted: false,
                     });
                     keep.push(true);

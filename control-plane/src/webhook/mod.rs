@@ -84,6 +84,9 @@ pub(crate) struct AppHooks {
     pub wants: Vec<&'static str>,
     /// Index into `Shared::targets` for each of the app's targets.
     pub targets: Vec<usize>,
+    /// Deliveries answered with a 2xx, and failed attempts (usage).
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -95,9 +98,24 @@ pub(crate) struct Shared {
     pub shutdown: AtomicBool,
     next_id: AtomicU64,
     id_prefix: String,
+    /// app id -> (key, secret) that sign its webhooks now; set by the management plane.
+    signing: arc_swap::ArcSwap<HashMap<String, (String, String)>>,
 }
 
 impl Shared {
+    /// The key and secret that sign `app`'s webhooks now.
+    pub fn signing_for(&self, app: &AppConfig) -> (String, String) {
+        match self.signing.load().get(&app.id) {
+            Some((k, s)) => (k.clone(), s.clone()),
+            None => (
+                app.key.clone(),
+                app.webhook_secret
+                    .clone()
+                    .unwrap_or_else(|| app.primary_secret().to_owned()),
+            ),
+        }
+    }
+
     pub fn next_delivery_id(&self) -> String {
         format!("{}-{}", self.id_prefix, self.next_id.fetch_add(1, Relaxed))
     }
@@ -143,6 +161,8 @@ impl Webhooks {
                 config: a.clone(),
                 wants,
                 targets: idx,
+                delivered: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
             });
         }
         let shared = Arc::new(Shared {
@@ -158,6 +178,7 @@ impl Webhooks {
             shutdown: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             id_prefix: format!("{:x}", now_ms()),
+            signing: arc_swap::ArcSwap::from_pointee(HashMap::new()),
         });
         let (tx, rx) = sync_channel(defaults::WEBHOOK_QUEUE_CAPACITY);
         let mut threads = Vec::new();
@@ -189,6 +210,37 @@ impl Webhooks {
     /// The observer to hand to `Engine::bind`.
     pub fn observer(self: &Arc<Self>) -> Arc<dyn EngineObserver> {
         Arc::new(Observer(self.clone()))
+    }
+
+    /// Signs webhooks with these apps' current credentials from now on (the app's
+    /// `webhook_secret` when set, else its primary secret).
+    pub fn update_signing(&self, apps: &[AppConfig]) {
+        let map = apps
+            .iter()
+            .map(|a| {
+                let secret = a
+                    .webhook_secret
+                    .clone()
+                    .unwrap_or_else(|| a.primary_secret().to_owned());
+                (a.id.clone(), (a.key.clone(), secret))
+            })
+            .collect();
+        self.shared.signing.store(Arc::new(map));
+    }
+
+    /// Per app id: (deliveries answered 2xx, failed attempts).
+    pub fn per_app_outcomes(&self) -> Vec<(String, u64, u64)> {
+        self.shared
+            .apps
+            .iter()
+            .map(|a| {
+                (
+                    a.config.id.clone(),
+                    a.delivered.load(Relaxed),
+                    a.failed.load(Relaxed),
+                )
+            })
+            .collect()
     }
 
     pub fn stats(&self) -> &WebhookStats {
