@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use ringcast_control_plane::webhook::Webhooks;
 use ringcast_control_plane::mgmt::{Management, RawManagementConfig};
+use ringcast_control_plane::webhook::Webhooks;
 use ringcast_control_plane::{system_clock, ApiConfig, ApiServer, ControlPlane};
 use ringcast_engine::{Engine, HttpService, RawConfig};
 
@@ -195,6 +195,8 @@ fn reload(cli: &Cli, cores: usize, management: Option<&Management>) {
             version,
             "SIGHUP: config re-read and applied (apps; other settings need a restart)"
         ),
-        Err(e) => tracing::error!(file = %path.display(), "SIGHUP: config rejected, the old one stays: {e}"),
+        Err(e) => {
+            tracing::error!(file = %path.display(), "SIGHUP: config rejected, the old one stays: {e}")
+        }
     }
 }

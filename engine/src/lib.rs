@@ -38,7 +38,9 @@ pub use crate::config::{
     defaults, AppConfig, AppKey, Config, ConfigError, RawApp, RawConfig, RawWebhook, WebhookTarget,
     WEBHOOK_EVENT_TYPES,
 };
-pub use crate::handle::{validate_apps, AppUsage, AppsUpdate, EngineError, EngineHandle, Publish, Stats};
+pub use crate::handle::{
+    validate_apps, AppUsage, AppsUpdate, EngineError, EngineHandle, Publish, Stats,
+};
 pub use crate::history::{HistoryEvent, HistoryQuery};
 pub use crate::metrics::{CloseReason, MetricsSnapshot};
 pub use crate::msg::{AppIdx, ChannelCounts, ChannelSummary, PresenceUser};

@@ -104,9 +104,11 @@ fn only(body: &Map<String, Value>, allowed: &[&str]) -> Result<(), MgmtError> {
 }
 
 fn method_not_allowed(allow: &'static str) -> R {
-    Ok(MgmtError::new(405, "method_not_allowed", format!("allowed: {allow}"))
-        .to_response()
-        .header("allow", allow))
+    Ok(
+        MgmtError::new(405, "method_not_allowed", format!("allowed: {allow}"))
+            .to_response()
+            .header("allow", allow),
+    )
 }
 
 async fn route(api: &Api, m: &Arc<Management>, req: &Request) -> R {
@@ -187,7 +189,12 @@ fn ctx_for(m: &Management, t: &TokenRecord, s: Scope, id: &str) -> Result<Ctx, M
 }
 
 /// An app as the API shows it. Secrets only with `secrets:manage`.
-fn app_view(cfg: &AppConfig, managed: Option<&ManagedApp>, secrets: bool, connections: u64) -> Value {
+fn app_view(
+    cfg: &AppConfig,
+    managed: Option<&ManagedApp>,
+    secrets: bool,
+    connections: u64,
+) -> Value {
     let keys: Vec<Value> = cfg
         .credentials()
         .map(|(k, s)| {
@@ -259,7 +266,12 @@ async fn get_app(m: &Arc<Management>, t: &TokenRecord, id: &str) -> R {
     let managed = m.call(move |st| st.app(&key).cloned()).await?;
     Ok(Response::json(
         200,
-        &app_view(&cfg, managed.as_ref(), t.has(Scope::SecretsManage), connections_of(m, id)),
+        &app_view(
+            &cfg,
+            managed.as_ref(),
+            t.has(Scope::SecretsManage),
+            connections_of(m, id),
+        ),
     ))
 }
 
@@ -271,7 +283,12 @@ fn applied(m: &Management, t: &TokenRecord, app: &ManagedApp, status: u16) -> R 
         .ok_or_else(|| MgmtError::conflict("the app was stored but another change hid it"))?;
     Ok(Response::json(
         status,
-        &app_view(&cfg, Some(app), t.has(Scope::SecretsManage), connections_of(m, &app.id)),
+        &app_view(
+            &cfg,
+            Some(app),
+            t.has(Scope::SecretsManage),
+            connections_of(m, &app.id),
+        ),
     ))
 }
 
@@ -306,8 +323,7 @@ async fn create_app(m: &Arc<Management>, t: &TokenRecord, req: &Request) -> R {
                 Some(id) => id,
                 // Numeric ids, as the Python SDK requires.
                 None => loop {
-                    let n = u32::from_str_radix(&token::random_hex(4)?, 16)
-                        .unwrap_or(1)
+                    let n = u32::from_str_radix(&token::random_hex(4)?, 16).unwrap_or(1)
                         % 900_000_000
                         + 100_000_000;
                     let id = n.to_string();
@@ -414,7 +430,9 @@ async fn revoke_key(m: &Arc<Management>, t: &TokenRecord, id: &str, key: String)
         let before = app.keys.len();
         app.keys.retain(|k| k.key != key);
         if app.keys.len() == before {
-            return Err(MgmtError::not_found(format!("app {id:?} has no key {key:?}")));
+            return Err(MgmtError::not_found(format!(
+                "app {id:?} has no key {key:?}"
+            )));
         }
         if app.keys.is_empty() {
             return Err(MgmtError::conflict(
@@ -475,7 +493,10 @@ async fn debug_trigger(m: &Arc<Management>, t: &TokenRecord, id: &str, req: &Req
             ..MgmtError::new(
                 413,
                 "payload_too_large",
-                format!("data is larger than the app's max_event_bytes ({})", app.max_event_bytes),
+                format!(
+                    "data is larger than the app's max_event_bytes ({})",
+                    app.max_event_bytes
+                ),
             )
         });
     }
@@ -616,7 +637,10 @@ async fn list_tokens(m: &Arc<Management>, t: &TokenRecord) -> R {
 async fn create_token(m: &Arc<Management>, t: &TokenRecord, req: &Request) -> R {
     need(t, Scope::TokensManage)?;
     let b = body(req)?;
-    only(&b, &["name", "scopes", "expires_in_secs", "expires_at", "app"])?;
+    only(
+        &b,
+        &["name", "scopes", "expires_in_secs", "expires_at", "app"],
+    )?;
     let name = match b.get("name") {
         None => String::new(),
         Some(Value::String(s)) if s.len() <= MAX_TOKEN_NAME => s.clone(),
@@ -667,9 +691,7 @@ async fn create_token(m: &Arc<Management>, t: &TokenRecord, req: &Request) -> R 
         (Some(v), None) => Some(
             v.as_u64()
                 .filter(|s| *s > 0 && *s <= 10 * 365 * 86_400)
-                .ok_or_else(|| {
-                    MgmtError::field("expires_in_secs", "seconds, 1 to 10 years")
-                })?
+                .ok_or_else(|| MgmtError::field("expires_in_secs", "seconds, 1 to 10 years"))?
                 + now,
         ),
         (None, Some(v)) => Some(
@@ -716,7 +738,11 @@ async fn revoke_token(m: &Arc<Management>, t: &TokenRecord, id: &str) -> R {
     let restrict = t.app.clone();
     m.call(move |st| -> Result<(), MgmtError> {
         if let Some(a) = &restrict {
-            if st.tokens().iter().any(|x| x.id == id && x.app.as_ref() != Some(a)) {
+            if st
+                .tokens()
+                .iter()
+                .any(|x| x.id == id && x.app.as_ref() != Some(a))
+            {
                 return Err(MgmtError::forbidden("the token belongs to another app"));
             }
         }

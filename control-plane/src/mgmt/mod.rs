@@ -147,8 +147,14 @@ impl Management {
         let mut tokens = contents.tokens;
         let mut generated = None;
         if bootstrap.is_none() && tokens.is_empty() {
-            let t = token::generate("admin (generated at first start)".into(), Scope::ALL.to_vec(), None, None, now)
-                .map_err(|e| StoreError(e.message))?;
+            let t = token::generate(
+                "admin (generated at first start)".into(),
+                Scope::ALL.to_vec(),
+                None,
+                None,
+                now,
+            )
+            .map_err(|e| StoreError(e.message))?;
             store.put_token(&t.record)?;
             tokens.push(t.record);
             generated = Some(t.token);
@@ -164,7 +170,11 @@ impl Management {
         });
         let mut state = State {
             store,
-            apps: contents.apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
+            apps: contents
+                .apps
+                .into_iter()
+                .map(|a| (a.id.clone(), a))
+                .collect(),
             config_apps,
             tokens,
             bootstrap,
@@ -241,7 +251,11 @@ impl Management {
             None => false,
         };
         if !sent {
-            return Err(MgmtError::new(503, "stopped", "the management plane is stopped"));
+            return Err(MgmtError::new(
+                503,
+                "stopped",
+                "the management plane is stopped",
+            ));
         }
         rx.await
             .map_err(|_| MgmtError::new(503, "stopped", "the management plane is stopped"))
@@ -261,7 +275,11 @@ impl Management {
             None => false,
         };
         if !sent {
-            return Err(MgmtError::new(503, "stopped", "the management plane is stopped"));
+            return Err(MgmtError::new(
+                503,
+                "stopped",
+                "the management plane is stopped",
+            ));
         }
         rx.recv()
             .map_err(|_| MgmtError::new(503, "stopped", "the management plane is stopped"))
@@ -330,15 +348,15 @@ impl State {
 
     /// The full app set: config apps, then stored apps whose id and keys do not meet a config
     /// app (the config file wins; the hidden ones are logged).
-    fn desired(&self, candidate: &BTreeMap<String, ManagedApp>) -> Result<Vec<AppConfig>, MgmtError> {
+    fn desired(
+        &self,
+        candidate: &BTreeMap<String, ManagedApp>,
+    ) -> Result<Vec<AppConfig>, MgmtError> {
         let mut all = self.config_apps.clone();
         for a in candidate.values() {
             let cfg = a.to_config()?;
             let clash = self.config_apps.iter().any(|c| {
-                c.id == cfg.id
-                    || cfg
-                        .credentials()
-                        .any(|(k, _)| c.secrets_for(k).is_some())
+                c.id == cfg.id || cfg.credentials().any(|(k, _)| c.secrets_for(k).is_some())
             });
             if clash {
                 tracing::warn!(app = %a.id, "stored app hidden: the config file has an app with its id or key");
@@ -428,7 +446,11 @@ impl State {
             .unwrap_or_default();
         let (store, contents) = Store::open(&dir).map_err(MgmtError::store)?;
         self.store = store;
-        self.apps = contents.apps.into_iter().map(|a| (a.id.clone(), a)).collect();
+        self.apps = contents
+            .apps
+            .into_iter()
+            .map(|a| (a.id.clone(), a))
+            .collect();
         self.tokens = contents.tokens;
         self.publish_tokens();
         self.publish(None)

@@ -128,9 +128,8 @@ pub fn validate_setting(name: &str, value: &Value) -> Result<(), MgmtError> {
             let p = p.as_str().unwrap_or("");
             let ok = !p.is_empty()
                 && p.len() <= 200
-                && p.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || b"_-=@,.;*#".contains(&b)
-                });
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-=@,.;*#".contains(&b));
             if !ok {
                 return Err(MgmtError::field(
                     format!("server_auth_channels[{i}]"),
@@ -243,8 +242,16 @@ mod tests {
             ("max_connections", json!(-1), "max_connections"),
             ("event_prefix", json!("other"), "event_prefix"),
             ("webhooks", json!([{"url": "ftp://x"}]), "webhooks"),
-            ("webhooks", json!([{"url": "http://x", "oops": 1}]), "webhooks"),
-            ("server_auth_channels", json!(["ok-*", "bad channel"]), "server_auth_channels[1]"),
+            (
+                "webhooks",
+                json!([{"url": "http://x", "oops": 1}]),
+                "webhooks",
+            ),
+            (
+                "server_auth_channels",
+                json!(["ok-*", "bad channel"]),
+                "server_auth_channels[1]",
+            ),
         ];
         for (k, v, field) in cases {
             let e = validate_setting(k, &v).unwrap_err();

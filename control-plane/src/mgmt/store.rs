@@ -123,9 +123,10 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (id, doc) = ctx(&what, row)?;
-            out.push(serde_json::from_str(&doc).map_err(|e| {
-                StoreError(format!("{what}: row {id:?} is unreadable: {e}"))
-            })?);
+            out.push(
+                serde_json::from_str(&doc)
+                    .map_err(|e| StoreError(format!("{what}: row {id:?} is unreadable: {e}")))?,
+            );
         }
         Ok(out)
     }
