@@ -355,7 +355,7 @@ async fn handshake(
             svc.serve(stream, head_buf).await;
         } else {
             let resp = if head.method == "GET" && head.path == "/health" {
-                http_json(200, "{\"ok\":true}")
+                health_response(&core)
             } else {
                 http_json(404, "{\"error\":\"not found\",\"code\":\"not_found\"}")
             };
@@ -1157,6 +1157,24 @@ fn cleanup(core: &Core, conn: &Conn) {
     core.flush();
 }
 
+/// The engine's own `/health` (no control plane installed): 503 while shutting down or when a
+/// core has stopped.
+fn health_response(core: &Core) -> Vec<u8> {
+    let stopped = core.shared.stopped_cores();
+    if core
+        .shared
+        .shutdown
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        http_json(503, "{\"ok\":false,\"shutting_down\":true}")
+    } else if !stopped.is_empty() {
+        let body = serde_json::json!({"ok": false, "stopped_cores": stopped}).to_string();
+        http_json(503, &body)
+    } else {
+        http_json(200, "{\"ok\":true}")
+    }
+}
+
 fn http_response(status: u16, msg: &str) -> Vec<u8> {
     let body = format!(
         "{{\"error\":{},\"code\":\"{}\"}}",
@@ -1173,6 +1191,7 @@ fn http_json(status: u16, body: &str) -> Vec<u8> {
         404 => "Not Found",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
         _ => "Error",
     };
     format!(

@@ -350,6 +350,7 @@ impl Core {
                 let _ = reply.send(self.history.borrow().query(app, &query));
             }
             Command::Shutdown => return true,
+            Command::InjectPanic => panic!("injected panic on core {} (test hook)", self.idx),
         }
         false
     }

@@ -556,6 +556,31 @@ impl EngineHandle {
         })
     }
 
+    /// Cores whose worker has stopped (after a shutdown, eventually all of them). Under the
+    /// engine's panic policy (a panic in any task on a core aborts the process) this stays
+    /// empty unless a worker ends otherwise (e.g. its listener could not be registered), but
+    /// `/health` reports it whatever the cause: a stopped core leaves its connections and the
+    /// channels it owns unserved.
+    pub fn stopped_cores(&self) -> Vec<usize> {
+        self.shared.stopped_cores()
+    }
+
+    /// Test hook: makes core `core` panic inside its mesh task.
+    #[doc(hidden)]
+    pub fn inject_panic(&self, core: usize) -> Result<(), EngineError> {
+        self.send_to(core, Command::InjectPanic)
+    }
+
+    /// Test hook: with `false`, a panicking core stops (and is reported by `/health`) instead
+    /// of aborting the process. Never use this in production: a stopped core's connections
+    /// and owned channels are left unserved.
+    #[doc(hidden)]
+    pub fn set_abort_on_panic(&self, abort: bool) {
+        self.shared
+            .abort_on_panic
+            .store(abort, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// True once a graceful shutdown has begun (health checks answer 503 from then on).
     pub fn is_shutting_down(&self) -> bool {
         self.shared

@@ -160,4 +160,6 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Vec<crate::history::HistoryEvent>>,
     },
     Shutdown,
+    /// Test hook: the core panics while handling this (proves the panic policy).
+    InjectPanic,
 }

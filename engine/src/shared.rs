@@ -141,6 +141,11 @@ pub(crate) struct Shared {
     pub mesh: Arc<MeshShared>,
     pub observer: Option<Arc<dyn EngineObserver>>,
     pub shutdown: AtomicBool,
+    /// Per core: its worker has stopped (returned or panicked). `/health` reports these.
+    pub core_stopped: Box<[AtomicBool]>,
+    /// Panic policy: abort the process when a task on a core panics (the default). Only a test
+    /// hook turns this off, to observe a stopped core (`EngineHandle::set_abort_on_panic`).
+    pub abort_on_panic: AtomicBool,
     pub http: std::sync::OnceLock<Arc<dyn crate::HttpService>>,
     /// Keyed channel placement, shared by every core of the process (so all agree on owners).
     placement: Placement,
@@ -198,18 +203,31 @@ impl Shared {
                 deleted: false,
             })
             .collect();
+        let workers = config.workers;
         let apps = ArcSwap::from_pointee(AppsTable::build(apps, 0));
         Shared {
-            metrics: Metrics::new(config.workers),
+            metrics: Metrics::new(workers),
             config,
             apps,
             apps_writer: std::sync::Mutex::new(()),
             mesh,
             observer,
             shutdown: AtomicBool::new(false),
+            core_stopped: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            abort_on_panic: AtomicBool::new(true),
             http: std::sync::OnceLock::new(),
             placement,
         }
+    }
+
+    /// Cores whose worker has stopped, in order.
+    pub fn stopped_cores(&self) -> Vec<usize> {
+        self.core_stopped
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.load(std::sync::atomic::Ordering::Acquire))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// The current apps table: a lock-free load (no reference-count write in the common case).

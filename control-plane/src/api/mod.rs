@@ -231,7 +231,17 @@ impl Api {
                 503,
                 &json!({"ok": false, "shutting_down": true}),
             )),
-            (Route::Health, _) => Ok(Response::json(200, &json!({"ok": true}))),
+            (Route::Health, _) => {
+                let stopped = self.engine.stopped_cores();
+                if stopped.is_empty() {
+                    Ok(Response::json(200, &json!({"ok": true})))
+                } else {
+                    Ok(Response::json(
+                        503,
+                        &json!({"ok": false, "stopped_cores": stopped}),
+                    ))
+                }
+            }
             (Route::Stats, _) => Ok(Response::json(200, &stats::render(&self.engine.stats()))),
             (Route::Metrics, _) => Ok(self.metrics_response()),
             (Route::TerminateConnections { app: None, user }, _) => {
