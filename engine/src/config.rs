@@ -214,7 +214,7 @@ pub struct Config {
 }
 
 /// One resolved app.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppConfig {
     pub id: String,
     pub key: String,

@@ -96,11 +96,6 @@ pub fn validate_apps(apps: &[AppConfig]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Whether two configs are the same in every field the engine reads.
-fn same_app(a: &AppConfig, b: &AppConfig) -> bool {
-    format!("{a:?}") == format!("{b:?}")
-}
-
 /// One app's live usage counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppUsage {
@@ -191,6 +186,8 @@ impl EngineHandle {
     /// a removed key the connections that used it with 4001. An app keeps its index for the
     /// life of the process (matched by id); a deleted app leaves a tombstone; new apps append.
     /// Nothing is applied when `apps` is invalid (duplicate ids or keys, empty id/key/secret).
+    /// Writers are serialized; the call may wait briefly for a full injection queue, so call it
+    /// from a control thread, never from an engine core.
     pub fn set_apps(&self, apps: Vec<AppConfig>) -> Result<AppsUpdate, ConfigError> {
         validate_apps(&apps)?;
         let _writer = self
@@ -231,7 +228,7 @@ impl EngineHandle {
                             ));
                         }
                     }
-                    if !same_app(&prev.config, &cfg) {
+                    if *prev.config != cfg {
                         update.changed.push(cfg.id.clone());
                     }
                     slots[i].config = Arc::new(cfg);
