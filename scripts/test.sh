@@ -38,6 +38,8 @@ JS_TESTS=(
   webhooks.test.mjs
   management.test.mjs
   dashboard.test.mjs
+  lattestream.test.mjs
+  activity.test.mjs
 )
 # Files that need a feature not built yet (run only with RINGCAST_REST_TESTS=1). None now.
 JS_TESTS_NEED_REST=()

@@ -49,6 +49,16 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Signal handlers first, before anything can report readiness: a SIGINT/SIGTERM that
+    // arrives at any point from here on is queued and handled as a graceful shutdown (4200),
+    // never the default action that kills the process and drops its clients (1006); a SIGHUP
+    // is queued and handled (config re-read) once the server runs.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("installing signal handlers")?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -104,13 +114,6 @@ fn main() -> anyhow::Result<()> {
         Arc::new(control_plane.clone())
     };
     let running = engine.start(Some(http)).context("starting workers")?;
-    // Before the listening line: a SIGHUP sent as soon as it is printed must not kill us.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ])
-    .context("installing signal handlers")?;
 
     println!(
         "ringcast: listening on {addr} (workers={}, driver={})",

@@ -36,6 +36,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod mgmt;
+pub mod ratelimit;
 pub mod service;
 pub mod stats;
 pub mod webhook;

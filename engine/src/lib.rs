@@ -21,6 +21,7 @@
 //! Cores share nothing but the mesh: tasks are `!Send`, each core owns its connections and
 //! the channels hashed to it. See docs/ARCHITECTURE.md for the full data path.
 
+mod activity;
 mod cache;
 mod config;
 mod conn;
@@ -33,13 +34,14 @@ mod msg;
 mod server;
 mod shared;
 
+pub use crate::activity::{ActivityKind, ActivityQuery, ActivityRecord};
 pub use crate::cache::CachedEvent;
 pub use crate::config::{
-    defaults, AppConfig, AppKey, Config, ConfigError, RawApp, RawConfig, RawWebhook, WebhookTarget,
-    WEBHOOK_EVENT_TYPES,
+    defaults, AppConfig, AppKey, Config, ConfigError, RateLimit, RawApp, RawConfig, RawRateLimit,
+    RawWebhook, WebhookTarget, RATE_LIMIT_ENDPOINTS, WEBHOOK_EVENT_TYPES,
 };
 pub use crate::handle::{
-    validate_apps, AppUsage, AppsUpdate, EngineError, EngineHandle, Publish, Stats,
+    validate_apps, AppUsage, AppsUpdate, CoreStall, EngineError, EngineHandle, Publish, Stats,
 };
 pub use crate::history::{HistoryEvent, HistoryQuery};
 pub use crate::metrics::{CloseReason, MetricsSnapshot};
