@@ -85,16 +85,18 @@ fn main() -> anyhow::Result<()> {
     control_plane.attach_webhooks(webhooks.clone());
     // The management plane: opens the store (a corrupt one stops the start here), applies the
     // stored apps next to the config file's, and serves /api and /dashboard.
+    let mut generated_token = None;
     let management: Option<Arc<Management>> = match mgmt_config {
         Some(mc) => {
             let dir = mc.data_dir.clone();
             let started = Management::start(engine.handle(), mc, system_clock())
                 .with_context(|| format!("opening the management store in {}", dir.display()))?;
             if let Some(t) = &started.generated_admin_token {
-                println!(
+                // Printed after the listening line (which stays the first line of stdout).
+                generated_token = Some(format!(
                     "ringcast: generated the first admin API token (shown once, stored hashed in {}): {t}",
                     started.management.store_path().display()
-                );
+                ));
             }
             control_plane.attach_management(started.management.clone());
             Some(started.management)
@@ -122,6 +124,9 @@ fn main() -> anyhow::Result<()> {
     );
     if let Some(api) = &api_server {
         println!("ringcast: HTTP API on {} (api_listen)", api.local_addr());
+    }
+    if let Some(line) = generated_token {
+        println!("{line}");
     }
     std::io::stdout().flush().ok();
 

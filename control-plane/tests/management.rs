@@ -24,14 +24,30 @@ struct Mgmt {
     dir: PathBuf,
 }
 
-fn tmp_dir(name: &str) -> PathBuf {
+/// A temp data dir, removed when the test ends.
+struct TmpDir(PathBuf);
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for TmpDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+fn tmp_dir(name: &str) -> TmpDir {
     let d = std::env::temp_dir().join(format!(
         "ringcast-mgmt-{name}-{}-{}",
         std::process::id(),
         now()
     ));
     let _ = std::fs::remove_dir_all(&d);
-    d
+    TmpDir(d)
 }
 
 impl Mgmt {
@@ -146,7 +162,8 @@ fn event_body(channel: &str) -> String {
 
 #[test]
 fn missing_or_bad_token_is_401_and_missing_scope_403_with_json_errors() {
-    let s = Mgmt::start(&tmp_dir("scopes"));
+    let tmp = tmp_dir("scopes");
+    let s = Mgmt::start(&tmp);
     let (app, _, _) = s.create_app(json!({"id": "scoped"}));
     // Every endpoint with the scope it needs.
     let endpoints: Vec<(&str, String, Option<Value>, &str)> = vec![
@@ -298,7 +315,8 @@ fn missing_or_bad_token_is_401_and_missing_scope_403_with_json_errors() {
 
 #[test]
 fn a_created_app_accepts_connections_and_signed_triggers_at_once() {
-    let s = Mgmt::start(&tmp_dir("create"));
+    let tmp = tmp_dir("create");
+    let s = Mgmt::start(&tmp);
     let (id, key, secret) = s.create_app(json!({"name": "chat", "client_events": true}));
     assert!(
         id.bytes().all(|b| b.is_ascii_digit()),
@@ -335,7 +353,8 @@ fn a_created_app_accepts_connections_and_signed_triggers_at_once() {
 
 #[test]
 fn disabling_deleting_and_lowering_limits_apply_at_once() {
-    let s = Mgmt::start(&tmp_dir("disable"));
+    let tmp = tmp_dir("disable");
+    let s = Mgmt::start(&tmp);
     let (id, key, secret) = s.create_app(json!({"id": "d1"}));
     let mut c = Client::connect(s.addr, &key);
     s.ok("PUT", "/api/apps/d1", Some(json!({"enabled": false})));
@@ -361,7 +380,8 @@ fn disabling_deleting_and_lowering_limits_apply_at_once() {
 
 #[test]
 fn revoking_a_key_closes_its_connections_and_stops_its_signatures_at_once() {
-    let s = Mgmt::start(&tmp_dir("revoke"));
+    let tmp = tmp_dir("revoke");
+    let s = Mgmt::start(&tmp);
     let (id, k1, s1) = s.create_app(json!({}));
     let v = s.ok("POST", &format!("/api/apps/{id}/keys"), None);
     let (k2, s2) = (
@@ -383,7 +403,8 @@ fn revoking_a_key_closes_its_connections_and_stops_its_signatures_at_once() {
 
 #[test]
 fn secrets_are_shown_only_with_secrets_manage() {
-    let s = Mgmt::start(&tmp_dir("secrets"));
+    let tmp = tmp_dir("secrets");
+    let s = Mgmt::start(&tmp);
     let (id, _, secret) = s.create_app(json!({}));
     let reader = s.token(&["apps:read"], None);
     let v = s
@@ -406,7 +427,8 @@ fn secrets_are_shown_only_with_secrets_manage() {
 
 #[test]
 fn tokens_expire_are_revoked_at_once_and_app_restrictions_hold() {
-    let s = Mgmt::start(&tmp_dir("tokens"));
+    let tmp = tmp_dir("tokens");
+    let s = Mgmt::start(&tmp);
     let (a, _, _) = s.create_app(json!({"id": "ta"}));
     let (b, _, _) = s.create_app(json!({"id": "tb"}));
     let v = s.ok(
@@ -466,7 +488,8 @@ fn tokens_expire_are_revoked_at_once_and_app_restrictions_hold() {
 
 #[test]
 fn an_events_trigger_token_publishes_through_the_app_http_api() {
-    let s = Mgmt::start(&tmp_dir("bearer"));
+    let tmp = tmp_dir("bearer");
+    let s = Mgmt::start(&tmp);
     let (id, key, _) = s.create_app(json!({}));
     let trigger = s.token(&["events:trigger"], Some(&id));
     let reader = s.token(&["apps:read"], None);
@@ -504,8 +527,8 @@ fn an_events_trigger_token_publishes_through_the_app_http_api() {
 
 #[test]
 fn apps_keys_and_tokens_survive_a_restart() {
-    let dir = tmp_dir("restart");
-    let s = Mgmt::start(&dir);
+    let tmp = tmp_dir("restart");
+    let s = Mgmt::start(&tmp);
     let (id, key, secret) =
         s.create_app(json!({"id": "keep", "name": "kept", "max_connections": 7}));
     let v = s.ok("POST", "/api/apps/keep/keys", None);
@@ -549,7 +572,7 @@ fn apps_keys_and_tokens_survive_a_restart() {
 #[test]
 fn a_corrupt_store_stops_the_start_with_a_clear_error() {
     let dir = tmp_dir("corrupt");
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&*dir).unwrap();
     std::fs::write(dir.join("ringcast.db"), vec![7u8; 4096]).unwrap();
     let raw = RawConfig::from_toml("").unwrap();
     let engine = Engine::bind(
@@ -564,7 +587,7 @@ fn a_corrupt_store_stops_the_start_with_a_clear_error() {
     let err = Management::start(
         engine.handle(),
         ManagementConfig {
-            data_dir: dir.clone(),
+            data_dir: dir.to_path_buf(),
             admin_token: None,
         },
         ringcast_control_plane::system_clock(),
@@ -576,7 +599,8 @@ fn a_corrupt_store_stops_the_start_with_a_clear_error() {
 
 #[test]
 fn concurrent_updates_from_several_clients_all_apply() {
-    let s = Arc::new(Mgmt::start(&tmp_dir("concurrent")));
+    let tmp = tmp_dir("concurrent");
+    let s = Arc::new(Mgmt::start(&tmp));
     s.create_app(json!({"id": "shared"}));
     let threads: Vec<_> = (0..8)
         .map(|i| {
@@ -618,7 +642,8 @@ fn concurrent_updates_from_several_clients_all_apply() {
 
 #[test]
 fn bad_input_is_a_4xx_naming_the_field_and_nothing_is_half_applied() {
-    let s = Mgmt::start(&tmp_dir("bad"));
+    let tmp = tmp_dir("bad");
+    let s = Mgmt::start(&tmp);
     s.create_app(json!({"id": "b1", "name": "before"}));
     let before = s.ok("GET", "/api/apps/b1", None);
     let cases: Vec<(&str, &str, Value, u16, Option<&str>)> = vec![
@@ -735,7 +760,8 @@ fn config_apps_are_read_only_and_the_listener_hears_changes() {
             self.0.lock().unwrap().push(format!("{c:?}@{v}"));
         }
     }
-    let s = Mgmt::start(&tmp_dir("listener"));
+    let tmp = tmp_dir("listener");
+    let s = Mgmt::start(&tmp);
     let rec = Arc::new(Rec(Default::default()));
     s.mgmt.set_listener(rec.clone());
     s.admin("DELETE", "/api/apps/small", None)
