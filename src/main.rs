@@ -117,17 +117,24 @@ fn main() -> anyhow::Result<()> {
     };
     let running = engine.start(Some(http)).context("starting workers")?;
 
-    println!(
-        "ringcast: listening on {addr} (workers={}, driver={})",
+    // One write: the listening line first, then the API address and a generated admin token,
+    // so a reader that sees the listening line already has the rest.
+    let mut ready = format!(
+        "ringcast: listening on {addr} (workers={}, driver={})\n",
         running.workers(),
         running.driver()
     );
     if let Some(api) = &api_server {
-        println!("ringcast: HTTP API on {} (api_listen)", api.local_addr());
+        ready.push_str(&format!(
+            "ringcast: HTTP API on {} (api_listen)\n",
+            api.local_addr()
+        ));
     }
     if let Some(line) = generated_token {
-        println!("{line}");
+        ready.push_str(&line);
+        ready.push('\n');
     }
+    std::io::stdout().lock().write_all(ready.as_bytes()).ok();
     std::io::stdout().flush().ok();
 
     let mut sig = None;

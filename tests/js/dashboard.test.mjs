@@ -75,7 +75,12 @@ describe('dashboard (headless chromium)', { timeout: 120_000 }, () => {
   });
 
   it('signs in, shows a pusher-js connection, triggers from the console, redelivers a failed webhook', async () => {
-    const token = /admin API token[^:]*: (rc_[0-9a-f]{64})/.exec(server.logs())?.[1];
+    // Printed once, right after the listening line.
+    let token;
+    for (let i = 0; i < 500 && !token; i++) {
+      token = /admin API token[^:]*: (rc_[0-9a-f]{64})/.exec(server.logs())?.[1];
+      if (!token) await new Promise((r) => setTimeout(r, 20));
+    }
     assert.ok(token, server.logs());
     // Only 127.0.0.1 is ever requested by the page.
     const foreign = [];

@@ -14,8 +14,9 @@ import { closeAllClients, connectedClient, serverSdk, subscribed, uniq, waitForE
 const WAIT_MS = 10_000;
 const TOKEN_RE = /admin API token[^:]*: (rc_[0-9a-f]{64})/;
 
-function adminToken(server) {
-  const m = TOKEN_RE.exec(server.logs());
+/** The admin token the server printed at first start (after its listening line). */
+async function adminToken(server) {
+  const m = await until('the generated admin token line', () => TOKEN_RE.exec(server.logs())).catch(() => null);
   assert.ok(m, `no generated admin token in the output:\n${server.logs()}`);
   return m[1];
 }
@@ -62,7 +63,7 @@ describe('management API', () => {
     const dataDir = tempDir();
     let server = await startServer({ args: ['--data-dir', dataDir] });
     servers.push(server);
-    const token = adminToken(server);
+    const token = await adminToken(server);
 
     const created = await api(server, token, 'POST', '/api/apps', { name: 'js', client_events: true });
     assert.equal(created.status, 201, JSON.stringify(created.body));
@@ -103,7 +104,7 @@ describe('management API', () => {
     writeFileSync(cfg, appToml(first));
     const server = await startServer({ args: ['--config', cfg, '--data-dir', path.join(dir, 'data')] });
     servers.push(server);
-    const token = adminToken(server);
+    const token = await adminToken(server);
     const ids = async () => (await api(server, token, 'GET', '/api/apps')).body.apps.map((a) => a.id);
     assert.deepEqual(await ids(), ['1']);
 
