@@ -56,11 +56,13 @@ impl Mgmt {
         raw.listen = Some("127.0.0.1:0".into());
         raw.workers = Some(2);
         let config = raw.resolve(2).unwrap();
-        let engine = Engine::bind(config, None).expect("bind");
+        let webhooks = ringcast_control_plane::webhook::Webhooks::start(&config.apps);
+        let engine = Engine::bind(config, Some(webhooks.observer())).expect("bind");
         let addr = engine.local_addr();
         let clock = Arc::new(AtomicU64::new(now()));
         let c = clock.clone();
         let cp = ControlPlane::new(engine.handle(), ApiConfig::default());
+        cp.attach_webhooks(webhooks);
         let started = Management::start(
             engine.handle(),
             ManagementConfig {
@@ -136,6 +138,22 @@ impl Mgmt {
             &[],
             body.as_bytes(),
         )
+    }
+
+    /// Polls a GET (bounded) until `f` holds for its JSON.
+    fn eventually_ok(&self, path: &str, f: impl Fn(&Value) -> bool) {
+        let until = std::time::Instant::now() + WAIT;
+        loop {
+            let v = self.ok("GET", path, None);
+            if f(&v) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "timed out: {path} is {v}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     fn stop(mut self) -> PathBuf {
@@ -779,5 +797,116 @@ fn config_apps_are_read_only_and_the_listener_hears_changes() {
     assert!(
         log[1].starts_with("AppDeleted { id: \"heard\" }"),
         "{log:?}"
+    );
+}
+
+/// A webhook receiver on loopback: answers 200 and hands over (headers, body) of each request.
+/// One webhook request: lowercased headers and the body.
+type Hook = (Vec<(String, String)>, String);
+
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<Hook>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut headers = Vec::new();
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = h.trim_end().split_once(':') {
+                            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                        }
+                    }
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k == "content-length")
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                    if tx
+                        .send((headers, String::from_utf8_lossy(&body).into_owned()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn webhook_targets_and_the_webhook_secret_of_an_api_app_apply_at_once() {
+    let tmp = tmp_dir("hooks");
+    let s = Mgmt::start(&tmp);
+    let (url, hooks) = webhook_receiver();
+    let (id, key, secret) = s.create_app(json!({
+        "webhooks": [{"url": url, "event_types": ["channel_occupied"]}],
+    }));
+    let header = |h: &[(String, String)], k: &str| {
+        h.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let next = || hooks.recv_timeout(WAIT).expect("a webhook within the wait");
+    let mut c = Client::connect(s.addr, &key);
+    c.subscribe("hooked-1");
+    let (h, body) = next();
+    assert!(
+        body.contains("channel_occupied") && body.contains("hooked-1"),
+        "{body}"
+    );
+    assert_eq!(header(&h, "x-pusher-key"), key);
+    assert_eq!(
+        header(&h, "x-pusher-signature"),
+        ringcast_protocol::webhook_signature(&secret, body.as_bytes())
+    );
+    // A rotated webhook secret signs the next delivery.
+    let v = s.ok("POST", &format!("/api/apps/{id}/webhooks/secret"), None);
+    let ws = v["webhook_secret"].as_str().unwrap().to_owned();
+    c.subscribe("hooked-2");
+    let (h, body) = next();
+    assert!(body.contains("hooked-2"), "{body}");
+    assert_eq!(
+        header(&h, "x-pusher-signature"),
+        ringcast_protocol::webhook_signature(&ws, body.as_bytes())
+    );
+    // The delivery log of the app is served under /api.
+    s.eventually_ok(&format!("/api/apps/{id}/webhooks"), |v| {
+        v["deliveries"]
+            .as_array()
+            .is_some_and(|d| d.len() == 2 && d.iter().all(|x| x["status"] == "delivered"))
+    });
+    // Changed targets: a prefix filter now skips hooked-3 and passes only other-*.
+    s.ok(
+        "PATCH",
+        &format!("/api/apps/{id}"),
+        Some(json!({"webhooks": [{"url": url, "event_types": ["channel_occupied"], "channel_prefix": "other-"}]})),
+    );
+    c.subscribe("hooked-3");
+    c.subscribe("other-1");
+    let (_, body) = next();
+    assert!(
+        body.contains("other-1") && !body.contains("hooked-3"),
+        "{body}"
     );
 }

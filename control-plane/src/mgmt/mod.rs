@@ -209,9 +209,20 @@ impl Management {
         let _ = self.inner.listener.set(l);
     }
 
-    /// Lets the management plane keep webhook signing secrets current.
+    /// Lets the management plane keep webhook signing secrets current and start the senders
+    /// of its apps' webhook targets (now, for the stored apps, and on every change).
     pub fn attach_webhooks(&self, w: Arc<crate::webhook::Webhooks>) {
-        let _ = self.inner.webhooks.set(w);
+        if self.inner.webhooks.set(w).is_ok() {
+            let _ = self.call_blocking(|st| {
+                let engine = st.shared.engine.clone();
+                let all: Vec<AppConfig> = engine
+                    .apps()
+                    .into_iter()
+                    .map(|(_, a)| (*a).clone())
+                    .collect();
+                st.sync_webhooks(&all);
+            });
+        }
     }
 
     /// Where usage finds the API's per-app request counters (indexed by app index).
@@ -375,9 +386,7 @@ impl State {
             .engine
             .set_apps(all.clone())
             .map_err(|e| MgmtError::conflict(e.0))?;
-        if let Some(w) = self.shared.webhooks.get() {
-            w.update_signing(&all);
-        }
+        self.sync_webhooks(&all);
         if let (Some(c), Some(l)) = (change, self.shared.listener.get()) {
             l.changed(&c, update.version);
         }
@@ -423,6 +432,20 @@ impl State {
         self.publish_tokens();
         self.notify(Change::TokensChanged);
         Ok(())
+    }
+
+    /// The webhook senders follow the served apps: signing secrets of every app, and the
+    /// targets of the API's apps (the config file's targets are fixed at start).
+    pub(crate) fn sync_webhooks(&self, all: &[AppConfig]) {
+        if let Some(w) = self.shared.webhooks.get() {
+            w.update_signing(all);
+            let managed: Vec<AppConfig> = all
+                .iter()
+                .filter(|a| self.apps.contains_key(&a.id) && !self.is_config_app(&a.id))
+                .cloned()
+                .collect();
+            w.sync_managed(&managed);
+        }
     }
 
     fn notify(&self, c: Change) {

@@ -167,13 +167,6 @@ pub fn apply_fields(
                 }
                 *name = n.to_owned();
             }
-            "webhooks" | "webhook_retry_budget_secs" => {
-                return Err(MgmtError::field(
-                    k,
-                    "webhook targets are set in the config file in this version \
-                     (docs/management.md, \"Not yet managed\")",
-                ))
-            }
             "key" | "secret" | "secrets" | "keys" => {
                 return Err(MgmtError::field(
                     k,

@@ -135,6 +135,9 @@ pub struct Webhooks {
     /// Unix ms of the last "queue full" warning (at most one a second, from the cores).
     last_full_warning_ms: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Apps created through the management API, each with its own sender (app id -> sender),
+    /// replaced whole when the app's targets change. Looked up lock-free by the observer.
+    managed: arc_swap::ArcSwap<HashMap<String, Arc<Webhooks>>>,
 }
 
 fn now_ms() -> u64 {
@@ -216,6 +219,7 @@ impl Webhooks {
             spilled,
             last_full_warning_ms: AtomicU64::new(0),
             threads: Mutex::new(threads),
+            managed: arc_swap::ArcSwap::from_pointee(HashMap::new()),
         })
     }
 
@@ -242,7 +246,8 @@ impl Webhooks {
 
     /// Per app id: (deliveries answered 2xx, failed attempts).
     pub fn per_app_outcomes(&self) -> Vec<(String, u64, u64)> {
-        self.shared
+        let mut out: Vec<(String, u64, u64)> = self
+            .shared
             .apps
             .iter()
             .map(|a| {
@@ -252,7 +257,55 @@ impl Webhooks {
                     a.failed.load(Relaxed),
                 )
             })
-            .collect()
+            .collect();
+        for child in self.managed.load().values() {
+            out.extend(child.per_app_outcomes());
+        }
+        out
+    }
+
+    /// Makes the webhooks of the management API's apps follow `apps` (the apps it serves now):
+    /// an app whose targets or retry budget changed gets a new sender (its delivery log starts
+    /// over; the old sender finishes what it holds for up to 2 s in the background), an app
+    /// whose secret changed signs with the new one at once, an app without targets (or gone)
+    /// has none. Config-file apps are not affected.
+    pub fn sync_managed(&self, apps: &[AppConfig]) {
+        let old = self.managed.load_full();
+        let mut next: HashMap<String, Arc<Webhooks>> = HashMap::new();
+        let mut retired = Vec::new();
+        for a in apps.iter().filter(|a| !a.webhooks.is_empty()) {
+            if self.shared.by_id.contains_key(&a.id) {
+                continue; // a config app: the config file's sender has it
+            }
+            let child = match old.get(&a.id) {
+                Some(c)
+                    if c.shared.apps.first().is_some_and(|h| {
+                        h.config.webhooks == a.webhooks
+                            && h.config.webhook_retry_budget == a.webhook_retry_budget
+                    }) =>
+                {
+                    c.clone()
+                }
+                _ => Webhooks::start(std::slice::from_ref(a)),
+            };
+            child.update_signing(std::slice::from_ref(a));
+            next.insert(a.id.clone(), child);
+        }
+        for (id, c) in old.iter() {
+            if !next.get(id).is_some_and(|n| Arc::ptr_eq(n, c)) {
+                retired.push(c.clone());
+            }
+        }
+        self.managed.store(Arc::new(next));
+        if !retired.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("ringcast-webhooks-retire".into())
+                .spawn(move || {
+                    for c in retired {
+                        c.shutdown_graceful(std::time::Duration::from_secs(2));
+                    }
+                });
+        }
     }
 
     pub fn stats(&self) -> &WebhookStats {
@@ -261,12 +314,18 @@ impl Webhooks {
 
     /// Recent deliveries of an app (newest first), `None` for an unknown app.
     pub fn deliveries(&self, app_id: &str) -> Option<Vec<DeliveryRecord>> {
+        if let Some(c) = self.managed.load().get(app_id) {
+            return c.deliveries(app_id);
+        }
         let app = *self.shared.by_id.get(app_id)?;
         Some(self.shared.log.recent(app))
     }
 
     /// Sends a logged delivery again (same id, attempt numbers continue).
     pub fn redeliver(&self, app_id: &str, delivery_id: &str) -> Result<(), String> {
+        if let Some(c) = self.managed.load().get(app_id) {
+            return c.redeliver(app_id, delivery_id);
+        }
         let app = *self.shared.by_id.get(app_id).ok_or("unknown app")?;
         let rec = self
             .shared
@@ -296,6 +355,7 @@ impl Webhooks {
         s.events_queued.load(Relaxed) != s.events_routed.load(Relaxed)
             || s.held.load(Relaxed) > 0
             || self.shared.targets.iter().any(|t| t.in_flight())
+            || self.managed.load().values().any(|c| c.busy())
     }
 
     /// Waits (at most `grace`) for pending webhooks to go out, then shuts down.
@@ -312,6 +372,9 @@ impl Webhooks {
     pub fn shutdown(&self) {
         if self.shared.shutdown.swap(true, Relaxed) {
             return;
+        }
+        for c in self.managed.load().values() {
+            c.shutdown();
         }
         for t in &self.shared.targets {
             t.wake();
@@ -331,6 +394,10 @@ impl Webhooks {
         body: impl FnOnce() -> Value,
     ) {
         let Some(&idx) = self.shared.by_id.get(&app.id) else {
+            // An app of the management API has its own sender, if it has targets.
+            if let Some(c) = self.managed.load().get(&app.id) {
+                c.emit(app, name, channel, user_id, body);
+            }
             return;
         };
         if !self.shared.apps[idx].wants.contains(&name) || self.shared.shutdown.load(Relaxed) {
