@@ -741,6 +741,18 @@ fn bad_input_is_a_4xx_naming_the_field_and_nothing_is_half_applied() {
         assert!(v["error"].is_string(), "{v}");
         assert_eq!(v["field"].as_str(), field, "{method} {path} {body}: {v}");
     }
+    // A field given twice is refused, naming it (never "the last one wins").
+    let r = http(
+        s.addr,
+        "PUT",
+        "/api/apps/b1",
+        &[("Authorization", &format!("Bearer {ADMIN}"))],
+        br#"{"name": "after", "max_connections": 1, "max_connections": 2}"#,
+    );
+    assert_eq!(
+        (r.status, r.json()["field"].as_str()),
+        (400, Some("max_connections"))
+    );
     // Malformed JSON, and a body over the limit.
     let r = http(
         s.addr,

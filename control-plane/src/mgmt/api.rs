@@ -78,7 +78,10 @@ fn body(req: &Request) -> Result<Map<String, Value>, MgmtError> {
         return Ok(Map::new());
     }
     match serde_json::from_slice::<Value>(&req.body) {
-        Ok(Value::Object(m)) => Ok(m),
+        Ok(Value::Object(m)) => match duplicate_key(&req.body) {
+            Some(k) => Err(MgmtError::field(k, "appears twice in the same object")),
+            None => Ok(m),
+        },
         Ok(_) => Err(MgmtError::new(
             400,
             "malformed_json",
@@ -750,4 +753,86 @@ async fn revoke_token(m: &Arc<Management>, t: &TokenRecord, id: &str) -> R {
     })
     .await??;
     Ok(Response::json(200, &json!({"ok": true})))
+}
+
+/// Finds the first object key that appears twice in the same JSON object (at any depth):
+/// `{"name": "a", "name": "b"}` must not silently become `"b"`.
+fn duplicate_key(bytes: &[u8]) -> Option<String> {
+    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+    struct Check(Option<String>);
+    impl<'de> Deserialize<'de> for Check {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Check, D::Error> {
+            d.deserialize_any(CheckVisitor)
+        }
+    }
+    struct CheckVisitor;
+    impl<'de> Visitor<'de> for CheckVisitor {
+        type Value = Check;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Check, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut dup = None;
+            while let Some(k) = m.next_key::<String>()? {
+                let inner: Check = m.next_value()?;
+                if dup.is_none() {
+                    dup = inner.0;
+                }
+                if !seen.insert(k.clone()) && dup.is_none() {
+                    dup = Some(k);
+                }
+            }
+            Ok(Check(dup))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Check, A::Error> {
+            let mut dup = None;
+            while let Some(inner) = s.next_element::<Check>()? {
+                if dup.is_none() {
+                    dup = inner.0;
+                }
+            }
+            Ok(Check(dup))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Check, E> {
+            Ok(Check(None))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Check, E> {
+            Ok(Check(None))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Check, E> {
+            Ok(Check(None))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Check, E> {
+            Ok(Check(None))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Check, E> {
+            Ok(Check(None))
+        }
+        fn visit_unit<E>(self) -> Result<Check, E> {
+            Ok(Check(None))
+        }
+    }
+    serde_json::from_slice::<Check>(bytes)
+        .ok()
+        .and_then(|c| c.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duplicate_key;
+
+    #[test]
+    fn duplicate_object_keys_are_found_at_any_depth() {
+        assert_eq!(duplicate_key(br#"{"a":1,"b":2}"#), None);
+        assert_eq!(duplicate_key(br#"{"a":1,"a":2}"#).as_deref(), Some("a"));
+        assert_eq!(
+            duplicate_key(br#"{"w":[{"url":"x","url":"y"}]}"#).as_deref(),
+            Some("url")
+        );
+        assert_eq!(
+            duplicate_key(br#"[1,{"k":{"z":null,"z":true}}]"#).as_deref(),
+            Some("z")
+        );
+    }
 }
