@@ -95,7 +95,8 @@ pub(crate) struct Inner {
 /// The management service. Cheap to share (`Arc`).
 pub struct Management {
     inner: Arc<Inner>,
-    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Jobs for the management thread; taken out (no lock) at shutdown.
+    tx: arc_swap::ArcSwapOption<mpsc::Sender<Job>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     store_path: PathBuf,
 }
@@ -192,7 +193,7 @@ impl Management {
         Ok(Started {
             management: Arc::new(Management {
                 inner,
-                tx: Mutex::new(Some(tx)),
+                tx: arc_swap::ArcSwapOption::from_pointee(tx),
                 thread: Mutex::new(Some(thread)),
                 store_path,
             }),
@@ -257,7 +258,7 @@ impl Management {
         let job: Job = Box::new(move |st| {
             let _ = reply.send(f(st));
         });
-        let sent = match &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
+        let sent = match &*self.tx.load() {
             Some(tx) => tx.send(job).is_ok(),
             None => false,
         };
@@ -281,7 +282,7 @@ impl Management {
         let job: Job = Box::new(move |st| {
             let _ = reply.send(f(st));
         });
-        let sent = match &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
+        let sent = match &*self.tx.load() {
             Some(tx) => tx.send(job).is_ok(),
             None => false,
         };
@@ -318,7 +319,7 @@ impl Management {
 
     /// Stops the management thread (pending jobs finish first).
     pub fn shutdown(&self) {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.tx.store(None);
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
