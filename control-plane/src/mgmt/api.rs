@@ -248,12 +248,17 @@ async fn list_apps(m: &Arc<Management>, t: &TokenRecord) -> R {
     let live = m.engine().apps();
     let managed: Vec<ManagedApp> = m.call(|st| st.managed_apps().cloned().collect()).await?;
     let secrets = t.has(Scope::SecretsManage);
+    let usage = m.engine().app_usage();
     let apps: Vec<Value> = live
         .iter()
         .filter(|(_, a)| t.covers_app(&a.id))
-        .map(|(_, a)| {
+        .map(|(idx, a)| {
             let ma = managed.iter().find(|x| x.id == a.id);
-            app_view(a, ma, secrets, connections_of(m, &a.id))
+            let conns = usage
+                .iter()
+                .find(|u| u.idx == *idx)
+                .map_or(0, |u| u.connections);
+            app_view(a, ma, secrets, conns)
         })
         .collect();
     Ok(Response::json(200, &json!({ "apps": apps })))
