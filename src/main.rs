@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use ringcast_cluster::{Bridge, ClusterConfig, ClusterOverrides};
 use ringcast_control_plane::mgmt::{Management, RawManagementConfig};
 use ringcast_control_plane::webhook::Webhooks;
 use ringcast_control_plane::{system_clock, ApiConfig, ApiServer, ControlPlane};
@@ -38,6 +39,16 @@ struct Cli {
     /// Overrides `[management] data_dir`; default `./ringcast-data`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Join a cluster over this broker: redis://host:port, redis-cluster://h:p,h:p or
+    /// nats://h:p[,nats://h:p]. Overrides `[cluster] url`.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// This node's id in the cluster (generated when absent). Overrides `[cluster] node_id`.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// A node silent this long is dead (ms, default 10000). Overrides `[cluster] lease_ms`.
+    #[arg(long)]
+    cluster_lease_ms: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +81,15 @@ fn main() -> anyhow::Result<()> {
             cli.data_dir.clone(),
             std::env::var(ringcast_control_plane::mgmt::defaults::ADMIN_TOKEN_ENV).ok(),
         );
+    let cluster_config = ClusterConfig::resolve(
+        raw.cluster.take(),
+        &ClusterOverrides {
+            url: cli.cluster.clone(),
+            node_id: cli.node_id.clone(),
+            lease_ms: cli.cluster_lease_ms,
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
     let config = raw.resolve(cores)?;
     let grace = config.shutdown_grace;
     let api_listen = config.api_listen;
@@ -78,6 +98,12 @@ fn main() -> anyhow::Result<()> {
     let webhooks = Webhooks::start(&config.apps);
     let engine = Engine::bind(config, Some(webhooks.observer())).context("binding the listener")?;
     let addr = engine.local_addr();
+    // Clustered: the cores report to the link; the bridge starts once the engine runs.
+    let cluster_link = cluster_config.as_ref().map(|c| {
+        let link = ringcast_cluster::link_for(c, engine.handle().workers());
+        engine.attach_cluster(link.clone());
+        link
+    });
 
     // The control plane serves the HTTP API on the public port, or on its own listener with
     // --api-listen (the public port then answers only WebSocket upgrades and /health).
@@ -136,6 +162,28 @@ fn main() -> anyhow::Result<()> {
     }
     std::io::stdout().lock().write_all(ready.as_bytes()).ok();
     std::io::stdout().flush().ok();
+    let bridge = match (cluster_config, cluster_link) {
+        (Some(cfg), Some(link)) => {
+            let line = format!(
+                "ringcast: cluster {} node {}",
+                cfg.backend.name(),
+                cfg.node_id
+            );
+            Some(
+                Bridge::start(
+                    cfg,
+                    running.handle(),
+                    link,
+                    Box::new(move || {
+                        println!("{line}");
+                        std::io::stdout().flush().ok();
+                    }),
+                )
+                .context("starting the cluster bridge")?,
+            )
+        }
+        _ => None,
+    };
 
     let mut sig = None;
     for s in signals.forever() {
@@ -160,6 +208,11 @@ fn main() -> anyhow::Result<()> {
         m.shutdown();
     }
     running.shutdown_and_join();
+    // After the engine: the leaves of the closed connections are queued; then Bye, so the
+    // other nodes drop this node's share at once.
+    if let Some(b) = bridge {
+        b.stop();
+    }
     // After the engine: vacated/member_removed events of the closed connections are queued by
     // now; whatever cannot be sent is counted and logged with its body.
     webhooks.shutdown_graceful(Duration::from_secs(2));

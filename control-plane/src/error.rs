@@ -141,6 +141,11 @@ impl From<EngineError> for ApiError {
             ),
             EngineError::Stopped => ApiError::new(503, "shutting_down", "server is shutting down"),
             EngineError::UnknownApp => ApiError::new(404, "unknown_app", "unknown app"),
+            EngineError::ClusterUnavailable => ApiError::new(
+                503,
+                "cluster_unavailable",
+                "the cluster broker is unavailable: the event cannot reach the other nodes, retry later",
+            ),
         }
     }
 }

@@ -22,7 +22,10 @@
 //! the channels hashed to it. See docs/ARCHITECTURE.md for the full data path.
 
 mod activity;
+#[doc(hidden)]
+pub mod bench_support;
 mod cache;
+mod cluster;
 mod config;
 mod conn;
 mod core;
@@ -33,9 +36,11 @@ mod metrics;
 mod msg;
 mod server;
 mod shared;
+mod user_socket;
 
 pub use crate::activity::{ActivityKind, ActivityQuery, ActivityRecord};
 pub use crate::cache::CachedEvent;
+pub use crate::cluster::{ClusterLink, ClusterMetrics, NodeId, Outbound, Remote, ShareChannel};
 pub use crate::config::{
     defaults, AppConfig, AppKey, Config, ConfigError, RateLimit, RawApp, RawConfig, RawRateLimit,
     RawWebhook, WebhookTarget, RATE_LIMIT_ENDPOINTS, WEBHOOK_EVENT_TYPES,
