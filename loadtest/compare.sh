@@ -122,8 +122,9 @@ start_server() { # name
     sockudo)
       local bin="$PEERS/sockudo/bin/sockudo"
       [[ -x "$bin" ]] || { echo "sockudo missing at $bin (see loadtest/peers/README.md)" >&2; return 1; }
-      echo "${PIN[*]} $bin --config loadtest/peers/sockudo.json" >>"$COMMANDS"
-      "${PIN[@]}" "$bin" --config loadtest/peers/sockudo.json >"$log" 2>&1 &
+      # Sockudo logs every subscription at INFO by default; the others log nothing per event.
+      echo "RUST_LOG=warn ${PIN[*]} $bin --config loadtest/peers/sockudo.json" >>"$COMMANDS"
+      RUST_LOG=warn "${PIN[@]}" "$bin" --config loadtest/peers/sockudo.json >"$log" 2>&1 &
       SERVER_PID=$!
       ADDR=127.0.0.1:6003
       ;;

@@ -195,6 +195,7 @@ impl Conn {
             socket_id_str: socket_id.to_string().into_boxed_str(),
             app,
             key: "".into(),
+            user_socket: false,
             budget,
             out: RefCell::new(Outbound::default()),
             writer_waker: Cell::new(Some(Waker::noop().clone())),
@@ -211,7 +212,6 @@ impl Conn {
             }),
             fd: -1,
             end_reason: Cell::new(None),
-            user_socket: false,
         }
     }
 
@@ -637,7 +637,7 @@ async fn run(
         out: RefCell::new(Outbound::default()),
         writer_waker: Cell::new(None),
         write_started: Cell::new(None),
-        last_read: Cell::new(Instant::now()),
+        last_read: Cell::new(core.shared.now()),
         ping_sent: Cell::new(None),
         state: RefCell::new(ConnState {
             subs: HashMap::new(),
@@ -727,7 +727,7 @@ async fn run(
                 break;
             }
             Ok(n) => {
-                conn.last_read.set(Instant::now());
+                conn.last_read.set(core.shared.now());
                 conn.ping_sent.set(None);
                 decoder.handle_bytes(&rbuf[..n]);
                 // Grow for busy senders, shrink back for idle ones (an idle connection's pending
@@ -1342,7 +1342,7 @@ async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: OwnedWriteHalf<TcpStr
         if !batch.frames.is_empty() {
             let bytes = batch.prepare();
             let frames = batch.frames.len() as u64;
-            conn.write_started.set(Some(Instant::now()));
+            conn.write_started.set(Some(core.shared.now()));
             // No timer per write: the core's sweep shuts the socket down when a write outlives
             // the deadline (recording the reason first), which fails this write.
             let res = write_batch(&mut w, batch, bytes).await;

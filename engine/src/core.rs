@@ -450,7 +450,7 @@ impl Core {
                 let _ = reply.send(self.terminate_local(app, &user_id, code));
             }
             Command::ChannelCache { key, reply } => {
-                let _ = reply.send(self.cache.borrow_mut().describe(&key, Instant::now()));
+                let _ = reply.send(self.cache.borrow_mut().describe(&key, self.shared.now()));
             }
             Command::ChannelHistory { key, limit, reply } => {
                 let _ = reply.send(self.history.borrow().channel_events(&key, limit));
@@ -486,6 +486,10 @@ impl Core {
             }
             Command::Shutdown => return true,
             Command::InjectPanic => panic!("injected panic on core {} (test hook)", self.idx),
+            Command::Tick { reply } => {
+                self.housekeeping(true);
+                let _ = reply.send(());
+            }
             Command::Stall { stalled, release } => {
                 // Test hook only: a core never blocks otherwise.
                 let _ = stalled.send(());
@@ -930,7 +934,7 @@ impl Core {
         });
         let targets: Vec<usize> = targets_of(ch);
         let then = if key.name.is_cache() {
-            match self.cache.borrow_mut().get(&key, Instant::now()) {
+            match self.cache.borrow_mut().get(&key, self.shared.now()) {
                 Some((frame, _)) => Some(frame),
                 None => {
                     if let Some(obs) = &self.shared.observer {
@@ -1026,7 +1030,7 @@ impl Core {
         }
         let mut owned = self.owned.borrow_mut();
         let Some(ch) = owned.get_mut(key) else { return };
-        let now = Instant::now();
+        let now = self.shared.now();
         let interval = Duration::from_secs(defaults::SUBSCRIPTION_COUNT_INTERVAL_SECS);
         let due = ch.total() <= defaults::SUBSCRIPTION_COUNT_THROTTLE_ABOVE
             || ch
@@ -1060,46 +1064,52 @@ impl Core {
 
     /// Housekeeping once a second: owed subscription counts, cache and history expiry.
     pub(crate) async fn tick_loop(self: Rc<Self>) {
-        let interval = Duration::from_secs(defaults::SUBSCRIPTION_COUNT_INTERVAL_SECS);
         let mut n: u64 = 0;
         loop {
             monoio::time::sleep(Duration::from_secs(1)).await;
             n += 1;
-            let owed = std::mem::take(&mut *self.dirty_counts.borrow_mut());
-            let now = Instant::now();
-            for key in owed {
-                let state = self
-                    .owned
-                    .borrow()
-                    .get(&key)
-                    .map(|c| (c.count_dirty, c.count_sent));
-                match state {
-                    Some((true, Some(sent))) if now.duration_since(sent) < interval => {
-                        self.dirty_counts.borrow_mut().push(key);
-                    }
-                    Some((true, _)) => {
-                        if let Some(ch) = self.owned.borrow_mut().get_mut(&key) {
-                            ch.count_dirty = false;
-                            ch.count_sent = None;
-                        }
-                        self.count_changed(&key);
-                    }
-                    _ => {}
-                }
-            }
-            if n.is_multiple_of(10) {
-                self.cache.borrow_mut().sweep(Instant::now());
-                let shared = self.shared.clone();
-                self.history
-                    .borrow_mut()
-                    .expire(now_ms(), |a| shared.apps().app(a).config.history_max_age);
-            }
-            self.sweep_connections(Instant::now());
-            let m = self.metrics();
-            m.history_bytes.set(self.history.borrow().bytes() as u64);
-            m.cache_entries.set(self.cache.borrow().len() as u64);
-            self.flush();
+            self.housekeeping(n.is_multiple_of(10));
         }
+    }
+
+    /// One housekeeping pass on the engine's clock (`Shared::now`): owed subscription counts,
+    /// liveness and write deadlines, and with `expire` cache and history expiry.
+    fn housekeeping(&self, expire: bool) {
+        let interval = Duration::from_secs(defaults::SUBSCRIPTION_COUNT_INTERVAL_SECS);
+        let owed = std::mem::take(&mut *self.dirty_counts.borrow_mut());
+        let now = self.shared.now();
+        for key in owed {
+            let state = self
+                .owned
+                .borrow()
+                .get(&key)
+                .map(|c| (c.count_dirty, c.count_sent));
+            match state {
+                Some((true, Some(sent))) if now.duration_since(sent) < interval => {
+                    self.dirty_counts.borrow_mut().push(key);
+                }
+                Some((true, _)) => {
+                    if let Some(ch) = self.owned.borrow_mut().get_mut(&key) {
+                        ch.count_dirty = false;
+                        ch.count_sent = None;
+                    }
+                    self.count_changed(&key);
+                }
+                _ => {}
+            }
+        }
+        if expire {
+            self.cache.borrow_mut().sweep(now);
+            let shared = self.shared.clone();
+            self.history.borrow_mut().expire(shared.now_ms(), |a| {
+                shared.apps().app(a).config.history_max_age
+            });
+        }
+        self.sweep_connections(now);
+        let m = self.metrics();
+        m.history_bytes.set(self.history.borrow().bytes() as u64);
+        m.cache_entries.set(self.cache.borrow().len() as u64);
+        self.flush();
     }
 
     fn on_unsubscribe(&self, key: ChanKey, conn: u64, from: usize, user_id: Option<Arc<str>>) {
@@ -1215,13 +1225,13 @@ impl Core {
         if key.name.is_cache() {
             self.cache
                 .borrow_mut()
-                .put(key, &frame, app.cache_ttl, Instant::now());
+                .put(key, &frame, app.cache_ttl, self.shared.now());
         }
         if app.history_size > 0 {
             self.history.borrow_mut().record(
                 key,
                 &frame,
-                now_ms(),
+                self.shared.now_ms(),
                 app.history_size,
                 app.history_max_age,
             );
@@ -1306,7 +1316,7 @@ impl Core {
             socket_id,
             user_id,
             event_name,
-            now_ms(),
+            self.shared.now_ms(),
         );
     }
 
@@ -1540,4 +1550,198 @@ async fn yield_now() {
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    //! The owner's bookkeeping, driven message by message on a socket-less core 0 of 2 (the
+    //! test plays core 1: it sends what core 1 would and reads what core 0 sends it).
+
+    use super::*;
+    use crate::config::{AppConfig, RawConfig};
+    use crate::mesh::{self, MeshShared};
+    use crate::shared::{EngineObserver, Placement};
+    use ringcast_protocol::ChannelName;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+    impl EngineObserver for Seen {
+        fn channel_occupied(&self, _: &AppConfig, c: &ChannelName) {
+            self.0.lock().unwrap().push(format!("occupied {c}"));
+        }
+        fn channel_vacated(&self, _: &AppConfig, c: &ChannelName) {
+            self.0.lock().unwrap().push(format!("vacated {c}"));
+        }
+        fn member_added(&self, _: &AppConfig, _: &ChannelName, u: &str) {
+            self.0.lock().unwrap().push(format!("added {u}"));
+        }
+        fn member_removed(&self, _: &AppConfig, _: &ChannelName, u: &str) {
+            self.0.lock().unwrap().push(format!("removed {u}"));
+        }
+    }
+
+    fn owner() -> (Core, MeshRx, Arc<Seen>) {
+        let config = RawConfig::from_toml(
+            "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\nmax_presence_members = 2\n",
+        )
+        .unwrap()
+        .resolve(2)
+        .unwrap();
+        let ms = Arc::new(MeshShared::new(2, 16));
+        let mut wiring = mesh::build(2, 64, 64, ms.clone());
+        let (_, rx1) = wiring.pop().unwrap();
+        let (tx0, rx0) = wiring.pop().unwrap();
+        let seen = Arc::new(Seen::default());
+        let obs: Arc<dyn EngineObserver> = seen.clone();
+        let shared = Arc::new(Shared::new(
+            config,
+            ms,
+            Some(obs),
+            Placement::with_key([1, 2, 3, 4]),
+        ));
+        (Core::new(0, shared, tx0, rx0, 1), rx1, seen)
+    }
+
+    fn key() -> ChanKey {
+        ChanKey {
+            app: 0,
+            name: ChannelName::parse("presence-room").unwrap(),
+        }
+    }
+
+    fn sub(core: &Core, conn: u64, user: &str) {
+        core.handle_msg(Msg::Subscribe {
+            key: key(),
+            socket: SocketId::new(9, conn),
+            gen: 1,
+            from: 1,
+            member: Some(MemberInfo {
+                user_id: user.into(),
+                info_json: "null".into(),
+            }),
+        });
+        core.flush();
+    }
+
+    fn unsub(core: &Core, conn: u64, user: &str) {
+        core.handle_msg(Msg::Unsubscribe {
+            key: key(),
+            conn,
+            from: 1,
+            user_id: Some(user.into()),
+        });
+        core.flush();
+    }
+
+    /// What core 0 sent core 1, in order.
+    fn sent(rx: &mut MeshRx) -> Vec<String> {
+        let mut out = Vec::new();
+        rx.drain(usize::MAX, |m| {
+            out.push(match m {
+                Msg::SubAck {
+                    conn,
+                    outcome: SubOutcome::Ok { .. },
+                    ..
+                } => format!("ack {conn}"),
+                Msg::SubAck {
+                    conn,
+                    outcome: SubOutcome::Refused(_),
+                    ..
+                } => format!("refused {conn}"),
+                Msg::Deliver { frame, except, .. } => {
+                    let text = String::from_utf8_lossy(&frame).into_owned();
+                    let what = if text.contains("member_added") {
+                        "member_added"
+                    } else if text.contains("member_removed") {
+                        "member_removed"
+                    } else {
+                        "other"
+                    };
+                    format!("{what} except {except:?}")
+                }
+                _ => "other".into(),
+            })
+        });
+        out
+    }
+
+    /// Subscribers counted on core 1, and each member's connections.
+    type Counted = Option<(u32, Vec<(String, Vec<u64>)>)>;
+
+    fn counted(core: &Core) -> Counted {
+        core.owned.borrow().get(&key()).map(|ch| {
+            (
+                ch.per_core[1],
+                ch.members
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .map(|(u, m)| (u.to_string(), m.conns.clone()))
+                    .collect(),
+            )
+        })
+    }
+
+    #[test]
+    fn presence_refcounts_per_user_and_occupied_vacated_once() {
+        let (core, mut rx, seen) = owner();
+        sub(&core, 11, "u1");
+        assert_eq!(counted(&core), Some((1, vec![("u1".into(), vec![11])])));
+        // member_added goes to the subscribers' cores, excluding the joining socket (whole id),
+        // before the ack; the ack follows.
+        assert_eq!(
+            sent(&mut rx),
+            [
+                format!("member_added except {:?}", Some(SocketId::new(9, 11))),
+                "ack 11".into()
+            ]
+        );
+        // A second connection of the same user: counted, no second member_added.
+        sub(&core, 13, "u1");
+        assert_eq!(counted(&core), Some((2, vec![("u1".into(), vec![11, 13])])));
+        assert_eq!(sent(&mut rx), ["ack 13"]);
+        // One of them leaves: the user stays.
+        unsub(&core, 11, "u1");
+        assert_eq!(counted(&core), Some((1, vec![("u1".into(), vec![13])])));
+        assert_eq!(sent(&mut rx), Vec::<String>::new());
+        // An unsubscribe the owner never counted (a refused join) changes nothing.
+        unsub(&core, 99, "u9");
+        assert_eq!(counted(&core), Some((1, vec![("u1".into(), vec![13])])));
+        // The last connection leaves: member removed, channel vacated and forgotten.
+        unsub(&core, 13, "u1");
+        assert_eq!(counted(&core), None);
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "occupied presence-room",
+                "added u1",
+                "removed u1",
+                "vacated presence-room"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_presence_channel_refuses_and_leaves_no_trace() {
+        let (core, mut rx, seen) = owner();
+        sub(&core, 11, "u1");
+        sub(&core, 13, "u2");
+        let _ = sent(&mut rx);
+        // max_presence_members = 2: a third user is refused, an existing one still joins.
+        sub(&core, 15, "u3");
+        assert_eq!(sent(&mut rx), ["refused 15"]);
+        sub(&core, 17, "u2");
+        assert_eq!(sent(&mut rx), ["ack 17"]);
+        // The refused connection's unsubscribe (its cleanup) changes nothing.
+        unsub(&core, 15, "u3");
+        assert_eq!(
+            counted(&core),
+            Some((
+                3,
+                vec![("u1".into(), vec![11]), ("u2".into(), vec![13, 17])]
+            ))
+        );
+        assert!(!seen.0.lock().unwrap().iter().any(|e| e.contains("u3")));
+    }
 }

@@ -723,6 +723,23 @@ impl EngineHandle {
         })
     }
 
+    /// Test hook: moves the engine's clock (`Shared::now`, `now_ms`) forward by `by`, so
+    /// timing behaviour (liveness, TTLs, expiry) is tested without sleeping. Pair it with
+    /// [`tick_now`](Self::tick_now).
+    #[doc(hidden)]
+    pub fn advance_clock(&self, by: std::time::Duration) {
+        self.shared.advance_clock(by);
+    }
+
+    /// Test hook: every core runs its housekeeping pass now (pings and 4201s, write deadlines,
+    /// owed counts, cache and history expiry) on the engine's clock; returns when all did.
+    #[doc(hidden)]
+    pub async fn tick_now(&self) -> Result<(), EngineError> {
+        self.ask_all(|reply| Command::Tick { reply })
+            .await
+            .map(|_| ())
+    }
+
     /// Test hook: with `false`, a panicking core stops (and is reported by `/health`) instead
     /// of aborting the process. Never use this in production: a stopped core's connections
     /// and owned channels are left unserved.

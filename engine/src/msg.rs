@@ -175,6 +175,10 @@ pub(crate) enum Command {
     Shutdown,
     /// Test hook: the core panics while handling this (proves the panic policy).
     InjectPanic,
+    /// Test hook: run the once-a-second housekeeping now (with full expiry), then reply.
+    Tick {
+        reply: oneshot::Sender<()>,
+    },
     /// Test hook: the core blocks its thread (says so on `stalled`) until `release` is dropped,
     /// as a core too busy to drain its mesh would; bounded to 30 s.
     Stall {

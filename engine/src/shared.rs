@@ -3,7 +3,7 @@
 //! wake-ups and injection queues.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -144,6 +144,9 @@ pub(crate) struct Shared {
     pub mesh: Arc<MeshShared>,
     pub observer: Option<Arc<dyn EngineObserver>>,
     pub shutdown: AtomicBool,
+    /// The engine's clock offset (ms): zero in production; only a hidden test hook
+    /// (`EngineHandle::advance_clock`) moves it, so timing tests do not sleep.
+    clock_offset_ms: AtomicU64,
     /// Per core: its worker has stopped (returned or panicked). `/health` reports these.
     pub core_stopped: Box<[AtomicBool]>,
     /// Panic policy: abort the process when a task on a core panics (the default). Only a test
@@ -218,12 +221,41 @@ impl Shared {
             mesh,
             observer,
             shutdown: AtomicBool::new(false),
+            clock_offset_ms: AtomicU64::new(0),
             core_stopped: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             abort_on_panic: AtomicBool::new(true),
             http: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
             placement,
         }
+    }
+
+    /// The engine's monotonic clock: liveness, write deadlines, cache TTLs, count throttling.
+    #[inline]
+    pub fn now(&self) -> std::time::Instant {
+        std::time::Instant::now() + self.clock_offset()
+    }
+
+    /// The engine's wall clock in Unix milliseconds (history timestamps and expiry).
+    pub fn now_ms(&self) -> u64 {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        wall + self.clock_offset().as_millis() as u64
+    }
+
+    fn clock_offset(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.clock_offset_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Test hook: moves the engine's clocks forward.
+    pub fn advance_clock(&self, by: std::time::Duration) {
+        self.clock_offset_ms
+            .fetch_add(by.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Cores whose worker has stopped, in order.

@@ -445,6 +445,30 @@ fn silent_client_is_pinged_then_closed_with_4201() {
     s.wait_metrics("pong timeout counted", |m| m.closed_by("pong_timeout") == 1);
 }
 
+/// The same with the default timeouts (120 s, then 30 s) on the engine's injectable clock:
+/// nothing sleeps, and nothing happens before each deadline.
+#[test]
+fn liveness_runs_on_the_engines_clock() {
+    let s = Server::start(2, "");
+    let h = s.handle();
+    let mut c = s.connect();
+    assert_eq!(c.established["activity_timeout"], 120);
+    h.advance_clock(std::time::Duration::from_secs(119));
+    block_on(h.tick_now()).unwrap();
+    c.assert_nothing_pending();
+    // The ping answered above was client activity; 120 s of silence from now on.
+    h.advance_clock(std::time::Duration::from_secs(120));
+    block_on(h.tick_now()).unwrap();
+    assert_eq!(c.recv()["event"], "pusher:ping");
+    h.advance_clock(std::time::Duration::from_secs(29));
+    block_on(h.tick_now()).unwrap();
+    assert_eq!(s.handle().metrics().closed_by("pong_timeout"), 0);
+    h.advance_clock(std::time::Duration::from_secs(1));
+    block_on(h.tick_now()).unwrap();
+    assert_eq!(c.recv_close(), Some(4201));
+    s.wait_metrics("pong timeout counted", |m| m.closed_by("pong_timeout") == 1);
+}
+
 #[test]
 fn answering_the_ping_keeps_the_connection() {
     let s = Server::start(1, "activity_timeout = 1\npong_timeout = 1");

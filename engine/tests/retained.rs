@@ -75,7 +75,9 @@ fn cache_entries_expire_after_the_ttl() {
     let mut a = s.connect();
     a.subscribe("cache-short");
     assert_eq!(a.recv()["event"], "e");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // The engine's clock moves, not the test's: no sleep.
+    s.handle()
+        .advance_clock(std::time::Duration::from_millis(1100));
     let mut b = s.connect();
     b.subscribe("cache-short");
     assert_eq!(b.recv()["event"], "pusher:cache_miss");
@@ -145,8 +147,10 @@ fn history_keeps_recent_events_per_channel_and_per_app() {
     for i in 0..5 {
         publish(&s, "h-a", "ev", &i.to_string());
     }
-    // History is ordered by wall-clock milliseconds: make h-b strictly newer.
-    std::thread::sleep(std::time::Duration::from_millis(5));
+    // History is ordered by wall-clock milliseconds: make h-b strictly newer (the engine's
+    // clock moves, no sleep).
+    s.handle()
+        .advance_clock(std::time::Duration::from_millis(5));
     publish(&s, "h-b", "other", "x");
     let h = s.handle();
     let evs = block_on(h.channel_history(0, ChannelName::parse("h-a").unwrap(), 50)).unwrap();
