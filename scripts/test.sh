@@ -7,6 +7,7 @@
 #        -> cargo fmt --check -> clippy -D warnings -> cargo build --bin ringcast
 #        -> Rust tests (cargo nextest, or cargo test if nextest is missing)
 #        -> npm ci in tests/js (only when node_modules is missing or stale)
+#        -> apt-get install chromium when missing (the dashboard test drives it)
 #        -> real-client JS tests (node --test) against target/debug/ringcast
 #        -> pip install in a venv (tests/python/requirements.txt, only when changed)
 #        -> Python SDK tests (pytest) against target/debug/ringcast.
@@ -36,6 +37,8 @@ JS_TESTS=(
   api-seed.test.mjs
   retained.test.mjs
   webhooks.test.mjs
+  management.test.mjs
+  dashboard.test.mjs
   # The cluster (issue 8): real redis-server / nats-server brokers (installed below when missing).
   # Cases that wait for the implementation are not registered (tests/js/lib/cluster-cases.mjs WAITING).
   cluster-redis.test.mjs
@@ -235,6 +238,14 @@ for b in "${RUN_JS[@]}"; do
     exit 1
   }
 done
+# The dashboard test drives Debian's chromium (playwright-core, no browser download).
+if [[ " ${RUN_JS[*]} " == *" dashboard.test.mjs "* ]] && [[ -z "${RINGCAST_CHROMIUM:-}" ]] &&
+  ! [[ -x /usr/bin/chromium ]]; then
+  SUDO=""
+  [[ "$(id -u)" != 0 ]] && SUDO="sudo"
+  run_step "apt-get install chromium" "$LOG_DIR/apt-chromium.log" \
+    bash -c "$SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium" || true
+fi
 SKIPPED_JS=()
 for b in "${JS_TESTS_NEED_REST[@]}"; do
   [[ " ${RUN_JS[*]} " == *" $b "* ]] || SKIPPED_JS+=("$b")

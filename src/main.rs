@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use ringcast_cluster::{Bridge, ClusterConfig, ClusterOverrides};
+use ringcast_control_plane::mgmt::{Management, RawManagementConfig};
 use ringcast_control_plane::webhook::Webhooks;
-use ringcast_control_plane::{ApiConfig, ApiServer, ControlPlane};
+use ringcast_control_plane::{system_clock, ApiConfig, ApiServer, ControlPlane};
 use ringcast_engine::{Engine, HttpService, RawConfig};
 
 #[global_allocator]
@@ -34,6 +35,10 @@ struct Cli {
     /// Worker threads (one per core by default). Overrides `workers`.
     #[arg(long)]
     workers: Option<usize>,
+    /// Directory of the management store (apps and API tokens created through `/api`).
+    /// Overrides `[management] data_dir`; default `./ringcast-data`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Join a cluster over this broker: redis://host:port, redis-cluster://h:p,h:p or
     /// nats://h:p[,nats://h:p]. Overrides `[cluster] url`.
     #[arg(long)]
@@ -57,29 +62,25 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Signal handlers first, before anything can report readiness: a SIGINT/SIGTERM that
     // arrives at any point from here on is queued and handled as a graceful shutdown (4200),
-    // never the default action that kills the process and drops its clients (1006).
+    // never the default action that kills the process and drops its clients (1006); a SIGHUP
+    // is queued and handled (config re-read) once the server runs.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ])
     .context("installing signal handlers")?;
-    let mut raw = match &cli.config {
-        Some(path) => RawConfig::from_file(path)?,
-        None => RawConfig::default(),
-    };
-    if cli.listen.is_some() {
-        raw.listen = cli.listen.clone();
-    }
-    if cli.api_listen.is_some() {
-        raw.api_listen = cli.api_listen.clone();
-    }
-    if cli.workers.is_some() {
-        raw.workers = cli.workers;
-    }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let mut raw = read_config(&cli)?;
     let api_config = ApiConfig::from_table(raw.api.take()).map_err(anyhow::Error::msg)?;
+    let mgmt_config = RawManagementConfig::from_table(raw.management.take())
+        .map_err(anyhow::Error::msg)?
+        .resolve(
+            cli.data_dir.clone(),
+            std::env::var(ringcast_control_plane::mgmt::defaults::ADMIN_TOKEN_ENV).ok(),
+        );
     let cluster_config = ClusterConfig::resolve(
         raw.cluster.take(),
         &ClusterOverrides {
@@ -108,6 +109,26 @@ fn main() -> anyhow::Result<()> {
     // --api-listen (the public port then answers only WebSocket upgrades and /health).
     let control_plane = ControlPlane::new(engine.handle(), api_config);
     control_plane.attach_webhooks(webhooks.clone());
+    // The management plane: opens the store (a corrupt one stops the start here), applies the
+    // stored apps next to the config file's, and serves /api and /dashboard.
+    let mut generated_token = None;
+    let management: Option<Arc<Management>> = match mgmt_config {
+        Some(mc) => {
+            let dir = mc.data_dir.clone();
+            let started = Management::start(engine.handle(), mc, system_clock())
+                .with_context(|| format!("opening the management store in {}", dir.display()))?;
+            if let Some(t) = &started.generated_admin_token {
+                // Printed after the listening line (which stays the first line of stdout).
+                generated_token = Some(format!(
+                    "ringcast: generated the first admin API token (shown once, stored hashed in {}): {t}",
+                    started.management.store_path().display()
+                ));
+            }
+            control_plane.attach_management(started.management.clone());
+            Some(started.management)
+        }
+        None => None,
+    };
     let api_server = match api_listen {
         Some(a) => Some(
             ApiServer::start(a, &control_plane, 1)
@@ -122,14 +143,24 @@ fn main() -> anyhow::Result<()> {
     };
     let running = engine.start(Some(http)).context("starting workers")?;
 
-    println!(
-        "ringcast: listening on {addr} (workers={}, driver={})",
+    // One write: the listening line first, then the API address and a generated admin token,
+    // so a reader that sees the listening line already has the rest.
+    let mut ready = format!(
+        "ringcast: listening on {addr} (workers={}, driver={})\n",
         running.workers(),
         running.driver()
     );
     if let Some(api) = &api_server {
-        println!("ringcast: HTTP API on {} (api_listen)", api.local_addr());
+        ready.push_str(&format!(
+            "ringcast: HTTP API on {} (api_listen)\n",
+            api.local_addr()
+        ));
     }
+    if let Some(line) = generated_token {
+        ready.push_str(&line);
+        ready.push('\n');
+    }
+    std::io::stdout().lock().write_all(ready.as_bytes()).ok();
     std::io::stdout().flush().ok();
     let bridge = match (cluster_config, cluster_link) {
         (Some(cfg), Some(link)) => {
@@ -154,7 +185,15 @@ fn main() -> anyhow::Result<()> {
         _ => None,
     };
 
-    let sig = signals.forever().next();
+    let mut sig = None;
+    for s in signals.forever() {
+        if s == signal_hook::consts::SIGHUP {
+            reload(&cli, cores, management.as_deref());
+            continue;
+        }
+        sig = Some(s);
+        break;
+    }
     tracing::info!(?sig, "shutting down: closing clients with 4200");
     // Watchdog: the process exits within the grace period plus a margin, whatever happens.
     std::thread::spawn(move || {
@@ -164,6 +203,9 @@ fn main() -> anyhow::Result<()> {
     });
     if let Some(api) = api_server {
         api.shutdown();
+    }
+    if let Some(m) = &management {
+        m.shutdown();
     }
     running.shutdown_and_join();
     // After the engine: the leaves of the closed connections are queued; then Bye, so the
@@ -176,4 +218,53 @@ fn main() -> anyhow::Result<()> {
     webhooks.shutdown_graceful(Duration::from_secs(2));
     tracing::info!("bye");
     Ok(())
+}
+
+/// The config file (or the embedded default) with the command line's overrides.
+fn read_config(cli: &Cli) -> anyhow::Result<RawConfig> {
+    let mut raw = match &cli.config {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::default(),
+    };
+    if cli.listen.is_some() {
+        raw.listen = cli.listen.clone();
+    }
+    if cli.api_listen.is_some() {
+        raw.api_listen = cli.api_listen.clone();
+    }
+    if cli.workers.is_some() {
+        raw.workers = cli.workers;
+    }
+    Ok(raw)
+}
+
+/// SIGHUP: re-reads the config file and applies its apps the way a management change is
+/// applied (swap, closes). A file that does not parse or resolve is rejected with the reason
+/// logged, and the running config stays. Settings other than the apps need a restart.
+fn reload(cli: &Cli, cores: usize, management: Option<&Management>) {
+    let Some(path) = &cli.config else {
+        tracing::warn!("SIGHUP: no --config file to re-read");
+        return;
+    };
+    let Some(m) = management else {
+        tracing::warn!("SIGHUP: the management plane is disabled; apps cannot change at runtime");
+        return;
+    };
+    let apps = match read_config(cli).and_then(|raw| Ok(raw.resolve(cores)?)) {
+        Ok(c) => c.apps,
+        Err(e) => {
+            tracing::error!(file = %path.display(), "SIGHUP: config rejected, the old one stays: {e:#}");
+            return;
+        }
+    };
+    match m.reload_config_apps(apps) {
+        Ok(version) => tracing::info!(
+            file = %path.display(),
+            version,
+            "SIGHUP: config re-read and applied (apps; other settings need a restart)"
+        ),
+        Err(e) => {
+            tracing::error!(file = %path.display(), "SIGHUP: config rejected, the old one stays: {e}")
+        }
+    }
 }

@@ -11,8 +11,12 @@ const RUNS: usize = 10;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn signal_at_readiness(sig: libc::c_int) {
+    // Its own management store, not ./ringcast-data.
+    let data =
+        std::env::temp_dir().join(format!("ringcast-shutdown-window-{}", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--data-dir"])
+        .arg(&data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -40,6 +44,7 @@ fn signal_at_readiness(sig: libc::c_int) {
         (None, Some(0)),
         "signal {sig} at readiness: {status:?} (killed by the signal = handlers not installed yet)"
     );
+    let _ = std::fs::remove_dir_all(&data);
 }
 
 #[test]

@@ -41,6 +41,20 @@ impl ControlPlane {
         let _ = self.api.webhooks.set(hooks);
     }
 
+    /// Serves `/api` and `/dashboard` with this management plane.
+    pub fn attach_management(&self, m: Arc<crate::mgmt::Management>) {
+        let api = Arc::downgrade(&self.api);
+        m.set_api_calls_source(move || {
+            api.upgrade()
+                .map(|a| a.rest_metrics().per_app())
+                .unwrap_or_default()
+        });
+        if let Some(w) = self.api.webhooks.get() {
+            m.attach_webhooks(w.clone());
+        }
+        let _ = self.api.mgmt.set(m);
+    }
+
     pub fn api(&self) -> &Arc<Api> {
         &self.api
     }

@@ -123,6 +123,9 @@ pub struct RawConfig {
     /// The `[api]` table: the HTTP API's own limits. Opaque to the engine; the control plane
     /// resolves and validates it.
     pub api: Option<toml::Table>,
+    /// The `[management]` table (data dir, admin token). Opaque to the engine; the control
+    /// plane resolves it.
+    pub management: Option<toml::Table>,
     /// The `[cluster]` table (scale-out over Redis or NATS). Opaque to the engine; the
     /// cluster crate resolves and validates it.
     pub cluster: Option<toml::Table>,
@@ -267,7 +270,7 @@ pub struct Config {
 }
 
 /// One resolved app.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppConfig {
     pub id: String,
     pub key: String,
@@ -303,6 +306,9 @@ pub struct AppConfig {
     /// Further key/secret pairs besides (`key`, `secrets`) (created through the management
     /// API). Each connection remembers the key it connected with; revoking a key closes them.
     pub extra_keys: Vec<AppKey>,
+    /// Signs the app's webhooks when set (management API); otherwise the primary secret does,
+    /// as with Pusher.
+    pub webhook_secret: Option<String>,
 }
 
 /// An additional key of an app and the secret that signs for it.
@@ -455,7 +461,9 @@ impl RawConfig {
 }
 
 impl RawApp {
-    fn resolve(self) -> Result<AppConfig, ConfigError> {
+    /// Validates one app and fills its defaults (also used for apps created through the
+    /// management API).
+    pub fn resolve(self) -> Result<AppConfig, ConfigError> {
         if self.id.is_empty() || self.key.is_empty() {
             return err("every [[apps]] entry needs a non-empty id and key");
         }
@@ -558,6 +566,7 @@ impl RawApp {
             api_keys,
             rate_limits,
             extra_keys: Vec::new(),
+            webhook_secret: None,
             webhooks,
             webhook_retry_budget: Duration::from_secs(
                 self.webhook_retry_budget_secs
@@ -631,6 +640,7 @@ impl AppConfig {
             activity_history_size: defaults::APP_ACTIVITY_HISTORY_SIZE,
             single_connection_per_user: false,
             extra_keys: Vec::new(),
+            webhook_secret: None,
         }
     }
 

@@ -754,6 +754,9 @@ async fn run(
 /// Handles one decoded WebSocket message. Returns false when the connection must end.
 fn on_frame(core: &Core, conn: &Rc<Conn>, app: &App, msg: Message) -> bool {
     core.metrics().messages_in.inc();
+    app.counters
+        .messages_in
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let d = app.config.dialect;
     if conn.user_socket {
         if let Message::Text(text) = &msg {

@@ -1351,6 +1351,14 @@ impl Core {
             n += 1;
         }
         self.metrics().deliveries.add(n);
+        if n > 0 {
+            self.shared
+                .apps()
+                .app(key.app)
+                .counters
+                .messages_out
+                .fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// The owner could not hand this core an event of these channels: every local subscriber

@@ -113,9 +113,16 @@ pub fn validate_apps(apps: &[AppConfig]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Whether two configs are the same in every field the engine reads.
-fn same_app(a: &AppConfig, b: &AppConfig) -> bool {
-    format!("{a:?}") == format!("{b:?}")
+/// One app's live usage counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppUsage {
+    pub id: String,
+    pub idx: AppIdx,
+    pub connections: u64,
+    /// Frames received from the app's clients.
+    pub messages_in: u64,
+    /// Frames delivered to the app's clients (one per subscriber).
+    pub messages_out: u64,
 }
 
 #[derive(Clone)]
@@ -186,6 +193,22 @@ impl EngineHandle {
             .collect()
     }
 
+    /// Usage counters of every live app: (id, connections now, messages in, messages out).
+    pub fn app_usage(&self) -> Vec<AppUsage> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shared
+            .apps()
+            .live()
+            .map(|a| AppUsage {
+                id: a.config.id.clone(),
+                idx: a.idx,
+                connections: a.connections.load(Relaxed) as u64,
+                messages_in: a.counters.messages_in.load(Relaxed),
+                messages_out: a.counters.messages_out.load(Relaxed),
+            })
+            .collect()
+    }
+
     /// Incremented by every [`set_apps`](Self::set_apps).
     pub fn apps_version(&self) -> u64 {
         self.shared.apps().version
@@ -197,6 +220,8 @@ impl EngineHandle {
     /// a removed key the connections that used it with 4001. An app keeps its index for the
     /// life of the process (matched by id); a deleted app leaves a tombstone; new apps append.
     /// Nothing is applied when `apps` is invalid (duplicate ids or keys, empty id/key/secret).
+    /// Writers are serialized; the call may wait briefly for a full injection queue, so call it
+    /// from a control thread, never from an engine core.
     pub fn set_apps(&self, apps: Vec<AppConfig>) -> Result<AppsUpdate, ConfigError> {
         validate_apps(&apps)?;
         let _writer = self
@@ -212,6 +237,7 @@ impl EngineHandle {
                 idx: a.idx,
                 config: a.config.clone(),
                 connections: a.connections.clone(),
+                counters: a.counters.clone(),
                 deleted: a.deleted,
             })
             .collect();
@@ -236,7 +262,7 @@ impl EngineHandle {
                             ));
                         }
                     }
-                    if !same_app(&prev.config, &cfg) {
+                    if *prev.config != cfg {
                         update.changed.push(cfg.id.clone());
                     }
                     slots[i].config = Arc::new(cfg);
@@ -247,6 +273,7 @@ impl EngineHandle {
                         idx: slots.len() as AppIdx,
                         config: Arc::new(cfg),
                         connections: Arc::new(AtomicU32::new(0)),
+                        counters: Arc::default(),
                         deleted: false,
                     });
                     keep.push(true);

@@ -46,7 +46,7 @@ pub use crate::config::{
     RawWebhook, WebhookTarget, RATE_LIMIT_ENDPOINTS, WEBHOOK_EVENT_TYPES,
 };
 pub use crate::handle::{
-    validate_apps, AppsUpdate, CoreStall, EngineError, EngineHandle, Publish, Stats,
+    validate_apps, AppUsage, AppsUpdate, CoreStall, EngineError, EngineHandle, Publish, Stats,
 };
 pub use crate::history::{HistoryEvent, HistoryQuery};
 pub use crate::metrics::{CloseReason, MetricsSnapshot};

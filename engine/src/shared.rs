@@ -23,7 +23,17 @@ pub struct App {
     pub idx: AppIdx,
     pub config: Arc<AppConfig>,
     pub connections: Arc<AtomicU32>,
+    /// Messages received from and delivered to this app's clients (usage; kept across updates).
+    pub counters: Arc<AppCounters>,
     pub deleted: bool,
+}
+
+/// Cumulative per-app message counters (relaxed atomics; one add per received frame and one
+/// per delivery batch on a core, not per subscriber).
+#[derive(Default, Debug)]
+pub struct AppCounters {
+    pub messages_in: std::sync::atomic::AtomicU64,
+    pub messages_out: std::sync::atomic::AtomicU64,
 }
 
 impl App {
@@ -197,6 +207,7 @@ impl Shared {
                 idx: i as AppIdx,
                 config: Arc::new(a.clone()),
                 connections: Arc::new(AtomicU32::new(0)),
+                counters: Arc::default(),
                 deleted: false,
             })
             .collect();

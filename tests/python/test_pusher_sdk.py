@@ -67,7 +67,8 @@ class Server:
         with open(cfg, "w") as f:
             f.write(CONFIG)
         self.proc = subprocess.Popen(
-            [binary, "--listen", "127.0.0.1:0", "--config", cfg, *extra_args],
+            [binary, "--listen", "127.0.0.1:0", "--config", cfg,
+             "--data-dir", os.path.join(self.tmp.name, "data"), *extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -37,6 +37,10 @@ pub fn system_clock() -> Clock {
     })
 }
 
+/// Apps whose REST requests are counted per app (`ringcast_rest_app_requests_total`); apps
+/// with a higher index (after this many were ever created) are counted in the totals only.
+pub const MAX_COUNTED_APPS: usize = 4096;
+
 /// An authenticated request's app.
 pub struct Ctx {
     pub idx: AppIdx,
@@ -50,6 +54,8 @@ pub struct Api {
     pub(crate) config: ApiConfig,
     clock: Clock,
     pub(crate) metrics: RestMetrics,
+    /// The management plane (`/api`, `/dashboard`), when the composition root started one.
+    pub(crate) mgmt: std::sync::OnceLock<Arc<crate::mgmt::Management>>,
     /// The webhook sender, when the composition root started one.
     pub(crate) webhooks: std::sync::OnceLock<std::sync::Arc<crate::webhook::Webhooks>>,
     /// Per-app, per-endpoint rate limits (shared by every thread serving the API).
@@ -73,7 +79,9 @@ impl Api {
         Api {
             config,
             clock,
-            metrics: RestMetrics::new(apps),
+            // Apps created at runtime get new indexes: room for them in the per-app counters.
+            metrics: RestMetrics::new(apps.max(MAX_COUNTED_APPS)),
+            mgmt: std::sync::OnceLock::new(),
             webhooks: std::sync::OnceLock::new(),
             limiter: RateLimiter::new(&engine.config().apps),
             last_batch_id: std::sync::atomic::AtomicU64::new(0),
@@ -102,6 +110,20 @@ impl Api {
 
     /// Answers one request and counts it.
     pub async fn handle(&self, req: &Request, scope: Scope) -> Response {
+        if scope == Scope::Full {
+            if let Some(m) = self.mgmt.get() {
+                if req.path == "/api" || req.path.starts_with("/api/") {
+                    let resp = crate::mgmt::api::handle(self, m, req).await;
+                    self.metrics.record(Endpoint::Other, resp.status, None);
+                    return resp;
+                }
+                if req.path == "/dashboard" || req.path.starts_with("/dashboard/") {
+                    let resp = crate::mgmt::dashboard::serve(req);
+                    self.metrics.record(Endpoint::Other, resp.status, None);
+                    return resp;
+                }
+            }
+        }
         let rate = std::cell::Cell::new(None);
         let (endpoint, app, result) = self.dispatch(req, scope, &rate).await;
         let mut resp = result.unwrap_or_else(|e| {
@@ -149,11 +171,45 @@ impl Api {
         }
     }
 
-    fn app_ctx(&self, id: &str, req: &Request) -> Result<Ctx, ApiError> {
+    fn app_ctx(&self, id: &str, req: &Request, route: &Route) -> Result<Ctx, ApiError> {
         let (idx, app) = self
             .engine
             .app_by_id(id)
             .ok_or_else(|| ApiError::unknown_app(id))?;
+        if let (Some(m), Some(t)) = (self.mgmt.get(), crate::auth::bearer_token(req)) {
+            if t.starts_with(crate::mgmt::token::TOKEN_PREFIX) {
+                // A management API token: publishing needs events:trigger, reads apps:read,
+                // server-side channel auth secrets:manage, other writes apps:write.
+                use crate::mgmt::token::Scope;
+                let need = match route {
+                    Route::Events { .. } | Route::BatchEvents { .. } | Route::SeedBatch { .. } => {
+                        Scope::EventsTrigger
+                    }
+                    Route::Auth { .. } => Scope::SecretsManage,
+                    _ if req.method == "GET" => Scope::AppsRead,
+                    _ => Scope::AppsWrite,
+                };
+                let rec = m
+                    .verify(t)
+                    .map_err(|e| ApiError::unauthorized("invalid_api_token", e.message))?;
+                if !rec.has(need) || !rec.covers_app(id) {
+                    return Err(ApiError::new(
+                        403,
+                        "forbidden",
+                        format!(
+                            "the API token lacks the {} scope for app {id:?}",
+                            need.as_str()
+                        ),
+                    ));
+                }
+                Self::enabled(&app)?;
+                return Ok(Ctx {
+                    idx,
+                    app,
+                    cred: Credential::Bearer,
+                });
+            }
+        }
         let cred = authenticate_app(req, &app, (self.clock)())?;
         Self::enabled(&app)?;
         Ok(Ctx { idx, app, cred })
@@ -214,7 +270,7 @@ impl Api {
             _ => None,
         };
         let ctx = match app_id {
-            Some(id) => match self.app_ctx(id, req) {
+            Some(id) => match self.app_ctx(id, req, &r) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     let idx = self.engine.app_by_id(id).map(|(i, _)| i);

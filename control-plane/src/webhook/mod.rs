@@ -84,6 +84,9 @@ pub(crate) struct AppHooks {
     pub wants: Vec<&'static str>,
     /// Index into `Shared::targets` for each of the app's targets.
     pub targets: Vec<usize>,
+    /// Deliveries answered with a 2xx, and failed attempts (usage).
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -95,9 +98,24 @@ pub(crate) struct Shared {
     pub shutdown: AtomicBool,
     next_id: AtomicU64,
     id_prefix: String,
+    /// app id -> (key, secret) that sign its webhooks now; set by the management plane.
+    signing: arc_swap::ArcSwap<HashMap<String, (String, String)>>,
 }
 
 impl Shared {
+    /// The key and secret that sign `app`'s webhooks now.
+    pub fn signing_for(&self, app: &AppConfig) -> (String, String) {
+        match self.signing.load().get(&app.id) {
+            Some((k, s)) => (k.clone(), s.clone()),
+            None => (
+                app.key.clone(),
+                app.webhook_secret
+                    .clone()
+                    .unwrap_or_else(|| app.primary_secret().to_owned()),
+            ),
+        }
+    }
+
     pub fn next_delivery_id(&self) -> String {
         format!("{}-{}", self.id_prefix, self.next_id.fetch_add(1, Relaxed))
     }
@@ -117,6 +135,9 @@ pub struct Webhooks {
     /// Unix ms of the last "queue full" warning (at most one a second, from the cores).
     last_full_warning_ms: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Apps created through the management API, each with its own sender (app id -> sender),
+    /// replaced whole when the app's targets change. Looked up lock-free by the observer.
+    managed: arc_swap::ArcSwap<HashMap<String, Arc<Webhooks>>>,
 }
 
 fn now_ms() -> u64 {
@@ -152,6 +173,8 @@ impl Webhooks {
                 config: a.clone(),
                 wants,
                 targets: idx,
+                delivered: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
             });
         }
         let shared = Arc::new(Shared {
@@ -167,6 +190,7 @@ impl Webhooks {
             shutdown: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             id_prefix: format!("{:x}", now_ms()),
+            signing: arc_swap::ArcSwap::from_pointee(HashMap::new()),
         });
         let (tx, rx) = sync_channel(defaults::WEBHOOK_QUEUE_CAPACITY);
         let (spilled, spilled_rx) = sync_channel(SPILL_CAPACITY);
@@ -195,6 +219,7 @@ impl Webhooks {
             spilled,
             last_full_warning_ms: AtomicU64::new(0),
             threads: Mutex::new(threads),
+            managed: arc_swap::ArcSwap::from_pointee(HashMap::new()),
         })
     }
 
@@ -203,18 +228,104 @@ impl Webhooks {
         Arc::new(Observer(self.clone()))
     }
 
+    /// Signs webhooks with these apps' current credentials from now on (the app's
+    /// `webhook_secret` when set, else its primary secret).
+    pub fn update_signing(&self, apps: &[AppConfig]) {
+        let map = apps
+            .iter()
+            .map(|a| {
+                let secret = a
+                    .webhook_secret
+                    .clone()
+                    .unwrap_or_else(|| a.primary_secret().to_owned());
+                (a.id.clone(), (a.key.clone(), secret))
+            })
+            .collect();
+        self.shared.signing.store(Arc::new(map));
+    }
+
+    /// Per app id: (deliveries answered 2xx, failed attempts).
+    pub fn per_app_outcomes(&self) -> Vec<(String, u64, u64)> {
+        let mut out: Vec<(String, u64, u64)> = self
+            .shared
+            .apps
+            .iter()
+            .map(|a| {
+                (
+                    a.config.id.clone(),
+                    a.delivered.load(Relaxed),
+                    a.failed.load(Relaxed),
+                )
+            })
+            .collect();
+        for child in self.managed.load().values() {
+            out.extend(child.per_app_outcomes());
+        }
+        out
+    }
+
+    /// Makes the webhooks of the management API's apps follow `apps` (the apps it serves now):
+    /// an app whose targets or retry budget changed gets a new sender (its delivery log starts
+    /// over; the old sender finishes what it holds for up to 2 s in the background), an app
+    /// whose secret changed signs with the new one at once, an app without targets (or gone)
+    /// has none. Config-file apps are not affected.
+    pub fn sync_managed(&self, apps: &[AppConfig]) {
+        let old = self.managed.load_full();
+        let mut next: HashMap<String, Arc<Webhooks>> = HashMap::new();
+        let mut retired = Vec::new();
+        for a in apps.iter().filter(|a| !a.webhooks.is_empty()) {
+            if self.shared.by_id.contains_key(&a.id) {
+                continue; // a config app: the config file's sender has it
+            }
+            let child = match old.get(&a.id) {
+                Some(c)
+                    if c.shared.apps.first().is_some_and(|h| {
+                        h.config.webhooks == a.webhooks
+                            && h.config.webhook_retry_budget == a.webhook_retry_budget
+                    }) =>
+                {
+                    c.clone()
+                }
+                _ => Webhooks::start(std::slice::from_ref(a)),
+            };
+            child.update_signing(std::slice::from_ref(a));
+            next.insert(a.id.clone(), child);
+        }
+        for (id, c) in old.iter() {
+            if !next.get(id).is_some_and(|n| Arc::ptr_eq(n, c)) {
+                retired.push(c.clone());
+            }
+        }
+        self.managed.store(Arc::new(next));
+        if !retired.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("ringcast-webhooks-retire".into())
+                .spawn(move || {
+                    for c in retired {
+                        c.shutdown_graceful(std::time::Duration::from_secs(2));
+                    }
+                });
+        }
+    }
+
     pub fn stats(&self) -> &WebhookStats {
         &self.shared.stats
     }
 
     /// Recent deliveries of an app (newest first), `None` for an unknown app.
     pub fn deliveries(&self, app_id: &str) -> Option<Vec<DeliveryRecord>> {
+        if let Some(c) = self.managed.load().get(app_id) {
+            return c.deliveries(app_id);
+        }
         let app = *self.shared.by_id.get(app_id)?;
         Some(self.shared.log.recent(app))
     }
 
     /// Sends a logged delivery again (same id, attempt numbers continue).
     pub fn redeliver(&self, app_id: &str, delivery_id: &str) -> Result<(), String> {
+        if let Some(c) = self.managed.load().get(app_id) {
+            return c.redeliver(app_id, delivery_id);
+        }
         let app = *self.shared.by_id.get(app_id).ok_or("unknown app")?;
         let rec = self
             .shared
@@ -244,6 +355,7 @@ impl Webhooks {
         s.events_queued.load(Relaxed) != s.events_routed.load(Relaxed)
             || s.held.load(Relaxed) > 0
             || self.shared.targets.iter().any(|t| t.in_flight())
+            || self.managed.load().values().any(|c| c.busy())
     }
 
     /// Waits (at most `grace`) for pending webhooks to go out, then shuts down.
@@ -260,6 +372,9 @@ impl Webhooks {
     pub fn shutdown(&self) {
         if self.shared.shutdown.swap(true, Relaxed) {
             return;
+        }
+        for c in self.managed.load().values() {
+            c.shutdown();
         }
         for t in &self.shared.targets {
             t.wake();
@@ -279,6 +394,10 @@ impl Webhooks {
         body: impl FnOnce() -> Value,
     ) {
         let Some(&idx) = self.shared.by_id.get(&app.id) else {
+            // An app of the management API has its own sender, if it has targets.
+            if let Some(c) = self.managed.load().get(&app.id) {
+                c.emit(app, name, channel, user_id, body);
+            }
             return;
         };
         if !self.shared.apps[idx].wants.contains(&name) || self.shared.shutdown.load(Relaxed) {

@@ -156,11 +156,13 @@ fn deliver(
         }
         d.attempts += 1;
         let body = json!({"time_ms": super::now_ms(), "events": d.events}).to_string();
-        let signature = ringcast_protocol::webhook_signature(app.primary_secret(), body.as_bytes());
+        // The current signing credentials (the management API may rotate them at runtime).
+        let (key, secret) = shared.signing_for(app);
+        let signature = ringcast_protocol::webhook_signature(&secret, body.as_bytes());
         let res = agent
             .post(&tq.target.url)
             .set("Content-Type", "application/json")
-            .set("X-Pusher-Key", &app.key)
+            .set("X-Pusher-Key", &key)
             .set("X-Pusher-Signature", &signature)
             .set("X-Ringcast-Delivery", &d.id)
             .set("X-Ringcast-Attempt", &d.attempts.to_string())
@@ -175,6 +177,7 @@ fn deliver(
         match err {
             None => {
                 shared.stats.delivered.fetch_add(1, Relaxed);
+                shared.apps[d.app].delivered.fetch_add(1, Relaxed);
                 shared.log.update(d.app, &d.id, |r| {
                     r.attempts = attempts;
                     r.status = DeliveryStatus::Delivered;
@@ -183,6 +186,7 @@ fn deliver(
             }
             Some(e) => {
                 shared.stats.failed_attempts.fetch_add(1, Relaxed);
+                shared.apps[d.app].failed.fetch_add(1, Relaxed);
                 shared.log.update(d.app, &d.id, |r| {
                     r.attempts = attempts;
                     r.last_error = Some(e.clone());

@@ -94,6 +94,12 @@ export async function startServer(opts = {}) {
     args.push('--config', file);
   }
   if (opts.args) args.push(...opts.args);
+  // Every server gets its own management store unless the test names one (--data-dir).
+  let dataTmp = null;
+  if (!args.includes('--data-dir')) {
+    dataTmp = mkdtempSync(path.join(tmpdir(), 'ringcast-data-'));
+    args.push('--data-dir', dataTmp);
+  }
 
   const child = spawn(bin, args, {
     cwd: REPO_ROOT,
@@ -110,6 +116,7 @@ export async function startServer(opts = {}) {
       exitInfo = { code, signal };
       live.delete(child);
       if (tmp) rmSync(tmp, { recursive: true, force: true });
+      if (dataTmp) rmSync(dataTmp, { recursive: true, force: true });
       resolve(exitInfo);
     });
   });
