@@ -139,6 +139,8 @@ export async function startNode(o) {
     args.push('--cluster', o.cluster, '--node-id', o.nodeId, '--cluster-lease-ms', String(o.leaseMs ?? 2000));
   }
   args.push(...(o.args ?? []));
+  // Every node its own management store (a node restarted with the same args keeps it).
+  if (!args.includes('--data-dir')) args.push('--data-dir', path.join(tmp, 'data'));
   writeFileSync(file, config);
   const child = spawn(bin, args, {
     cwd: REPO_ROOT,
