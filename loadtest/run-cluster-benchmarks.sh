@@ -79,39 +79,47 @@ stop_nodes() { for p in "${NODE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wai
 stop_redis() { kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; }
 urls() { local u="" p; for p in "${NODE_PORTS[@]}"; do u="${u:+$u,}ws://127.0.0.1:$p"; done; echo "$u"; }
 
+# One fan-out point, 1,000 subscribers at 100 events/s, run twice (5 s and 15 s): the extra
+# 10 s cost the difference in CPU, with no connection setup or warm-up in it.
+point_pair() { # label urls metric-ports(comma) pid...
+  local label="$1" u="$2" mports="$3"; shift 3
+  local d c0 c1 m0 m1 ports
+  IFS=, read -r -a ports <<<"$mports"
+  for d in 5 15; do
+    c0=$(cpu_ticks "$@")
+    m0=0; [[ -n "$mports" ]] && m0=$(( $(metric_sum ringcast_cluster_published_total "${ports[@]}") + $(metric_sum ringcast_cluster_received_total "${ports[@]}") ))
+    timeout 300 "$LT" fanout --ws-url "$u" --label "$label" --subscribers 1000 --channels 1 \
+      --payload 100 --rate 100 --duration "$d" --quiet --json "$OUT/fanout-1k-$label-${d}s.json"
+    c1=$(cpu_ticks "$@")
+    m1=0; [[ -n "$mports" ]] && m1=$(( $(metric_sum ringcast_cluster_published_total "${ports[@]}") + $(metric_sum ringcast_cluster_received_total "${ports[@]}") ))
+    echo "$d $((c1 - c0)) $((m1 - m0))" >>"$OUT/fanout-1k-$label.cost"
+  done
+  python3 - "$OUT/fanout-1k-$label.cost" "$(getconf CLK_TCK)" "$label" <<'PY'
+import sys
+rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()][-2:]
+hz, label = int(sys.argv[2]), sys.argv[3]
+(d0, c0, m0), (d1, c1, m1) = rows
+events = 100 * (d1 - d0)
+print(f"{label}: server CPU per delivery {(c1 - c0) / hz * 1e6 / (1000 * events):.3f} us "
+      f"(extra {d1 - d0} s: {(c1 - c0) / hz:.2f} CPU-s for {1000 * events} deliveries); "
+      f"broker messages per event {(m1 - m0) / events:.2f}")
+PY
+}
+
 fanout1k() {
-  note "1,000 subscribers over 3 nodes, 100 events/s, 100 B, 10 s (beside 1 node, 2 workers)"
+  note "1,000 subscribers over 3 nodes, 100 events/s, 100 B (beside 1 node, 2 workers)"
+  rm -f "$OUT"/fanout-1k-*.cost
   start_redis
   start_nodes 3 1
-  local ports=("${NODE_PORTS[@]}") c0 c1 m0 m1
-  c0=$(cpu_ticks "${NODE_PIDS[@]}" "$REDIS_PID")
-  m0=$(( $(metric_sum ringcast_cluster_published_total "${ports[@]}") + $(metric_sum ringcast_cluster_received_total "${ports[@]}") ))
-  timeout 300 "$LT" fanout --ws-url "$(urls)" --label "cluster-3" --subscribers 1000 --channels 1 \
-    --payload 100 --rate 100 --duration 10 --quiet --json "$OUT/fanout-1k-cluster3.json"
-  c1=$(cpu_ticks "${NODE_PIDS[@]}" "$REDIS_PID")
-  m1=$(( $(metric_sum ringcast_cluster_published_total "${ports[@]}") + $(metric_sum ringcast_cluster_received_total "${ports[@]}") ))
-  python3 - "$OUT/fanout-1k-cluster3.json" "$c0" "$c1" "$m0" "$m1" "$(getconf CLK_TCK)" <<'EOF'
-import json, sys
-path, c0, c1, m0, m1, hz = sys.argv[1], *map(int, sys.argv[2:])
-r = json.load(open(path))
-# events published in the measured phase: 100/s x 10 s
-events = 100 * 10
-deliveries = 1000 * events
-extra = {"cluster_cpu_s": (c1 - c0) / hz, "cluster_cpu_us_per_delivery": (c1 - c0) / hz * 1e6 / deliveries,
-         "broker_messages": m1 - m0, "broker_messages_per_event": (m1 - m0) / events}
-r["cluster"] = extra
-json.dump(r, open(path, "w"), indent=1)
-print("cluster (3 nodes + redis):", json.dumps(extra))
-EOF
+  local mports; mports="$(IFS=,; echo "${NODE_PORTS[*]}")"
+  point_pair cluster-3 "$(urls)" "$mports" "${NODE_PIDS[@]}" "$REDIS_PID"
   stop_nodes
   stop_redis
   note "the same on one node (2 workers), no broker"
   "$RC" --listen 127.0.0.1:0 --config loadtest/ringcast-bench.toml --workers 2 >"$WORK/single.out" 2>"$WORK/single.err" &
   local sp=$!; PIDS+=("$sp")
   wait_line "$WORK/single.out" "listening on"
-  local addr; addr="$(grep -o '127\.0\.0\.1:[0-9]*' "$WORK/single.out" | head -n1)"
-  timeout 300 "$LT" fanout --ws-url "ws://$addr" --server-pid "$sp" --label "single" --subscribers 1000 \
-    --channels 1 --payload 100 --rate 100 --duration 10 --quiet --json "$OUT/fanout-1k-single.json"
+  point_pair single "ws://$(grep -o '127\.0\.0\.1:[0-9]*' "$WORK/single.out" | head -n1)" "" "$sp"
   kill "$sp"; wait "$sp" 2>/dev/null || true
 }
 
