@@ -76,6 +76,10 @@ struct Serving {
 }
 
 impl http::Handler for Serving {
+    fn admit(&self, head: &http::RequestHead) -> Result<Option<http::BodyPermit>, Response> {
+        self.api.admit(head, self.scope)
+    }
+
     fn handle(&self, req: &Request) -> impl Future<Output = Response> {
         self.api.handle(req, self.scope)
     }
@@ -93,7 +97,13 @@ impl HttpService for ControlPlane {
         stream: monoio::net::TcpStream,
         buffered: Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = ()>>> {
-        Box::pin(serve(self.api.clone(), stream, buffered, Scope::Full))
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
+        Box::pin(serve(
+            self.api.clone(),
+            stream,
+            buffered,
+            Scope::Public { peer },
+        ))
     }
 }
 
