@@ -107,19 +107,6 @@ fn publish(h: &EngineHandle, waker: &Waker, channel: &ChannelName, data: &str) {
     assert!(r.is_ok(), "publish failed: {r:?}");
 }
 
-/// The core owning a channel of app 0, computed as `Shared::owner_of` does (engine/src/shared.rs:
-/// ahash with fixed seeds over (app index, channel name), modulo the worker count).
-fn owner_of(name: &str, workers: u64) -> u64 {
-    let h = ahash::RandomState::with_seeds(
-        0x5249_4e47_4341_5354,
-        0x0123_4567_89ab_cdef,
-        0x0f1e_2d3c_4b5a_6978,
-        0x9e37_79b9_7f4a_7c15,
-    )
-    .hash_one((0u32, name));
-    h % workers
-}
-
 /// A subscriber on core `core` (connects until the engine puts one there).
 fn sub_on_core(addr: SocketAddr, core: u64) -> Sub {
     for _ in 0..64 {
@@ -131,11 +118,11 @@ fn sub_on_core(addr: SocketAddr, core: u64) -> Sub {
     panic!("no connection landed on core {core}");
 }
 
-fn channel_owned_by(core: u64, tag: &str) -> ChannelName {
+/// A channel of app 0 owned by `core` (the engine's own placement decides, keyed per process).
+fn channel_owned_by(h: &EngineHandle, core: u64, tag: &str) -> ChannelName {
     (0..1000)
-        .map(|i| format!("bench-{tag}-{i}"))
-        .find(|n| owner_of(n, 2) == core)
-        .and_then(|n| ChannelName::parse(&n).ok())
+        .filter_map(|i| ChannelName::parse(&format!("bench-{tag}-{i}")).ok())
+        .find(|n| h.owner_core(0, n) as u64 == core)
         .expect("some channel hashes to each core")
 }
 
@@ -154,8 +141,8 @@ fn engine_paths(c: &mut Criterion) {
     g.finish();
 
     let mut sub = sub_on_core(addr, 1);
-    let local = channel_owned_by(1, "local");
-    let remote = channel_owned_by(0, "remote");
+    let local = channel_owned_by(&h, 1, "local");
+    let remote = channel_owned_by(&h, 0, "remote");
     sub.subscribe(local.as_str()).expect("subscribe");
     sub.subscribe(remote.as_str()).expect("subscribe");
     let mut g = c.benchmark_group("mesh_hop");

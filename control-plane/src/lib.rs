@@ -1,4 +1,5 @@
-//! Ringcast's control plane: the Pusher HTTP API (and the seed dialect), request
+//! Ringcast's control plane: the HTTP API dialects (`dialect::*`: Pusher, Relay, ...) over one
+//! shared request pipeline (`api`), request
 //! authentication, `/health`, `/stats` and Prometheus `/metrics`. It reaches the engine only
 //! through [`ringcast_engine::EngineHandle`].
 //!
@@ -16,10 +17,10 @@
 //!               |
 //!         app by id (404) -> auth::authenticate_app (Pusher signature | Bearer; 401)
 //!               |
-//!         handlers: events / batch_events / channels / users / terminate / seed::server_auth
+//!         handlers: events / batch_events / channels / users / terminate / relay::server_auth
 //!               |  EngineHandle::publish / channels / channel / presence_users / terminate_user
 //!               v
-//!         Response (Pusher shape, or seed shape for Bearer requests)
+//!         Response (Pusher shape, or Relay shape for Bearer requests)
 //!               + metrics::RestMetrics (per-thread shards, summed on scrape)
 //! ```
 //!
@@ -30,10 +31,10 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dialect;
 pub mod error;
 pub mod http;
 pub mod metrics;
-pub mod seed;
 pub mod service;
 pub mod stats;
 pub mod webhook;

@@ -826,7 +826,7 @@ fn start_subscription(
         &key.clone(),
         Msg::Subscribe {
             key,
-            conn: conn.id,
+            socket: conn.socket_id,
             gen,
             from: core.idx as u16,
             member,
@@ -1009,7 +1009,7 @@ fn client_event(
         Msg::Publish {
             key,
             frame,
-            except: Some(conn.id),
+            except: Some(conn.socket_id),
         },
     );
 }

@@ -17,7 +17,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use indexmap::IndexMap;
-use ringcast_protocol::{pusher, ChannelKind, PresenceSnapshot};
+use ringcast_protocol::{pusher, ChannelKind, PresenceSnapshot, SocketId};
 
 use std::time::{Duration, Instant};
 
@@ -227,11 +227,11 @@ impl Core {
         match m {
             Msg::Subscribe {
                 key,
-                conn,
+                socket,
                 gen,
                 from,
                 member,
-            } => self.on_subscribe(key, conn, gen, from as usize, member),
+            } => self.on_subscribe(key, socket, gen, from as usize, member),
             Msg::Unsubscribe {
                 key,
                 conn,
@@ -400,11 +400,12 @@ impl Core {
     fn on_subscribe(
         &self,
         key: ChanKey,
-        conn: u64,
+        socket: SocketId,
         gen: u32,
         from: usize,
         member: Option<MemberInfo>,
     ) {
+        let conn = socket.lo;
         let app = self.shared.app(key.app);
         let mut owned = self.owned.borrow_mut();
         let new_channel = !owned.contains_key(&key);
@@ -492,7 +493,7 @@ impl Core {
                 &m.info_json,
             );
             for c in &targets {
-                self.send_deliver(*c, &key, &frame, Some(conn));
+                self.send_deliver(*c, &key, &frame, Some(socket));
             }
             if let Some(obs) = &self.shared.observer {
                 obs.member_added(&app.config, &key.name, &m.user_id);
@@ -660,7 +661,7 @@ impl Core {
     }
 
     /// Forwards `frame` to every core holding subscribers of `key`.
-    fn on_publish(&self, key: &ChanKey, frame: Bytes, except: Option<u64>) -> ChannelCounts {
+    fn on_publish(&self, key: &ChanKey, frame: Bytes, except: Option<SocketId>) -> ChannelCounts {
         let app = &self.shared.app(key.app).config;
         if key.name.is_cache() {
             self.cache
@@ -710,7 +711,7 @@ impl Core {
         }
     }
 
-    fn send_deliver(&self, core: usize, key: &ChanKey, frame: &Bytes, except: Option<u64>) {
+    fn send_deliver(&self, core: usize, key: &ChanKey, frame: &Bytes, except: Option<SocketId>) {
         if core == self.idx {
             // Deliver in place: no queue hop for the owner's own subscribers.
             self.deliver(key, frame, except);
@@ -729,13 +730,17 @@ impl Core {
     // ---------------------------------------------------------------- subscriber side
 
     /// Appends `frame` (shared, not copied) to every local subscriber's outbound queue.
-    pub(crate) fn deliver(&self, key: &ChanKey, frame: &Bytes, except: Option<u64>) {
+    pub(crate) fn deliver(&self, key: &ChanKey, frame: &Bytes, except: Option<SocketId>) {
         let subs = self.subs.borrow();
         let Some(list) = subs.get(key) else { return };
         let mut n = 0u64;
         for (id, conn) in list.iter() {
-            if Some(*id) == except {
-                continue;
+            // The connection id is the socket id's low half, so the cheap compare comes first;
+            // the exclusion holds only when the whole socket id matches.
+            if let Some(ex) = except {
+                if ex.lo == *id && conn.socket_id == ex {
+                    continue;
+                }
             }
             conn.push(frame.clone());
             n += 1;

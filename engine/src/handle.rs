@@ -153,7 +153,8 @@ impl EngineHandle {
     /// already have been published.
     pub async fn publish(&self, p: Publish) -> Result<Vec<ChannelCounts>, EngineError> {
         self.live()?;
-        let except = p.except.map(|s| s.lo);
+        // The whole socket id: a connection is excluded only if both halves match.
+        let except = p.except;
         let mut replies = Vec::with_capacity(p.channels.len());
         for name in p.channels {
             let frame = pusher::event_frame(&p.event, name.as_str(), &p.data, None);
@@ -184,7 +185,8 @@ impl EngineHandle {
     /// channel is the same as `publish`'s (each owner's queue is FIFO).
     pub fn publish_queued(&self, p: Publish) -> Result<(), EngineError> {
         self.live()?;
-        let except = p.except.map(|s| s.lo);
+        // The whole socket id: a connection is excluded only if both halves match.
+        let except = p.except;
         for name in p.channels {
             let frame = pusher::event_frame(&p.event, name.as_str(), &p.data, None);
             let key = self.key(p.app, name)?;
@@ -333,6 +335,16 @@ impl EngineHandle {
         let more = all.len() > q.limit;
         all.truncate(q.limit);
         Ok((all, more))
+    }
+
+    /// The core owning a channel (placement is keyed with this process's secret, so only the
+    /// process itself can answer). For benchmarks and tests that place a channel on purpose.
+    #[doc(hidden)]
+    pub fn owner_core(&self, app: AppIdx, name: &ChannelName) -> usize {
+        self.shared.owner_of(&ChanKey {
+            app,
+            name: name.clone(),
+        })
     }
 
     /// True once a graceful shutdown has begun (health checks answer 503 from then on).

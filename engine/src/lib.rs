@@ -5,7 +5,7 @@
 //!  client ──TCP──► worker k (SO_REUSEPORT accept) ── upgrade ──► conn task (reader)
 //!                                                                   │ pusher:subscribe
 //!                                                                   ▼
-//!        owner core o = ahash(app, channel) % N  ◄── Subscribe ── mesh k→o (SPSC)
+//!        owner core o = keyed_hash(app, channel) % N ◄── Subscribe ── mesh k→o (SPSC)
 //!        (per-core counts, presence members)     ── SubAck ────► conn: subscription_succeeded
 //!
 //!  EngineHandle::publish (REST)         client event on core k

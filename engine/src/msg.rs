@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_channel::oneshot;
-use ringcast_protocol::ChannelName;
+use ringcast_protocol::{ChannelName, SocketId};
 
 /// Index of an app in the resolved config.
 pub type AppIdx = u32;
@@ -66,10 +66,11 @@ pub struct PresenceUser {
 }
 
 pub(crate) enum Msg {
-    /// To the owner: a connection on core `from` wants to subscribe.
+    /// To the owner: a connection on core `from` wants to subscribe. `socket.lo` is the
+    /// connection id; the whole socket id is kept to exclude it from its own `member_added`.
     Subscribe {
         key: ChanKey,
-        conn: u64,
+        socket: SocketId,
         gen: u32,
         from: u16,
         member: Option<MemberInfo>,
@@ -85,7 +86,7 @@ pub(crate) enum Msg {
     Publish {
         key: ChanKey,
         frame: Bytes,
-        except: Option<u64>,
+        except: Option<SocketId>,
     },
     /// From the owner to the subscriber's core.
     SubAck {
@@ -98,7 +99,7 @@ pub(crate) enum Msg {
     Deliver {
         key: ChanKey,
         frame: Bytes,
-        except: Option<u64>,
+        except: Option<SocketId>,
     },
 }
 
@@ -114,7 +115,7 @@ pub(crate) enum Command {
     Publish {
         key: ChanKey,
         frame: Bytes,
-        except: Option<u64>,
+        except: Option<SocketId>,
         reply: Option<oneshot::Sender<ChannelCounts>>,
     },
     ListChannels {

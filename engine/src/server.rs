@@ -17,7 +17,7 @@ use crate::config::{defaults, Config};
 use crate::core::Core;
 use crate::handle::EngineHandle;
 use crate::mesh::{self, MeshRx, MeshShared, MeshTx};
-use crate::shared::{EngineObserver, Shared};
+use crate::shared::{EngineObserver, Placement, Shared};
 
 /// Serves a plain-HTTP (non-WebSocket) connection that arrived on the public port. Installed by
 /// the composition root (the control plane implements it); the engine knows nothing of routes.
@@ -94,7 +94,8 @@ impl Engine {
             config.mesh_overflow_limit,
             mesh_shared.clone(),
         );
-        let shared = Arc::new(Shared::new(config, mesh_shared, observer));
+        let placement = Placement::random()?;
+        let shared = Arc::new(Shared::new(config, mesh_shared, observer, placement));
         Ok(Engine {
             shared,
             listeners,

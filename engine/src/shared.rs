@@ -55,8 +55,41 @@ pub(crate) struct Shared {
     pub observer: Option<Arc<dyn EngineObserver>>,
     pub shutdown: AtomicBool,
     pub http: std::sync::OnceLock<Arc<dyn crate::HttpService>>,
-    /// Fixed seeds: every core must compute the same owner for a channel.
+    /// Keyed channel placement, shared by every core of the process (so all agree on owners).
+    placement: Placement,
+}
+
+/// Channel placement: a keyed hash of (app, channel name) modulo the worker count. The key is
+/// 256 random bits drawn from the OS when the process starts and never leaves it, so a client
+/// cannot predict which core owns a channel and cannot craft names that all land on one core.
+/// (A cluster needs a stable, secret key shared by its nodes instead: build it with
+/// [`Placement::with_key`].)
+pub(crate) struct Placement {
     hasher: ahash::RandomState,
+}
+
+impl Placement {
+    /// A placement keyed with fresh OS randomness.
+    pub fn random() -> std::io::Result<Placement> {
+        let mut b = [0u8; 32];
+        getrandom::getrandom(&mut b)
+            .map_err(|e| std::io::Error::other(format!("no OS random source: {e}")))?;
+        let k = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        Ok(Placement::with_key([k(0), k(1), k(2), k(3)]))
+    }
+
+    /// A placement with a given secret key.
+    pub fn with_key(key: [u64; 4]) -> Placement {
+        Placement {
+            hasher: ahash::RandomState::with_seeds(key[0], key[1], key[2], key[3]),
+        }
+    }
+
+    #[inline]
+    fn core_of(&self, key: &ChanKey, workers: usize) -> usize {
+        let h = self.hasher.hash_one((key.app, key.name.as_str()));
+        (h % workers as u64) as usize
+    }
 }
 
 impl Shared {
@@ -64,6 +97,7 @@ impl Shared {
         config: Config,
         mesh: Arc<MeshShared>,
         observer: Option<Arc<dyn EngineObserver>>,
+        placement: Placement,
     ) -> Shared {
         let apps = config
             .apps
@@ -83,12 +117,7 @@ impl Shared {
             observer,
             shutdown: AtomicBool::new(false),
             http: std::sync::OnceLock::new(),
-            hasher: ahash::RandomState::with_seeds(
-                0x5249_4e47_4341_5354,
-                0x0123_4567_89ab_cdef,
-                0x0f1e_2d3c_4b5a_6978,
-                0x9e37_79b9_7f4a_7c15,
-            ),
+            placement,
         }
     }
 
@@ -105,10 +134,44 @@ impl Shared {
         self.apps.iter().find(|a| a.config.id == id)
     }
 
-    /// The core owning `key`: ahash of (app, channel name) modulo the worker count.
+    /// The core owning `key`: the keyed placement hash of (app, channel name) modulo the worker
+    /// count. The single place that decides ownership.
     #[inline]
     pub fn owner_of(&self, key: &ChanKey) -> usize {
-        let h = self.hasher.hash_one((key.app, key.name.as_str()));
-        (h % self.config.workers as u64) as usize
+        self.placement.core_of(key, self.config.workers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringcast_protocol::ChannelName;
+
+    fn owners(p: &Placement, workers: usize) -> Vec<usize> {
+        (0..256)
+            .map(|i| {
+                let key = ChanKey {
+                    app: 0,
+                    name: ChannelName::parse(&format!("room-{i}")).unwrap(),
+                };
+                p.core_of(&key, workers)
+            })
+            .collect()
+    }
+
+    /// Two processes place the same names differently: the key is random per process, so
+    /// nobody can precompute a set of names that share one owner.
+    #[test]
+    fn placement_is_keyed_randomly_per_process() {
+        let a = owners(&Placement::random().unwrap(), 2);
+        let b = owners(&Placement::random().unwrap(), 2);
+        // 256 names on 2 cores: equal placements by chance have probability 2^-256.
+        assert_ne!(a, b);
+        // Deterministic for one key (every core of a process agrees).
+        let k = [1, 2, 3, 4];
+        assert_eq!(
+            owners(&Placement::with_key(k), 4),
+            owners(&Placement::with_key(k), 4)
+        );
     }
 }

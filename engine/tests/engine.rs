@@ -7,7 +7,7 @@ use std::net::TcpStream;
 
 use common::*;
 use ringcast_engine::Publish;
-use ringcast_protocol::ChannelName;
+use ringcast_protocol::{ChannelName, SocketId};
 use serde_json::json;
 
 fn publish(
@@ -25,6 +25,51 @@ fn publish(
         except: None,
     }))
     .expect("publish")
+}
+
+fn publish_except(server: &Server, channel: &str, event: &str, except: SocketId) {
+    let h = server.handle();
+    block_on(h.publish(Publish {
+        app: 0,
+        channels: vec![ChannelName::parse(channel).unwrap()],
+        event: event.into(),
+        data: "{}".into(),
+        except: Some(except),
+    }))
+    .expect("publish");
+}
+
+/// REST `socket_id` exclusion matches the whole socket id: a socket id that shares only one
+/// half with a subscriber's (the connection id after the dot) must not exclude it.
+#[test]
+fn rest_socket_id_exclusion_matches_the_whole_socket_id() {
+    for workers in [1, 2] {
+        let s = Server::start(workers, "");
+        let mut clients: Vec<Client> = (0..4).map(|_| s.connect()).collect();
+        for c in clients.iter_mut() {
+            c.subscribe("excl");
+        }
+        let me = SocketId::parse(&clients[0].socket_id).expect("socket id parses");
+        // Same connection id, other random half: nobody is excluded.
+        publish_except(
+            &s,
+            "excl",
+            "half",
+            SocketId::new(me.hi.wrapping_add(1), me.lo),
+        );
+        // Same random half, other connection id: nobody is excluded.
+        publish_except(&s, "excl", "other-half", SocketId::new(me.hi, me.lo + 1));
+        // The whole id: only clients[0] is excluded.
+        publish_except(&s, "excl", "whole", me);
+        for (i, c) in clients.iter_mut().enumerate() {
+            assert_eq!(c.recv()["event"], "half", "client {i}");
+            assert_eq!(c.recv()["event"], "other-half", "client {i}");
+            if i != 0 {
+                assert_eq!(c.recv()["event"], "whole", "client {i}");
+            }
+            c.assert_nothing_pending();
+        }
+    }
 }
 
 #[test]

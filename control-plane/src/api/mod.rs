@@ -4,8 +4,6 @@
 
 mod admission;
 mod body;
-mod channels;
-mod events;
 mod history;
 mod route;
 
@@ -14,17 +12,18 @@ use std::sync::Arc;
 use ringcast_engine::{AppConfig, AppIdx, EngineHandle};
 use serde_json::json;
 
+pub use crate::dialect::pusher::{parse_event, EventSpec};
 pub use admission::{Refusal, Refusals};
-pub use body::{Body, Info};
-pub use events::{parse_event, EventSpec};
+pub use body::{data_text, query_param, Body, Info};
 pub use route::{percent_decode, route, Endpoint, Route, RouteError};
 
 use crate::auth::{authenticate_app, authenticate_by_key, Credential};
 use crate::config::ApiConfig;
+use crate::dialect::relay;
 use crate::error::ApiError;
 use crate::http::{Request, Response};
 use crate::metrics::RestMetrics;
-use crate::{metrics, seed, stats};
+use crate::{metrics, stats};
 
 /// Seconds since the Unix epoch; injectable so tests can sign with any timestamp.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -40,7 +39,7 @@ pub fn system_clock() -> Clock {
 }
 
 /// An authenticated request's app.
-pub(crate) struct Ctx<'a> {
+pub struct Ctx<'a> {
     pub idx: AppIdx,
     pub app: &'a AppConfig,
     pub cred: Credential,
@@ -202,7 +201,7 @@ impl Api {
             (_, None) => Err(ApiError::new(500, "internal", "route without an app")),
             (Route::Events { .. }, Some(ctx)) => self.events(ctx, req).await,
             (Route::BatchEvents { .. }, Some(ctx)) => self.batch_events(ctx, req).await,
-            (Route::SeedBatch { .. }, Some(ctx)) => self.seed_batch(ctx, req).await,
+            (Route::SeedBatch { .. }, Some(ctx)) => self.relay_batch(ctx, req).await,
             (Route::Channels { .. }, Some(ctx)) => self.channels(ctx, req).await,
             (Route::Channel { channel, .. }, Some(ctx)) => self.channel(ctx, req, channel).await,
             (Route::ChannelUsers { channel, .. }, Some(ctx)) => {
@@ -219,7 +218,7 @@ impl Api {
             (Route::EventLog { .. }, Some(ctx)) => self.event_log(ctx).await,
             (Route::History { .. }, Some(ctx)) => self.history(ctx, req).await,
             (Route::Auth { .. }, Some(ctx)) => Body::json_or_form(req)
-                .and_then(|b| seed::server_auth(ctx.app, &b))
+                .and_then(|b| relay::server_auth(ctx.app, &b))
                 .map(|v| Response::json(200, &v)),
         };
         (endpoint, idx, result)

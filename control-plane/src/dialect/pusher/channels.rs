@@ -5,12 +5,12 @@
 use ringcast_protocol::{ChannelKind, ChannelName, SERVER_TO_USER_PREFIX};
 use serde_json::{json, Map, Value};
 
-use super::body::{query_param, Info};
-use super::Ctx;
+use crate::api::{query_param, Ctx, Info};
 use crate::auth::Credential;
+use crate::dialect::relay;
 use crate::error::ApiError;
 use crate::http::{Request, Response};
-use crate::{seed, Api};
+use crate::Api;
 
 fn parse_channel(name: &str) -> Result<ChannelName, ApiError> {
     ChannelName::parse(name).map_err(|e| {
@@ -60,7 +60,7 @@ impl Api {
         let body = if ctx.cred == Credential::Bearer {
             let arr: Vec<Value> = list
                 .iter()
-                .map(|s| seed::channel_object(&ctx.app.id, s))
+                .map(|s| relay::channel_object(&ctx.app.id, s))
                 .collect();
             json!({ "channels": arr })
         } else {
@@ -104,7 +104,7 @@ impl Api {
         };
         let s = self.engine.channel(ctx.idx, channel).await?;
         if ctx.cred == Credential::Bearer {
-            return Ok(Response::json(200, &seed::channel_object(&ctx.app.id, &s)));
+            return Ok(Response::json(200, &relay::channel_object(&ctx.app.id, &s)));
         }
         let mut m = Map::new();
         m.insert("occupied".into(), s.occupied.into());
@@ -134,7 +134,7 @@ impl Api {
         }
         let users = self.engine.presence_users(ctx.idx, channel).await?;
         let body = if ctx.cred == Credential::Bearer {
-            seed::users_object(&users)
+            relay::users_object(&users)
         } else {
             let list: Vec<Value> = users.iter().map(|u| json!({"id": u.id})).collect();
             json!({ "users": list })

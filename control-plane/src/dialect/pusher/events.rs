@@ -1,12 +1,12 @@
-//! Publishing: `POST /events`, `POST /batch_events` and the seed `POST /events/batch`.
+//! Publishing: `POST /events` and `POST /batch_events` (the Relay dialect's `POST /events/batch`
+//! reuses [`Api::batch_items`], see `dialect::relay`).
 //! Everything in a request is validated before anything is published.
 
 use ringcast_engine::{AppConfig, ChannelCounts, Publish};
 use ringcast_protocol::{validate_event_name, ChannelKind, ChannelName, SocketId};
 use serde_json::{json, Map, Value};
 
-use super::body::{data_text, Body, Info};
-use super::Ctx;
+use crate::api::{data_text, Body, Ctx, Info};
 use crate::auth::Credential;
 use crate::config::ApiConfig;
 use crate::error::ApiError;
@@ -34,7 +34,7 @@ fn channel(name: &str) -> Result<ChannelName, ApiError> {
 }
 
 /// Validates one event object. `batch_item`: one `channel` per item (the batch shape).
-/// Accepts the Pusher field names (`name`, `channels`) and the seed ones (`event`,
+/// Accepts the Pusher field names (`name`, `channels`) and the Relay ones (`event`,
 /// `channel`).
 pub fn parse_event(
     b: &Body,
@@ -184,11 +184,15 @@ fn publish_of(ctx: &Ctx<'_>, e: EventSpec) -> Publish {
 impl Api {
     /// Queues the event without waiting for the owners' counts (requests without `info`):
     /// the answer does not wait for a cross-core round trip.
-    fn publish_queued(&self, ctx: &Ctx<'_>, e: EventSpec) -> Result<(), ApiError> {
+    pub(crate) fn publish_queued(&self, ctx: &Ctx<'_>, e: EventSpec) -> Result<(), ApiError> {
         Ok(self.engine.publish_queued(publish_of(ctx, e))?)
     }
 
-    async fn publish(&self, ctx: &Ctx<'_>, e: EventSpec) -> Result<Vec<ChannelCounts>, ApiError> {
+    pub(crate) async fn publish(
+        &self,
+        ctx: &Ctx<'_>,
+        e: EventSpec,
+    ) -> Result<Vec<ChannelCounts>, ApiError> {
         Ok(self
             .engine
             .publish(Publish {
@@ -229,11 +233,11 @@ impl Api {
         Ok(Response::json(200, &Value::Object(out)))
     }
 
-    fn batch_items(
+    pub(crate) fn batch_items(
         &self,
         ctx: &Ctx<'_>,
         req: &Request,
-        seed: bool,
+        relay: bool,
     ) -> Result<Vec<EventSpec>, ApiError> {
         let body = Body::json(req)?;
         let items = match body.get("batch") {
@@ -260,7 +264,7 @@ impl Api {
                 )));
             };
             let spec =
-                parse_event(&Body(m.clone()), ctx.app, &self.config, !seed).map_err(|mut e| {
+                parse_event(&Body(m.clone()), ctx.app, &self.config, !relay).map_err(|mut e| {
                     e.message = format!("batch item {i}: {}", e.message);
                     e
                 })?;
@@ -313,20 +317,6 @@ impl Api {
             })
             .collect();
         Ok(Response::json(200, &json!({ "batch": batch })))
-    }
-
-    /// Seed `POST /apps/{id}/events/batch`: `{"ok": true, "count": N}`.
-    pub(crate) async fn seed_batch(
-        &self,
-        ctx: &Ctx<'_>,
-        req: &Request,
-    ) -> Result<Response, ApiError> {
-        let specs = self.batch_items(ctx, req, true)?;
-        let n = specs.len();
-        for s in specs {
-            self.publish_queued(ctx, s)?;
-        }
-        Ok(Response::json(200, &json!({"ok": true, "count": n})))
     }
 }
 

@@ -1,5 +1,8 @@
-//! The seed HTTP dialect: the response shapes a `Authorization: Bearer <app secret>` request
-//! gets on the shared paths, and server-side channel authorization (`POST /apps/{id}/auth`).
+//! The Relay dialect (the self-hosted relay server Ringcast replaces; called "seed" before it
+//! had a name here): the response shapes an `Authorization: Bearer <app secret>` request gets
+//! on the shared `/apps/{id}/...` paths, its own `POST /apps/{id}/events/batch`, and
+//! server-side channel authorization (`POST /apps/{id}/auth`). Authentication, rate limits,
+//! body limits and error rendering are the shared pipeline's (`crate::api`).
 //!
 //! | request | Bearer response |
 //! |---|---|
@@ -14,8 +17,10 @@ use ringcast_engine::{AppConfig, ChannelSummary, PresenceUser};
 use ringcast_protocol::{channel_auth, parse_channel_data, ChannelKind, ChannelName, SocketId};
 use serde_json::{json, Value};
 
-use crate::api::Body;
+use crate::api::{Body, Ctx};
 use crate::error::ApiError;
+use crate::http::{Request, Response};
+use crate::Api;
 
 /// `type` of a channel object.
 pub fn channel_type(kind: ChannelKind) -> &'static str {
@@ -188,6 +193,22 @@ pub fn server_auth(app: &AppConfig, body: &Body) -> Result<Value, ApiError> {
         Some(cd) => json!({"auth": auth, "channel_data": cd}),
         None => json!({ "auth": auth }),
     })
+}
+
+impl Api {
+    /// Relay `POST /apps/{id}/events/batch`: `{"ok": true, "count": N}`.
+    pub(crate) async fn relay_batch(
+        &self,
+        ctx: &Ctx<'_>,
+        req: &Request,
+    ) -> Result<Response, ApiError> {
+        let specs = self.batch_items(ctx, req, true)?;
+        let n = specs.len();
+        for s in specs {
+            self.publish_queued(ctx, s)?;
+        }
+        Ok(Response::json(200, &json!({"ok": true, "count": n})))
+    }
 }
 
 #[cfg(test)]

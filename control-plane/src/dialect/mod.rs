@@ -1,0 +1,14 @@
+//! The HTTP dialects Ringcast speaks, one module each. They all run behind the same request
+//! pipeline (`crate::api`): routing, app lookup, authentication, rate limits
+//! (`crate::ratelimit`), body limits (`crate::http`) and error rendering (`crate::error`); a
+//! dialect only validates its own request shapes and renders its own answers.
+//!
+//! | module | who speaks it | paths | credential |
+//! |---|---|---|---|
+//! | [`pusher`] | Pusher server SDKs | `/apps/{id}/events`, `/batch_events`, `/channels...`, `/users/{u}/terminate_connections` | Pusher signature |
+//! | [`relay`] | the self-hosted relay ("seed") | the same paths with other shapes, `/apps/{id}/events/batch`, `/apps/{id}/auth` | `Bearer <app secret>` |
+//!
+//! See docs/api.md for every dialect's requests and answers.
+
+pub mod pusher;
+pub mod relay;
