@@ -96,13 +96,13 @@ impl HttpService for ControlPlane {
         &self,
         stream: monoio::net::TcpStream,
         buffered: Vec<u8>,
+        client: Option<std::net::IpAddr>,
     ) -> Pin<Box<dyn Future<Output = ()>>> {
-        let peer = stream.peer_addr().ok().map(|a| a.ip());
         Box::pin(serve(
             self.api.clone(),
             stream,
             buffered,
-            Scope::Public { peer },
+            Scope::Public { peer: client },
         ))
     }
 }
@@ -117,6 +117,7 @@ impl HttpService for HealthOnly {
         &self,
         stream: monoio::net::TcpStream,
         buffered: Vec<u8>,
+        _client: Option<std::net::IpAddr>,
     ) -> Pin<Box<dyn Future<Output = ()>>> {
         Box::pin(serve(self.api.clone(), stream, buffered, Scope::HealthOnly))
     }

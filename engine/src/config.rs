@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use ringcast_protocol::client_addr::IpCidr;
 use ringcast_protocol::{limits, Dialect};
+
+use crate::admission::{AdmissionConfig, OriginPattern};
 use serde::Deserialize;
 
 /// Every default value, documented in one place (the README's config reference mirrors it).
@@ -91,6 +94,71 @@ pub mod defaults {
     pub const WEBHOOK_QUEUE_CAPACITY: usize = 65_536;
     /// Deliveries kept per app in the delivery log (`GET /apps/{id}/webhooks`).
     pub const WEBHOOK_LOG_ENTRIES: usize = 1_000;
+
+    /// `[admission]`: open connections (WebSocket + HTTP) on the public port; 0 = unlimited
+    /// (the open-file limit rules).
+    pub const MAX_CONNECTIONS: usize = 0;
+    /// `[admission]`: connections whose request head has not arrived yet (slow-loris bound).
+    pub const MAX_HANDSHAKES_IN_FLIGHT: usize = 4_096;
+    /// `[admission]`: open connections per client address (IPv6: per /64).
+    pub const MAX_CONNECTIONS_PER_IP: u32 = 1_000;
+    /// `[admission]`: new connections per client address per second.
+    pub const NEW_CONNECTIONS_PER_IP_PER_SEC: u32 = 50;
+    /// `[admission]`: addresses the per-address limits skip: loopback (the operator's own
+    /// machine: load tests, a local proxy that is not declared in `trusted_proxies`).
+    pub const LIMIT_EXEMPT: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+}
+
+/// The `[admission]` table as read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmission {
+    pub max_connections: Option<usize>,
+    pub max_handshakes_in_flight: Option<usize>,
+    pub max_connections_per_ip: Option<u32>,
+    pub new_connections_per_ip_per_sec: Option<u32>,
+    pub limit_exempt: Option<Vec<String>>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub proxy_protocol: Option<bool>,
+}
+
+fn cidrs(list: &[String], what: &str) -> Result<Vec<IpCidr>, ConfigError> {
+    list.iter()
+        .map(|s| {
+            s.parse::<IpCidr>()
+                .map_err(|e| ConfigError(format!("[admission] {what}: {e}")))
+        })
+        .collect()
+}
+
+impl RawAdmission {
+    fn resolve(self) -> Result<AdmissionConfig, ConfigError> {
+        let exempt: Vec<String> = self.limit_exempt.unwrap_or_else(|| {
+            defaults::LIMIT_EXEMPT
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        });
+        let cfg = AdmissionConfig {
+            max_connections: self.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+            max_handshakes_in_flight: self
+                .max_handshakes_in_flight
+                .unwrap_or(defaults::MAX_HANDSHAKES_IN_FLIGHT),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(defaults::MAX_CONNECTIONS_PER_IP),
+            new_connections_per_ip_per_sec: self
+                .new_connections_per_ip_per_sec
+                .unwrap_or(defaults::NEW_CONNECTIONS_PER_IP_PER_SEC),
+            limit_exempt: cidrs(&exempt, "limit_exempt")?,
+            trusted_proxies: cidrs(&self.trusted_proxies.unwrap_or_default(), "trusted_proxies")?,
+            proxy_protocol: self.proxy_protocol.unwrap_or(false),
+        };
+        if cfg.proxy_protocol && cfg.trusted_proxies.is_empty() {
+            return err("[admission] proxy_protocol = true needs trusted_proxies (the peers that send the header)");
+        }
+        Ok(cfg)
+    }
 }
 
 /// The TOML file as read. Unknown keys are an error (a typo must not silently fall back to a
@@ -117,6 +185,8 @@ pub struct RawConfig {
     /// The `[api]` table: the HTTP API's own limits. Opaque to the engine; the control plane
     /// resolves and validates it.
     pub api: Option<toml::Table>,
+    /// The `[admission]` table: connection caps, trusted proxies.
+    pub admission: Option<RawAdmission>,
     #[serde(default)]
     pub apps: Vec<RawApp>,
 }
@@ -149,6 +219,9 @@ pub struct RawApp {
     pub webhook_retry_budget_secs: Option<u64>,
     pub history_size: Option<usize>,
     pub history_max_age_secs: Option<u64>,
+    /// Origins allowed to open WebSocket connections (`*`, `https://host`, `host`,
+    /// `*.domain`); empty or absent = any.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// One `[[apps.webhooks]]` table.
@@ -207,6 +280,7 @@ pub struct Config {
     pub mesh_overflow_limit: usize,
     pub history_max_bytes_per_core: usize,
     pub cache_max_entries_per_core: usize,
+    pub admission: AdmissionConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -235,6 +309,8 @@ pub struct AppConfig {
     pub history_max_age: Duration,
     pub webhooks: Vec<WebhookTarget>,
     pub webhook_retry_budget: Duration,
+    /// Origins allowed to connect (empty = any); others are closed with 4009 after the upgrade.
+    pub allowed_origins: Vec<OriginPattern>,
 }
 
 /// A configuration the operator must fix.
@@ -363,6 +439,7 @@ impl RawConfig {
             cache_max_entries_per_core: self
                 .cache_max_entries_per_core
                 .unwrap_or(defaults::CACHE_MAX_ENTRIES_PER_CORE),
+            admission: self.admission.unwrap_or_default().resolve()?,
             apps,
         })
     }
@@ -422,7 +499,15 @@ impl RawApp {
                 debounce: w.debounce.unwrap_or(false),
             });
         }
+        let allowed_origins = self
+            .allowed_origins
+            .unwrap_or_default()
+            .iter()
+            .map(|o| o.parse::<OriginPattern>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError(format!("app {:?}: {e}", self.id)))?;
         Ok(AppConfig {
+            allowed_origins,
             webhooks,
             webhook_retry_budget: Duration::from_secs(
                 self.webhook_retry_budget_secs
@@ -491,6 +576,7 @@ impl AppConfig {
             history_max_age: Duration::from_secs(defaults::APP_HISTORY_MAX_AGE_SECS),
             webhooks: Vec::new(),
             webhook_retry_budget: Duration::from_secs(defaults::WEBHOOK_RETRY_BUDGET_SECS),
+            allowed_origins: Vec::new(),
         }
     }
 

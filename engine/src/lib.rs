@@ -21,6 +21,7 @@
 //! Cores share nothing but the mesh: tasks are `!Send`, each core owns its connections and
 //! the channels hashed to it. See docs/ARCHITECTURE.md for the full data path.
 
+mod admission;
 mod cache;
 mod config;
 mod conn;
@@ -33,10 +34,11 @@ mod msg;
 mod server;
 mod shared;
 
+pub use crate::admission::{origin_allowed, AdmissionConfig, OriginPattern, Refusal};
 pub use crate::cache::CachedEvent;
 pub use crate::config::{
-    defaults, AppConfig, Config, ConfigError, RawApp, RawConfig, RawWebhook, WebhookTarget,
-    WEBHOOK_EVENT_TYPES,
+    defaults, AppConfig, Config, ConfigError, RawAdmission, RawApp, RawConfig, RawWebhook,
+    WebhookTarget, WEBHOOK_EVENT_TYPES,
 };
 pub use crate::handle::{EngineError, EngineHandle, Publish, Stats};
 pub use crate::history::{HistoryEvent, HistoryQuery};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ringcast_protocol::{ChannelName, SocketId};
 
+use crate::admission::Admission;
 use crate::config::{AppConfig, Config};
 use crate::mesh::MeshShared;
 use crate::metrics::Metrics;
@@ -49,6 +50,8 @@ pub trait EngineObserver: Send + Sync + 'static {
 
 pub(crate) struct Shared {
     pub config: Config,
+    /// Connection caps and per-address limits (process-wide).
+    pub admission: Admission,
     pub apps: Box<[App]>,
     pub metrics: Metrics,
     pub mesh: Arc<MeshShared>,
@@ -109,8 +112,13 @@ impl Shared {
                 connections: AtomicU32::new(0),
             })
             .collect();
+        let mut seed = [0u8; 32];
+        // Without OS randomness the sketch still works; only its slots become predictable.
+        let _ = getrandom::getrandom(&mut seed);
+        let k = |i: usize| u64::from_le_bytes(seed[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         Shared {
             metrics: Metrics::new(config.workers),
+            admission: Admission::new(config.admission.clone(), [k(0), k(1), k(2), k(3)]),
             config,
             apps,
             mesh,

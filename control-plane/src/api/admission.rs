@@ -70,8 +70,27 @@ impl Refusals {
         self.counts[r as usize].fetch_add(1, Relaxed);
     }
 
-    /// Appends the counters and the body budget gauges in the Prometheus text format.
-    pub fn render(&self, out: &mut String, budget: &BodyBudget) {
+    /// Appends the counters and the body budget gauges in the Prometheus text format, and the
+    /// engine's connection refusals (`engine`: `(reason, count)`).
+    pub fn render(
+        &self,
+        out: &mut String,
+        budget: &BodyBudget,
+        engine: &[(&'static str, u64)],
+        in_use: (usize, usize),
+    ) {
+        let _ = writeln!(
+            out,
+            "# HELP ringcast_public_connections_open Connections open on the public port (WebSocket and HTTP), against [admission] max_connections.\n# TYPE ringcast_public_connections_open gauge\nringcast_public_connections_open {}\n# HELP ringcast_handshakes_in_flight Connections whose request head has not arrived yet, against [admission] max_handshakes_in_flight.\n# TYPE ringcast_handshakes_in_flight gauge\nringcast_handshakes_in_flight {}",
+            in_use.0, in_use.1
+        );
+        out.push_str("# HELP ringcast_connections_refused_total Connections on the public port refused by admission control, by reason (caps and per-address limits: closed at accept or after the head; origin_not_allowed: close 4009 after the upgrade).\n# TYPE ringcast_connections_refused_total counter\n");
+        for (reason, n) in engine {
+            let _ = writeln!(
+                out,
+                "ringcast_connections_refused_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
         out.push_str("# HELP ringcast_http_refused_total HTTP requests refused by admission control, by reason (decided from the request head, before any body byte is read).\n# TYPE ringcast_http_refused_total counter\n");
         for r in Refusal::ALL {
             let _ = writeln!(

@@ -239,7 +239,12 @@ impl Api {
             &apps,
         );
         let mut text = text;
-        self.refusals.render(&mut text, &self.body_budget);
+        self.refusals.render(
+            &mut text,
+            &self.body_budget,
+            &self.engine.admission_refusals(),
+            self.engine.admission_in_use(),
+        );
         if let Some(w) = self.webhooks.get() {
             w.stats().render_prometheus(&mut text);
         }
