@@ -3,6 +3,8 @@
 //! against every active secret of the app) or `Authorization: Bearer <app secret>` (the seed
 //! dialect). The clock is an argument: nothing here reads the time.
 
+use std::sync::Arc;
+
 use ringcast_engine::{AppConfig, AppIdx};
 use ringcast_protocol::{parse_query, verify_rest, verify_rest_head};
 
@@ -121,7 +123,7 @@ fn authenticate(
         .into_iter()
         .find(|(k, _)| k == "auth_key")
     {
-        if key != app.key {
+        if app.secrets_for(&key).is_none() {
             return Err(ApiError::unauthorized(
                 "unknown_auth_key",
                 format!("auth_key {key:?} is not the key of app {:?}", app.id),
@@ -134,7 +136,7 @@ fn authenticate(
              body_md5, auth_signature) or an Authorization: Bearer <app secret> header",
         ));
     }
-    let secrets = |k: &str| (k == app.key).then_some(app.secrets.as_slice());
+    let secrets = |k: &str| app.secrets_for(k);
     match body {
         BodySeen::Whole(b) => verify_rest(method, path, query, b, now_unix, secrets)?,
         BodySeen::Announced(n) => verify_rest_head(method, path, query, n, now_unix, secrets)?,
@@ -144,21 +146,25 @@ fn authenticate(
 
 /// Admission for a path that names no app: the signature must verify for the app whose key
 /// signed it (see [`authenticate_by_key`]).
-pub fn authenticate_by_key_head<'a>(
+pub fn authenticate_by_key_head(
     head: &RequestHead,
     now_unix: u64,
-    app_by_key: impl Fn(&str) -> Option<(AppIdx, &'a AppConfig)>,
+    app_by_key: impl Fn(&str) -> Option<(AppIdx, Arc<AppConfig>)>,
 ) -> Result<(), ApiError> {
     if bearer_in(&head.headers).is_some() {
         return Err(signature_required());
     }
+    let found = parse_query(&head.query)
+        .into_iter()
+        .find(|(k, _)| k == "auth_key")
+        .and_then(|(_, key)| app_by_key(&key));
     verify_rest_head(
         &head.method,
         &head.path,
         &head.query,
         head.content_length,
         now_unix,
-        |k| app_by_key(k).map(|(_, a)| a.secrets.as_slice()),
+        |k| found.as_ref().and_then(|(_, a)| a.secrets_for(k)),
     )?;
     Ok(())
 }
@@ -174,23 +180,29 @@ fn signature_required() -> ApiError {
 
 /// Authenticates a request whose path names no app (the Python SDK's
 /// `/users/{id}/terminate_connections`): the app is the one whose key signed it.
-pub fn authenticate_by_key<'a>(
+pub fn authenticate_by_key(
     req: &Request,
     now_unix: u64,
-    app_by_key: impl Fn(&str) -> Option<(AppIdx, &'a AppConfig)>,
-) -> Result<(AppIdx, &'a AppConfig), ApiError> {
+    app_by_key: impl Fn(&str) -> Option<(AppIdx, Arc<AppConfig>)>,
+) -> Result<(AppIdx, Arc<AppConfig>), ApiError> {
     if bearer_token(req).is_some() {
         return Err(signature_required());
     }
-    let key = verify_rest(
+    // The app is looked up once, by the auth_key the request names; verify_rest then checks
+    // the key again and the signature against that key's secrets.
+    let found = parse_query(&req.query)
+        .into_iter()
+        .find(|(k, _)| k == "auth_key")
+        .and_then(|(_, key)| app_by_key(&key));
+    verify_rest(
         &req.method,
         &req.path,
         &req.query,
         &req.body,
         now_unix,
-        |k| app_by_key(k).map(|(_, a)| a.secrets.as_slice()),
+        |k| found.as_ref().and_then(|(_, a)| a.secrets_for(k)),
     )?;
-    app_by_key(&key).ok_or_else(|| ApiError::unauthorized("unknown_auth_key", "unknown auth_key"))
+    found.ok_or_else(|| ApiError::unauthorized("unknown_auth_key", "unknown auth_key"))
 }
 
 #[cfg(test)]
@@ -448,8 +460,8 @@ mod tests {
 
     #[test]
     fn by_key_resolves_the_app_from_auth_key() {
-        let a = app();
-        let lookup = |k: &str| (k == KEY).then_some((0u32, &a));
+        let a = Arc::new(app());
+        let lookup = |k: &str| (k == KEY).then(|| (0u32, a.clone()));
         let r = signed("POST", "/users/u1/terminate_connections", &[], b"{}", TS);
         let (idx, got) = authenticate_by_key(&r, TS, lookup).unwrap();
         assert_eq!((idx, got.id.as_str()), (0, "3"));

@@ -626,6 +626,26 @@ fn server_side_auth_is_off_by_default() {
 
 // ---- operator endpoints ----
 
+/// A core that has stopped makes `/health` answer 503 and name it (the engine's panic policy
+/// aborts the process instead; a test hook turns the abort off to observe the stopped core).
+#[test]
+fn health_reports_a_stopped_core() {
+    let s = Server::start();
+    let h = s.handle();
+    h.set_abort_on_panic(false);
+    h.inject_panic(1).expect("queued");
+    let until = std::time::Instant::now() + WAIT;
+    while h.stopped_cores().is_empty() {
+        assert!(std::time::Instant::now() < until, "core 1 never stopped");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let r = http(s.api_addr, "GET", "/health", &[], b"");
+    assert_eq!(
+        (r.status, r.json()),
+        (503, json!({"ok": false, "stopped_cores": [1]}))
+    );
+}
+
 #[test]
 fn health_stats_and_metrics() {
     let s = Server::start();

@@ -311,6 +311,16 @@ pub struct AppConfig {
     pub webhook_retry_budget: Duration,
     /// Origins allowed to connect (empty = any); others are closed with 4009 after the upgrade.
     pub allowed_origins: Vec<OriginPattern>,
+    /// Further key/secret pairs besides (`key`, `secrets`) (created through the management
+    /// API). Each connection remembers the key it connected with; revoking a key closes them.
+    pub extra_keys: Vec<AppKey>,
+}
+
+/// An additional key of an app and the secret that signs for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppKey {
+    pub key: String,
+    pub secret: String,
 }
 
 /// A configuration the operator must fix.
@@ -508,6 +518,7 @@ impl RawApp {
             .map_err(|e| ConfigError(format!("app {:?}: {e}", self.id)))?;
         Ok(AppConfig {
             allowed_origins,
+            extra_keys: Vec::new(),
             webhooks,
             webhook_retry_budget: Duration::from_secs(
                 self.webhook_retry_budget_secs
@@ -577,7 +588,22 @@ impl AppConfig {
             webhooks: Vec::new(),
             webhook_retry_budget: Duration::from_secs(defaults::WEBHOOK_RETRY_BUDGET_SECS),
             allowed_origins: Vec::new(),
+            extra_keys: Vec::new(),
         }
+    }
+
+    /// Every (key, accepted secrets) pair: the primary key first, then `extra_keys`.
+    pub fn credentials(&self) -> impl Iterator<Item = (&str, &[String])> {
+        std::iter::once((self.key.as_str(), self.secrets.as_slice())).chain(
+            self.extra_keys
+                .iter()
+                .map(|k| (k.key.as_str(), std::slice::from_ref(&k.secret))),
+        )
+    }
+
+    /// The secrets accepted for signatures made with `key`, if it is one of this app's keys.
+    pub fn secrets_for(&self, key: &str) -> Option<&[String]> {
+        self.credentials().find(|(k, _)| *k == key).map(|(_, s)| s)
     }
 
     /// The secret new signatures are made with.

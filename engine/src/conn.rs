@@ -82,6 +82,8 @@ pub(crate) struct Conn {
     pub socket_id: SocketId,
     pub socket_id_str: Box<str>,
     pub app: AppIdx,
+    /// The app key this connection connected with (revoking it closes the connection).
+    pub key: Box<str>,
     budget: usize,
     out: RefCell<Outbound>,
     writer_waker: Cell<Option<Waker>>,
@@ -333,8 +335,8 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
         &mut ip_permit,
     ))
     .await;
-    if let Some((app, stream, leftover)) = accepted {
-        run(core, app, stream, leftover).await;
+    if let Some((app, key, stream, leftover)) = accepted {
+        run(core, app, key, stream, leftover).await;
     }
 }
 
@@ -357,7 +359,7 @@ async fn handshake<'a>(
     adm: &'a Admission,
     handshake_permit: HandshakePermit<'a>,
     ip_permit: &mut Option<IpPermit<'a>>,
-) -> Option<(AppIdx, TcpStream, Vec<u8>)> {
+) -> Option<(AppIdx, Box<str>, TcpStream, Vec<u8>)> {
     let _ = stream.set_nodelay(true);
     let shared = core.shared.clone();
     let cfg = &shared.config;
@@ -452,7 +454,7 @@ async fn handshake<'a>(
             svc.serve(stream, head_buf, client).await;
         } else {
             let resp = if head.method == "GET" && head.path == "/health" {
-                http_json(200, "{\"ok\":true}")
+                health_response(&core)
             } else {
                 http_json(404, "{\"error\":\"not found\",\"code\":\"not_found\"}")
             };
@@ -487,7 +489,22 @@ async fn handshake<'a>(
             return None;
         }
     };
-    let Some(app) = core.shared.app_by_key(&params.app_key) else {
+    // The apps table is read once, without a lock; the guard is dropped before any await. A
+    // management change stores its new table before it broadcasts the closes, and nothing
+    // awaits between this lookup and the connection's registration on the core, so a
+    // connection is either refused here or closed by that broadcast.
+    let found = core.shared.apps().by_key(&params.app_key).map(|a| {
+        (
+            a.idx,
+            a.config.dialect,
+            a.config.enabled,
+            a.config.max_connections,
+            a.connections.clone(),
+            a.config.allowed_origins.clone(),
+        )
+    });
+    let Some((app_idx, dialect, enabled, max_connections, connections, allowed_origins)) = found
+    else {
         let msg = format!("App key {} does not exist.", params.app_key);
         reject(
             &core,
@@ -500,8 +517,7 @@ async fn handshake<'a>(
         .await;
         return None;
     };
-    let dialect = app.config.dialect;
-    if !origin_allowed(&app.config.allowed_origins, head.header("origin")) {
+    if !origin_allowed(&allowed_origins, head.header("origin")) {
         adm.refuse(Refusal::Origin);
         let msg = format!(
             "Origin {:?} is not allowed to connect to this app",
@@ -518,7 +534,7 @@ async fn handshake<'a>(
         .await;
         return None;
     }
-    if !app.config.enabled {
+    if !enabled {
         reject(
             &core,
             &mut stream,
@@ -542,12 +558,9 @@ async fn handshake<'a>(
         .await;
         return None;
     }
-    let n = app
-        .connections
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if app.config.max_connections > 0 && n >= app.config.max_connections {
-        app.connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let n = connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if max_connections > 0 && n >= max_connections {
+        connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         reject(
             &core,
             &mut stream,
@@ -559,7 +572,7 @@ async fn handshake<'a>(
         .await;
         return None;
     }
-    Some((app.idx, stream, leftover))
+    Some((app_idx, params.app_key.as_str().into(), stream, leftover))
 }
 
 async fn reject(
@@ -578,10 +591,14 @@ async fn reject(
 }
 
 /// The established connection: spawns the writer, runs the reader, cleans up.
-async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u8>) {
+async fn run(core: Rc<Core>, app_idx: AppIdx, key: Box<str>, stream: TcpStream, leftover: Vec<u8>) {
     let shared = core.shared.clone();
-    let app = shared.app(app_idx);
     let cfg = &shared.config;
+    let (dialect, client_events_per_sec) = {
+        let apps = shared.apps();
+        let a = &apps.app(app_idx).config;
+        (a.dialect, a.client_events_per_sec)
+    };
     let id = core.next_conn_id();
     let socket_id = SocketId::new(core.random() % 10_000_000_000, id);
     let fd = stream.as_raw_fd();
@@ -589,7 +606,8 @@ async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u
         id,
         socket_id,
         socket_id_str: socket_id.to_string().into_boxed_str(),
-        app: app.idx,
+        app: app_idx,
+        key,
         budget: cfg.outbound_budget_bytes,
         out: RefCell::new(Outbound::default()),
         writer_waker: Cell::new(None),
@@ -600,7 +618,7 @@ async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u
             subs: HashMap::new(),
             user: None,
             gen: 0,
-            client_events: TokenBucket::new(app.config.client_events_per_sec),
+            client_events: TokenBucket::new(client_events_per_sec),
             control: TokenBucket::new(cfg.control_messages_per_sec),
         }),
         fd,
@@ -613,7 +631,6 @@ async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u
 
     let (mut reader, writer) = stream.into_split();
     let writer_task = monoio::spawn(write_loop(core.clone(), conn.clone(), writer));
-    let dialect = app.config.dialect;
     conn.push(pusher::connection_established_frame(
         dialect,
         &socket_id,
@@ -627,7 +644,10 @@ async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u
     drop(leftover);
     let mut rbuf = Vec::with_capacity(SMALL_READ);
     'conn: loop {
-        // Decode everything buffered.
+        // Decode everything buffered, against the current apps table (a lock-free load per
+        // read, dropped before the next await): changed limits apply to the next message.
+        let apps = shared.apps();
+        let app = apps.app(app_idx);
         loop {
             match decoder.poll_message() {
                 Ok(Some(msg)) => {
@@ -644,6 +664,7 @@ async fn run(core: Rc<Core>, app_idx: AppIdx, stream: TcpStream, leftover: Vec<u
                 }
             }
         }
+        drop(apps);
         core.flush();
         if conn.is_closing() {
             break;
@@ -835,8 +856,8 @@ fn subscribe(
         }
         ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence => {
             if let Err(e) = ringcast_protocol::verify_channel_auth(
-                &app.config.key,
-                &app.config.secrets,
+                &conn.key,
+                app.config.secrets_for(&conn.key).unwrap_or_default(),
                 &conn.socket_id_str,
                 &name,
                 channel_data,
@@ -975,8 +996,8 @@ fn unsubscribe(core: &Core, conn: &Conn, app: &App, name: ChannelName) {
 fn signin(core: &Core, conn: &Rc<Conn>, app: &App, auth: &str, user_data: &str) {
     let d = app.config.dialect;
     if let Err(e) = ringcast_protocol::verify_signin(
-        &app.config.key,
-        &app.config.secrets,
+        &conn.key,
+        app.config.secrets_for(&conn.key).unwrap_or_default(),
         &conn.socket_id_str,
         user_data,
         auth,
@@ -1251,6 +1272,24 @@ fn cleanup(core: &Core, conn: &Conn) {
     core.flush();
 }
 
+/// The engine's own `/health` (no control plane installed): 503 while shutting down or when a
+/// core has stopped.
+fn health_response(core: &Core) -> Vec<u8> {
+    let stopped = core.shared.stopped_cores();
+    if core
+        .shared
+        .shutdown
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        http_json(503, "{\"ok\":false,\"shutting_down\":true}")
+    } else if !stopped.is_empty() {
+        let body = serde_json::json!({"ok": false, "stopped_cores": stopped}).to_string();
+        http_json(503, &body)
+    } else {
+        http_json(200, "{\"ok\":true}")
+    }
+}
+
 fn http_response(status: u16, msg: &str) -> Vec<u8> {
     let body = format!(
         "{{\"error\":{},\"code\":\"{}\"}}",
@@ -1267,6 +1306,7 @@ fn http_json(status: u16, body: &str) -> Vec<u8> {
         404 => "Not Found",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
         _ => "Error",
     };
     format!(

@@ -300,6 +300,19 @@ impl Core {
                     .unwrap_or_default();
                 let _ = reply.send(users);
             }
+            Command::CloseApp {
+                app,
+                key,
+                code,
+                reason,
+            } => {
+                let conns = self.conns.borrow();
+                for c in conns.values() {
+                    if c.app == app && key.as_deref().is_none_or(|k| *c.key == *k) {
+                        c.close(code, reason, CloseReason::Refused);
+                    }
+                }
+            }
             Command::TerminateUser {
                 app,
                 user_id,
@@ -337,6 +350,7 @@ impl Core {
                 let _ = reply.send(self.history.borrow().query(app, &query));
             }
             Command::Shutdown => return true,
+            Command::InjectPanic => panic!("injected panic on core {} (test hook)", self.idx),
         }
         false
     }
@@ -371,7 +385,9 @@ impl Core {
                 }
                 None if now.saturating_duration_since(conn.last_read.get()) >= activity => {
                     conn.ping_sent.set(Some(now));
-                    conn.push(pusher::ping_frame(self.shared.app(conn.app).config.dialect));
+                    conn.push(pusher::ping_frame(
+                        self.shared.apps().app(conn.app).config.dialect,
+                    ));
                 }
                 _ => {}
             }
@@ -406,7 +422,8 @@ impl Core {
         member: Option<MemberInfo>,
     ) {
         let conn = socket.lo;
-        let app = self.shared.app(key.app);
+        let apps = self.shared.apps();
+        let app = apps.app(key.app);
         let mut owned = self.owned.borrow_mut();
         let new_channel = !owned.contains_key(&key);
         let is_presence = key.name.kind() == ChannelKind::Presence;
@@ -531,7 +548,8 @@ impl Core {
     /// Subscription-count feature: tells a non-presence channel's subscribers its new count,
     /// at once up to the throttle threshold, at most every interval above it.
     fn count_changed(&self, key: &ChanKey) {
-        let app = self.shared.app(key.app);
+        let apps = self.shared.apps();
+        let app = apps.app(key.app);
         if !app.config.subscription_count || key.name.kind() == ChannelKind::Presence {
             return;
         }
@@ -598,7 +616,7 @@ impl Core {
                 let shared = self.shared.clone();
                 self.history
                     .borrow_mut()
-                    .expire(now_ms(), |a| shared.app(a).config.history_max_age);
+                    .expire(now_ms(), |a| shared.apps().app(a).config.history_max_age);
             }
             self.sweep_connections(Instant::now());
             let m = self.metrics();
@@ -609,7 +627,8 @@ impl Core {
     }
 
     fn on_unsubscribe(&self, key: ChanKey, conn: u64, from: usize, user_id: Option<Arc<str>>) {
-        let app = self.shared.app(key.app);
+        let apps = self.shared.apps();
+        let app = apps.app(key.app);
         let mut owned = self.owned.borrow_mut();
         let Some(ch) = owned.get_mut(&key) else {
             return;
@@ -662,7 +681,8 @@ impl Core {
 
     /// Forwards `frame` to every core holding subscribers of `key`.
     fn on_publish(&self, key: &ChanKey, frame: Bytes, except: Option<SocketId>) -> ChannelCounts {
-        let app = &self.shared.app(key.app).config;
+        let apps = self.shared.apps();
+        let app = &*apps.app(key.app).config;
         if key.name.is_cache() {
             self.cache
                 .borrow_mut()
@@ -752,7 +772,7 @@ impl Core {
         let Some(conn) = self.conns.borrow().get(&conn_id).cloned() else {
             return;
         };
-        let dialect = self.shared.app(key.app).config.dialect;
+        let dialect = self.shared.apps().app(key.app).config.dialect;
         let mut state = conn.state.borrow_mut();
         let Some(sub) = state.subs.get_mut(&key.name) else {
             return;
@@ -836,6 +856,7 @@ impl Core {
 
     pub(crate) fn app_connections_dec(&self, app: AppIdx) {
         self.shared
+            .apps()
             .app(app)
             .connections
             .fetch_sub(1, Ordering::Relaxed);

@@ -4,17 +4,18 @@
 //! owning core through that core's bounded injection queue. Answers come back on oneshot
 //! channels, so the futures work on any executor.
 
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use futures_channel::oneshot;
-use ringcast_protocol::{pusher, ChannelKind, ChannelName, SocketId};
+use ringcast_protocol::{close, pusher, ChannelKind, ChannelName, SocketId};
 
 use crate::cache::CachedEvent;
-use crate::config::{AppConfig, Config};
+use crate::config::{AppConfig, Config, ConfigError};
 use crate::history::{HistoryEvent, HistoryQuery};
 use crate::metrics::MetricsSnapshot;
 use crate::msg::{AppIdx, ChanKey, ChannelCounts, ChannelSummary, Command, PresenceUser};
-use crate::shared::Shared;
+use crate::shared::{App, AppsTable, Shared};
 
 /// Why the engine could not do what a handle asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +60,47 @@ pub struct Stats {
     pub per_app: Vec<(String, u64)>,
 }
 
+/// What a [`EngineHandle::set_apps`] changed (app ids), and the table version it published.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppsUpdate {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub version: u64,
+}
+
+/// Checks a whole set of apps: non-empty ids and keys, at least one secret, ids and keys (all
+/// of every app's keys) unique.
+pub fn validate_apps(apps: &[AppConfig]) -> Result<(), ConfigError> {
+    let mut ids = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
+    for a in apps {
+        if a.id.is_empty() {
+            return Err(ConfigError("an app needs a non-empty id".into()));
+        }
+        if !ids.insert(a.id.as_str()) {
+            return Err(ConfigError(format!("duplicate app id {:?}", a.id)));
+        }
+        for (k, secrets) in a.credentials() {
+            if k.is_empty() || secrets.iter().all(|s| s.is_empty()) {
+                return Err(ConfigError(format!(
+                    "app {:?}: every key needs a non-empty key and secret",
+                    a.id
+                )));
+            }
+            if !keys.insert(k) {
+                return Err(ConfigError(format!("duplicate app key {k:?}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether two configs are the same in every field the engine reads.
+fn same_app(a: &AppConfig, b: &AppConfig) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
 #[derive(Clone)]
 pub struct EngineHandle {
     pub(crate) shared: Arc<Shared>,
@@ -69,26 +111,167 @@ impl EngineHandle {
         &self.shared.config
     }
 
-    /// Finds an app by id.
-    pub fn app_by_id(&self, id: &str) -> Option<(AppIdx, &AppConfig)> {
-        self.shared.app_by_id(id).map(|a| (a.idx, &a.config))
+    /// Finds a live app by id (its config as of now: later changes publish a new `Arc`).
+    pub fn app_by_id(&self, id: &str) -> Option<(AppIdx, Arc<AppConfig>)> {
+        self.shared
+            .apps()
+            .by_id(id)
+            .map(|a| (a.idx, a.config.clone()))
     }
 
-    /// Finds an app by key.
-    pub fn app_by_key(&self, key: &str) -> Option<(AppIdx, &AppConfig)> {
-        self.shared.app_by_key(key).map(|a| (a.idx, &a.config))
+    /// Finds a live app by any of its keys.
+    pub fn app_by_key(&self, key: &str) -> Option<(AppIdx, Arc<AppConfig>)> {
+        self.shared
+            .apps()
+            .by_key(key)
+            .map(|a| (a.idx, a.config.clone()))
     }
 
-    pub fn app(&self, idx: AppIdx) -> &AppConfig {
-        &self.shared.app(idx).config
+    /// The config of slot `idx` (a deleted app's last config); `None` for an index never
+    /// handed out.
+    pub fn app(&self, idx: AppIdx) -> Option<Arc<AppConfig>> {
+        self.shared.apps().get(idx).map(|a| a.config.clone())
+    }
+
+    /// Every live app, in index order.
+    pub fn apps(&self) -> Vec<(AppIdx, Arc<AppConfig>)> {
+        self.shared
+            .apps()
+            .live()
+            .map(|a| (a.idx, a.config.clone()))
+            .collect()
+    }
+
+    /// Every slot ever handed out: (index, id, deleted). Index order.
+    pub fn app_slots(&self) -> Vec<(AppIdx, String, bool)> {
+        self.shared
+            .apps()
+            .slots()
+            .iter()
+            .map(|a| (a.idx, a.config.id.clone(), a.deleted))
+            .collect()
+    }
+
+    /// Incremented by every [`set_apps`](Self::set_apps).
+    pub fn apps_version(&self) -> u64 {
+        self.shared.apps().version
+    }
+
+    /// Replaces the set of apps at runtime, on every core at once, without pausing traffic:
+    /// a new immutable table is swapped in (readers never lock), then closes are broadcast:
+    /// an app that became disabled closes its connections with 4003, a deleted app with 4001,
+    /// a removed key the connections that used it with 4001. An app keeps its index for the
+    /// life of the process (matched by id); a deleted app leaves a tombstone; new apps append.
+    /// Nothing is applied when `apps` is invalid (duplicate ids or keys, empty id/key/secret).
+    pub fn set_apps(&self, apps: Vec<AppConfig>) -> Result<AppsUpdate, ConfigError> {
+        validate_apps(&apps)?;
+        let _writer = self
+            .shared
+            .apps_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let old = self.shared.apps_full();
+        let mut slots: Vec<App> = old
+            .slots()
+            .iter()
+            .map(|a| App {
+                idx: a.idx,
+                config: a.config.clone(),
+                connections: a.connections.clone(),
+                deleted: a.deleted,
+            })
+            .collect();
+        let mut keep = vec![false; slots.len()];
+        let mut update = AppsUpdate::default();
+        let mut closes: Vec<(AppIdx, Option<String>, u16, &'static str)> = Vec::new();
+        for cfg in apps {
+            match old.by_id(&cfg.id) {
+                Some(prev) => {
+                    let i = prev.idx as usize;
+                    keep[i] = true;
+                    if prev.config.enabled && !cfg.enabled {
+                        closes.push((prev.idx, None, close::APP_DISABLED, "App disabled"));
+                    }
+                    for (k, _) in prev.config.credentials() {
+                        if cfg.secrets_for(k).is_none() {
+                            closes.push((
+                                prev.idx,
+                                Some(k.to_owned()),
+                                close::APP_NOT_FOUND,
+                                "App key revoked",
+                            ));
+                        }
+                    }
+                    if !same_app(&prev.config, &cfg) {
+                        update.changed.push(cfg.id.clone());
+                    }
+                    slots[i].config = Arc::new(cfg);
+                }
+                None => {
+                    update.added.push(cfg.id.clone());
+                    slots.push(App {
+                        idx: slots.len() as AppIdx,
+                        config: Arc::new(cfg),
+                        connections: Arc::new(AtomicU32::new(0)),
+                        deleted: false,
+                    });
+                    keep.push(true);
+                }
+            }
+        }
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if !keep[i] && !slot.deleted {
+                slot.deleted = true;
+                update.removed.push(slot.config.id.clone());
+                closes.push((slot.idx, None, close::APP_NOT_FOUND, "App deleted"));
+            }
+        }
+        if slots.len() > AppIdx::MAX as usize {
+            return Err(ConfigError("too many apps".into()));
+        }
+        update.version = old.version + 1;
+        self.shared
+            .store_apps(AppsTable::build(slots, update.version));
+        for (app, key, code, reason) in closes {
+            for core in 0..self.shared.config.workers {
+                self.inject_reliably(
+                    core,
+                    Command::CloseApp {
+                        app,
+                        key: key.clone(),
+                        code,
+                        reason,
+                    },
+                );
+            }
+        }
+        Ok(update)
+    }
+
+    /// Hands a command that must not be lost to a core: retries briefly on a full queue.
+    fn inject_reliably(&self, core: usize, mut cmd: Command) {
+        for _ in 0..1000 {
+            match self.shared.mesh.inject(core, cmd) {
+                Ok(()) => return,
+                Err(c) => {
+                    cmd = c;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
+        tracing::error!(core, "injection queue full for 1 s: a command was dropped");
+    }
+
+    fn live_app(&self, app: AppIdx) -> Result<(), EngineError> {
+        match self.shared.apps().get(app) {
+            Some(a) if a.is_live() => Ok(()),
+            _ => Err(EngineError::UnknownApp),
+        }
     }
 
     fn key(&self, app: AppIdx, name: ChannelName) -> Result<ChanKey, EngineError> {
-        if (app as usize) < self.shared.apps.len() {
-            Ok(ChanKey { app, name })
-        } else {
-            Err(EngineError::UnknownApp)
-        }
+        self.live_app(app)?;
+        Ok(ChanKey { app, name })
     }
 
     fn live(&self) -> Result<(), EngineError> {
@@ -210,9 +393,7 @@ impl EngineHandle {
         app: AppIdx,
         prefix: Option<&str>,
     ) -> Result<Vec<ChannelSummary>, EngineError> {
-        if (app as usize) >= self.shared.apps.len() {
-            return Err(EngineError::UnknownApp);
-        }
+        self.live_app(app)?;
         let prefix = prefix.map(str::to_owned);
         let per_core = self
             .ask_all(|reply| Command::ListChannels {
@@ -303,9 +484,7 @@ impl EngineHandle {
         app: AppIdx,
         q: HistoryQuery,
     ) -> Result<(Vec<HistoryEvent>, bool), EngineError> {
-        if (app as usize) >= self.shared.apps.len() {
-            return Err(EngineError::UnknownApp);
-        }
+        self.live_app(app)?;
         let mut all: Vec<HistoryEvent> = match &q.channel {
             // One channel lives on one owner.
             Some(c) => match ChannelName::parse(c) {
@@ -347,6 +526,31 @@ impl EngineHandle {
         })
     }
 
+    /// Cores whose worker has stopped (after a shutdown, eventually all of them). Under the
+    /// engine's panic policy (a panic in any task on a core aborts the process) this stays
+    /// empty unless a worker ends otherwise (e.g. its listener could not be registered), but
+    /// `/health` reports it whatever the cause: a stopped core leaves its connections and the
+    /// channels it owns unserved.
+    pub fn stopped_cores(&self) -> Vec<usize> {
+        self.shared.stopped_cores()
+    }
+
+    /// Test hook: makes core `core` panic inside its mesh task.
+    #[doc(hidden)]
+    pub fn inject_panic(&self, core: usize) -> Result<(), EngineError> {
+        self.send_to(core, Command::InjectPanic)
+    }
+
+    /// Test hook: with `false`, a panicking core stops (and is reported by `/health`) instead
+    /// of aborting the process. Never use this in production: a stopped core's connections
+    /// and owned channels are left unserved.
+    #[doc(hidden)]
+    pub fn set_abort_on_panic(&self, abort: bool) {
+        self.shared
+            .abort_on_panic
+            .store(abort, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// True once a graceful shutdown has begun (health checks answer 503 from then on).
     pub fn is_shutting_down(&self) -> bool {
         self.shared
@@ -377,8 +581,8 @@ impl EngineHandle {
             channels: m.sum(|c| &c.channels_owned),
             per_app: self
                 .shared
-                .apps
-                .iter()
+                .apps()
+                .live()
                 .map(|a| {
                     (
                         a.config.id.clone(),
@@ -400,16 +604,7 @@ impl EngineHandle {
         }
         for core in 0..self.shared.config.workers {
             // A full queue cannot lose the shutdown: retry briefly, the core is draining.
-            let mut cmd = Command::Shutdown;
-            for _ in 0..1000 {
-                match self.shared.mesh.inject(core, cmd) {
-                    Ok(()) => break,
-                    Err(c) => {
-                        cmd = c;
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                    }
-                }
-            }
+            self.inject_reliably(core, Command::Shutdown);
         }
     }
 }

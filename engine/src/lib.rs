@@ -37,10 +37,10 @@ mod shared;
 pub use crate::admission::{origin_allowed, AdmissionConfig, OriginPattern, Refusal};
 pub use crate::cache::CachedEvent;
 pub use crate::config::{
-    defaults, AppConfig, Config, ConfigError, RawAdmission, RawApp, RawConfig, RawWebhook,
+    defaults, AppConfig, AppKey, Config, ConfigError, RawAdmission, RawApp, RawConfig, RawWebhook,
     WebhookTarget, WEBHOOK_EVENT_TYPES,
 };
-pub use crate::handle::{EngineError, EngineHandle, Publish, Stats};
+pub use crate::handle::{validate_apps, AppsUpdate, EngineError, EngineHandle, Publish, Stats};
 pub use crate::history::{HistoryEvent, HistoryQuery};
 pub use crate::metrics::{CloseReason, MetricsSnapshot};
 pub use crate::msg::{AppIdx, ChannelCounts, ChannelSummary, PresenceUser};

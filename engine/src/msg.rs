@@ -112,6 +112,14 @@ impl Msg {
 }
 
 pub(crate) enum Command {
+    /// Close every local connection of `app` (disabled: 4003, deleted: 4001), or only those
+    /// that connected with `key` (a revoked key: 4001).
+    CloseApp {
+        app: AppIdx,
+        key: Option<String>,
+        code: u16,
+        reason: &'static str,
+    },
     Publish {
         key: ChanKey,
         frame: Bytes,
@@ -152,4 +160,6 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Vec<crate::history::HistoryEvent>>,
     },
     Shutdown,
+    /// Test hook: the core panics while handling this (proves the panic policy).
+    InjectPanic,
 }

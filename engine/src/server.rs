@@ -160,9 +160,17 @@ impl Engine {
                         monoio::FusionRuntime::Uring(_) => "io_uring",
                         monoio::FusionRuntime::Legacy(_) => "epoll (legacy fallback)",
                     };
-                    let core = Rc::new(Core::new(idx, shared, tx, rx, seed));
+                    let core = Rc::new(Core::new(idx, shared.clone(), tx, rx, seed));
                     let _ = ready.send(Ok(driver));
-                    rt.block_on(worker_main(core, listener));
+                    // Panic policy: every task of this core is polled inside this `block_on`
+                    // (monoio does not catch a task's panic), so one catch here covers them all.
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        rt.block_on(worker_main(core, listener))
+                    }));
+                    shared.core_stopped[idx].store(true, std::sync::atomic::Ordering::Release);
+                    if let Err(panic) = run {
+                        on_core_panic(&shared, idx, panic.as_ref(), rt);
+                    }
                 })?;
             threads.push(t);
         }
@@ -193,6 +201,37 @@ impl Engine {
             driver,
         })
     }
+}
+
+/// The panic policy: a panic in any task on a core aborts the whole process, so that a
+/// supervisor (systemd, Kubernetes, ...) restarts it. Containing it instead would leave the
+/// core's state half-updated (a `RefCell` mid-change, owner counts that other cores rely on)
+/// and its connections and owned channels dead while the process still looked alive. The
+/// panic message is already on stderr (the default panic hook runs first).
+fn on_core_panic(shared: &Shared, idx: usize, panic: &(dyn std::any::Any + Send), rt: impl Sized) {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic payload)".into());
+    if shared
+        .abort_on_panic
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        tracing::error!(
+            core = idx,
+            "a task on core {idx} panicked: {msg}; aborting the process (panic policy)"
+        );
+        eprintln!("ringcast: a task on core {idx} panicked: {msg}; aborting (panic policy)");
+        std::process::abort();
+    }
+    // Test hook only: the core stays stopped. Dropping its runtime closes its sockets (the
+    // listener too, so new connections go to the other cores).
+    tracing::error!(
+        core = idx,
+        "a task on core {idx} panicked: {msg}; core stopped (abort disabled by a test hook)"
+    );
+    drop(rt);
 }
 
 /// One worker: the mesh drain task plus the accept loop; returns after shutdown once its

@@ -1,8 +1,12 @@
-//! Process-wide, immutable-after-start state every core and handle can read: the resolved
-//! config, the apps, the metrics registry, the mesh wake-ups and injection queues.
+//! Process-wide state every core and handle can read: the resolved config, the apps table
+//! (swapped whole at runtime, never locked on the hot path), the metrics registry, the mesh
+//! wake-ups and injection queues.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use ringcast_protocol::{ChannelName, SocketId};
 
@@ -12,12 +16,83 @@ use crate::mesh::MeshShared;
 use crate::metrics::Metrics;
 use crate::msg::{AppIdx, ChanKey};
 
-/// One app and its live connection count (checked against `max_connections` on connect; the
-/// only cross-core atomic, and it is off the message path).
+/// One app slot and its live connection count (checked against `max_connections` on connect;
+/// the only cross-core atomic, and it is off the message path). A slot keeps its index for the
+/// life of the process: an update replaces `config` in a new table but keeps the counter, a
+/// deletion leaves a tombstone (`deleted`) that refuses everything.
 pub struct App {
     pub idx: AppIdx,
-    pub config: AppConfig,
-    pub connections: AtomicU32,
+    pub config: Arc<AppConfig>,
+    pub connections: Arc<AtomicU32>,
+    pub deleted: bool,
+}
+
+impl App {
+    /// Live: not deleted (a disabled app is live but refuses connections).
+    pub fn is_live(&self) -> bool {
+        !self.deleted
+    }
+}
+
+/// An immutable snapshot of every app slot, published through an [`ArcSwap`]: readers load it
+/// without a lock (`Shared::apps`), writers build a new one and swap it in
+/// (`EngineHandle::set_apps`).
+pub struct AppsTable {
+    pub(crate) apps: Vec<App>,
+    by_key: HashMap<String, AppIdx>,
+    by_id: HashMap<String, AppIdx>,
+    /// Incremented on every swap.
+    pub version: u64,
+}
+
+impl AppsTable {
+    pub(crate) fn build(apps: Vec<App>, version: u64) -> AppsTable {
+        let mut by_key = HashMap::new();
+        let mut by_id = HashMap::new();
+        for a in apps.iter().filter(|a| a.is_live()) {
+            by_id.insert(a.config.id.clone(), a.idx);
+            for (k, _) in a.config.credentials() {
+                by_key.insert(k.to_owned(), a.idx);
+            }
+        }
+        AppsTable {
+            apps,
+            by_key,
+            by_id,
+            version,
+        }
+    }
+
+    /// The slot `idx` (every index ever handed out stays valid).
+    #[inline]
+    pub fn app(&self, idx: AppIdx) -> &App {
+        &self.apps[idx as usize]
+    }
+
+    /// The slot `idx`, if it was ever handed out.
+    pub fn get(&self, idx: AppIdx) -> Option<&App> {
+        self.apps.get(idx as usize)
+    }
+
+    /// A live app holding `key` (any of its keys).
+    pub fn by_key(&self, key: &str) -> Option<&App> {
+        self.by_key.get(key).map(|&i| self.app(i))
+    }
+
+    /// A live app by id.
+    pub fn by_id(&self, id: &str) -> Option<&App> {
+        self.by_id.get(id).map(|&i| self.app(i))
+    }
+
+    /// Every slot, tombstones included.
+    pub fn slots(&self) -> &[App] {
+        &self.apps
+    }
+
+    /// Live apps in index order.
+    pub fn live(&self) -> impl Iterator<Item = &App> {
+        self.apps.iter().filter(|a| a.is_live())
+    }
 }
 
 /// Hooks the engine calls when channel state changes, on the owner core (or, for client events,
@@ -52,11 +127,18 @@ pub(crate) struct Shared {
     pub config: Config,
     /// Connection caps and per-address limits (process-wide).
     pub admission: Admission,
-    pub apps: Box<[App]>,
+    apps: ArcSwap<AppsTable>,
+    /// Serializes writers of `apps` (never taken by a core).
+    pub apps_writer: std::sync::Mutex<()>,
     pub metrics: Metrics,
     pub mesh: Arc<MeshShared>,
     pub observer: Option<Arc<dyn EngineObserver>>,
     pub shutdown: AtomicBool,
+    /// Per core: its worker has stopped (returned or panicked). `/health` reports these.
+    pub core_stopped: Box<[AtomicBool]>,
+    /// Panic policy: abort the process when a task on a core panics (the default). Only a test
+    /// hook turns this off, to observe a stopped core (`EngineHandle::set_abort_on_panic`).
+    pub abort_on_panic: AtomicBool,
     pub http: std::sync::OnceLock<Arc<dyn crate::HttpService>>,
     /// Keyed channel placement, shared by every core of the process (so all agree on owners).
     placement: Placement,
@@ -108,38 +190,58 @@ impl Shared {
             .enumerate()
             .map(|(i, a)| App {
                 idx: i as AppIdx,
-                config: a.clone(),
-                connections: AtomicU32::new(0),
+                config: Arc::new(a.clone()),
+                connections: Arc::new(AtomicU32::new(0)),
+                deleted: false,
             })
             .collect();
+        let workers = config.workers;
+        let apps = ArcSwap::from_pointee(AppsTable::build(apps, 0));
         let mut seed = [0u8; 32];
         // Without OS randomness the sketch still works; only its slots become predictable.
         let _ = getrandom::getrandom(&mut seed);
         let k = |i: usize| u64::from_le_bytes(seed[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         Shared {
-            metrics: Metrics::new(config.workers),
+            metrics: Metrics::new(workers),
             admission: Admission::new(config.admission.clone(), [k(0), k(1), k(2), k(3)]),
             config,
             apps,
+            apps_writer: std::sync::Mutex::new(()),
             mesh,
             observer,
             shutdown: AtomicBool::new(false),
+            core_stopped: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            abort_on_panic: AtomicBool::new(true),
             http: std::sync::OnceLock::new(),
             placement,
         }
     }
 
+    /// Cores whose worker has stopped, in order.
+    pub fn stopped_cores(&self) -> Vec<usize> {
+        self.core_stopped
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.load(std::sync::atomic::Ordering::Acquire))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The current apps table: a lock-free load (no reference-count write in the common case).
+    /// Do not hold the guard across an `.await`.
     #[inline]
-    pub fn app(&self, idx: AppIdx) -> &App {
-        &self.apps[idx as usize]
+    pub fn apps(&self) -> arc_swap::Guard<Arc<AppsTable>> {
+        self.apps.load()
     }
 
-    pub fn app_by_key(&self, key: &str) -> Option<&App> {
-        self.apps.iter().find(|a| a.config.key == key)
+    /// The current apps table as an owned `Arc` (for holders that outlive a call).
+    pub fn apps_full(&self) -> Arc<AppsTable> {
+        self.apps.load_full()
     }
 
-    pub fn app_by_id(&self, id: &str) -> Option<&App> {
-        self.apps.iter().find(|a| a.config.id == id)
+    /// Publishes a new table (callers hold `apps_writer`).
+    pub fn store_apps(&self, table: AppsTable) {
+        self.apps.store(Arc::new(table));
     }
 
     /// The core owning `key`: the keyed placement hash of (app, channel name) modulo the worker

@@ -158,9 +158,9 @@ impl Api {
                 .app_by_id(id)
                 .ok_or_else(|| (endpoint, None, Refusal::NotFound, ApiError::unknown_app(id)))?;
             app_idx = Some(idx);
-            authenticate_app_head(head, app, now)
+            authenticate_app_head(head, &app, now)
                 .map_err(|e| (endpoint, app_idx, Refusal::Unauthenticated, e))?;
-            Self::enabled(app).map_err(|e| (endpoint, app_idx, Refusal::Disabled, e))?;
+            Self::enabled(&app).map_err(|e| (endpoint, app_idx, Refusal::Disabled, e))?;
         } else if let Route::TerminateConnections { app: None, .. } = r {
             let engine = &self.engine;
             authenticate_by_key_head(head, now, |k| engine.app_by_key(k))

@@ -74,7 +74,7 @@ impl Api {
     /// `GET /apps/{id}/channels/{name}/events?limit=N`: newest first.
     pub(crate) async fn channel_events(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         req: &Request,
         channel: &str,
     ) -> Result<Response, ApiError> {
@@ -92,7 +92,7 @@ impl Api {
     }
 
     /// `GET /apps/{id}/events/log`: the app's most recent events across channels.
-    pub(crate) async fn event_log(&self, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    pub(crate) async fn event_log(&self, ctx: &Ctx) -> Result<Response, ApiError> {
         let (events, _) = self
             .engine
             .history(
@@ -108,7 +108,7 @@ impl Api {
     }
 
     /// `GET /apps/{id}/history?channel=&event=&since=&until=&limit=`.
-    pub(crate) async fn history(&self, ctx: &Ctx<'_>, req: &Request) -> Result<Response, ApiError> {
+    pub(crate) async fn history(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
         let q = HistoryQuery {
             channel: query_param(req, "channel").filter(|s| !s.is_empty()),
             event: query_param(req, "event").filter(|s| !s.is_empty()),
@@ -130,7 +130,7 @@ impl Api {
     }
 
     /// `GET /apps/{id}/webhooks`: recent deliveries, newest first.
-    pub(crate) fn webhook_log(&self, ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    pub(crate) fn webhook_log(&self, ctx: &Ctx) -> Result<Response, ApiError> {
         let list: Vec<Value> = self
             .webhooks
             .get()
@@ -143,7 +143,7 @@ impl Api {
     }
 
     /// `POST /apps/{id}/webhooks/redeliver` with `{"id": "..."}`.
-    pub(crate) fn redeliver(&self, ctx: &Ctx<'_>, req: &Request) -> Result<Response, ApiError> {
+    pub(crate) fn redeliver(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
         let body = Body::json(req)?;
         let id = body.str("id")?;
         let hooks = self

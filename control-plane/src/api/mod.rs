@@ -39,9 +39,9 @@ pub fn system_clock() -> Clock {
 }
 
 /// An authenticated request's app.
-pub struct Ctx<'a> {
+pub struct Ctx {
     pub idx: AppIdx,
-    pub app: &'a AppConfig,
+    pub app: Arc<AppConfig>,
     pub cred: Credential,
 }
 
@@ -110,13 +110,13 @@ impl Api {
         resp
     }
 
-    fn app_ctx<'a>(&'a self, id: &str, req: &Request) -> Result<Ctx<'a>, ApiError> {
+    fn app_ctx(&self, id: &str, req: &Request) -> Result<Ctx, ApiError> {
         let (idx, app) = self
             .engine
             .app_by_id(id)
             .ok_or_else(|| ApiError::unknown_app(id))?;
-        let cred = authenticate_app(req, app, (self.clock)())?;
-        Self::enabled(app)?;
+        let cred = authenticate_app(req, &app, (self.clock)())?;
+        Self::enabled(&app)?;
         Ok(Ctx { idx, app, cred })
     }
 
@@ -176,7 +176,17 @@ impl Api {
                 503,
                 &json!({"ok": false, "shutting_down": true}),
             )),
-            (Route::Health, _) => Ok(Response::json(200, &json!({"ok": true}))),
+            (Route::Health, _) => {
+                let stopped = self.engine.stopped_cores();
+                if stopped.is_empty() {
+                    Ok(Response::json(200, &json!({"ok": true})))
+                } else {
+                    Ok(Response::json(
+                        503,
+                        &json!({"ok": false, "stopped_cores": stopped}),
+                    ))
+                }
+            }
             (Route::Stats, _) => Ok(Response::json(200, &stats::render(&self.engine.stats()))),
             (Route::Metrics, _) => Ok(self.metrics_response()),
             (Route::TerminateConnections { app: None, user }, _) => {
@@ -189,7 +199,7 @@ impl Api {
                             app,
                             cred: Credential::Signature,
                         };
-                        let res = match Self::enabled(app) {
+                        let res = match Self::enabled(&ctx.app) {
                             Ok(()) => self.terminate(&ctx, user).await,
                             Err(e) => Err(e),
                         };
@@ -218,20 +228,15 @@ impl Api {
             (Route::EventLog { .. }, Some(ctx)) => self.event_log(ctx).await,
             (Route::History { .. }, Some(ctx)) => self.history(ctx, req).await,
             (Route::Auth { .. }, Some(ctx)) => Body::json_or_form(req)
-                .and_then(|b| relay::server_auth(ctx.app, &b))
+                .and_then(|b| relay::server_auth(&ctx.app, &b))
                 .map(|v| Response::json(200, &v)),
         };
         (endpoint, idx, result)
     }
 
     fn metrics_response(&self) -> Response {
-        let apps: Vec<&str> = self
-            .engine
-            .config()
-            .apps
-            .iter()
-            .map(|a| a.id.as_str())
-            .collect();
+        let slots = self.engine.app_slots();
+        let apps: Vec<&str> = slots.iter().map(|(_, id, _)| id.as_str()).collect();
         let text = metrics::render(
             &self.engine.metrics(),
             &self.engine.stats(),

@@ -197,11 +197,7 @@ pub fn server_auth(app: &AppConfig, body: &Body) -> Result<Value, ApiError> {
 
 impl Api {
     /// Relay `POST /apps/{id}/events/batch`: `{"ok": true, "count": N}`.
-    pub(crate) async fn relay_batch(
-        &self,
-        ctx: &Ctx<'_>,
-        req: &Request,
-    ) -> Result<Response, ApiError> {
+    pub(crate) async fn relay_batch(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
         let specs = self.batch_items(ctx, req, true)?;
         let n = specs.len();
         for s in specs {

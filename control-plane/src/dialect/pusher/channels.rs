@@ -34,11 +34,7 @@ const MAX_USER_ID_BYTES: usize = 200;
 
 impl Api {
     /// `GET /apps/{id}/channels`: occupied channels, optionally by `filter_by_prefix`.
-    pub(crate) async fn channels(
-        &self,
-        ctx: &Ctx<'_>,
-        req: &Request,
-    ) -> Result<Response, ApiError> {
+    pub(crate) async fn channels(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
         let prefix = query_param(req, "filter_by_prefix").filter(|p| !p.is_empty());
         let info = info_of(req, false)?;
         if info.user_count
@@ -85,7 +81,7 @@ impl Api {
     /// `GET /apps/{id}/channels/{name}`: `occupied` always, counts when asked for.
     pub(crate) async fn channel(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         req: &Request,
         name: &str,
     ) -> Result<Response, ApiError> {
@@ -121,11 +117,7 @@ impl Api {
     }
 
     /// `GET /apps/{id}/channels/{name}/users`: presence channels only.
-    pub(crate) async fn channel_users(
-        &self,
-        ctx: &Ctx<'_>,
-        name: &str,
-    ) -> Result<Response, ApiError> {
+    pub(crate) async fn channel_users(&self, ctx: &Ctx, name: &str) -> Result<Response, ApiError> {
         let channel = parse_channel(name)?;
         if channel.kind() != ChannelKind::Presence {
             return Err(ApiError::bad_request(format!(
@@ -144,7 +136,7 @@ impl Api {
 
     /// `POST .../users/{id}/terminate_connections`: closes every connection signed in as the
     /// user with the configured close code (4009 by default).
-    pub(crate) async fn terminate(&self, ctx: &Ctx<'_>, user: &str) -> Result<Response, ApiError> {
+    pub(crate) async fn terminate(&self, ctx: &Ctx, user: &str) -> Result<Response, ApiError> {
         if user.is_empty() || user.len() > MAX_USER_ID_BYTES {
             return Err(ApiError::bad_request(format!(
                 "the user id must be 1 to {MAX_USER_ID_BYTES} bytes long"

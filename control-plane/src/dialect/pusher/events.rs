@@ -171,7 +171,7 @@ pub fn counts_json(channel: &ChannelName, counts: &ChannelCounts, info: Info) ->
     Value::Object(m)
 }
 
-fn publish_of(ctx: &Ctx<'_>, e: EventSpec) -> Publish {
+fn publish_of(ctx: &Ctx, e: EventSpec) -> Publish {
     Publish {
         app: ctx.idx,
         channels: e.channels,
@@ -184,13 +184,13 @@ fn publish_of(ctx: &Ctx<'_>, e: EventSpec) -> Publish {
 impl Api {
     /// Queues the event without waiting for the owners' counts (requests without `info`):
     /// the answer does not wait for a cross-core round trip.
-    pub(crate) fn publish_queued(&self, ctx: &Ctx<'_>, e: EventSpec) -> Result<(), ApiError> {
+    pub(crate) fn publish_queued(&self, ctx: &Ctx, e: EventSpec) -> Result<(), ApiError> {
         Ok(self.engine.publish_queued(publish_of(ctx, e))?)
     }
 
     pub(crate) async fn publish(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         e: EventSpec,
     ) -> Result<Vec<ChannelCounts>, ApiError> {
         Ok(self
@@ -206,8 +206,8 @@ impl Api {
     }
 
     /// `POST /apps/{id}/events`
-    pub(crate) async fn events(&self, ctx: &Ctx<'_>, req: &Request) -> Result<Response, ApiError> {
-        let spec = parse_event(&Body::json(req)?, ctx.app, &self.config, false)?;
+    pub(crate) async fn events(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
+        let spec = parse_event(&Body::json(req)?, &ctx.app, &self.config, false)?;
         let info = spec.info;
         let mut out = Map::new();
         if !info.any() {
@@ -235,7 +235,7 @@ impl Api {
 
     pub(crate) fn batch_items(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         req: &Request,
         relay: bool,
     ) -> Result<Vec<EventSpec>, ApiError> {
@@ -263,11 +263,12 @@ impl Api {
                     "batch item {i} must be an object"
                 )));
             };
-            let spec =
-                parse_event(&Body(m.clone()), ctx.app, &self.config, !relay).map_err(|mut e| {
+            let spec = parse_event(&Body(m.clone()), &ctx.app, &self.config, !relay).map_err(
+                |mut e| {
                     e.message = format!("batch item {i}: {}", e.message);
                     e
-                })?;
+                },
+            )?;
             specs.push(spec);
         }
         Ok(specs)
@@ -277,7 +278,7 @@ impl Api {
     /// events to one channel keep the batch order.
     async fn publish_all(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         specs: Vec<EventSpec>,
     ) -> Result<Vec<Vec<ChannelCounts>>, ApiError> {
         let futs: Vec<_> = specs.into_iter().map(|s| self.publish(ctx, s)).collect();
@@ -292,7 +293,7 @@ impl Api {
     /// `{"batch": [{...}, {}, ...]}` index-aligned.
     pub(crate) async fn batch_events(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         req: &Request,
     ) -> Result<Response, ApiError> {
         let specs = self.batch_items(ctx, req, false)?;
