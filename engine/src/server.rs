@@ -164,13 +164,28 @@ impl Engine {
                     let _ = ready.send(Ok(driver));
                     // Panic policy: every task of this core is polled inside this `block_on`
                     // (monoio does not catch a task's panic), so one catch here covers them all.
+                    // A second handle on the listening socket: after a panic the runtime
+                    // cannot be relied on to close the listener (an in-flight io_uring accept
+                    // keeps its fd open), so the socket is shut down through this one.
+                    let listen_handle = listener.try_clone();
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         rt.block_on(worker_main(core, listener))
                     }));
-                    shared.core_stopped[idx].store(true, std::sync::atomic::Ordering::Release);
-                    if let Err(panic) = run {
-                        on_core_panic(&shared, idx, panic.as_ref(), rt);
+                    if run.is_err() {
+                        if let Ok(l) = &listen_handle {
+                            // Leaves the SO_REUSEPORT group: new connections go to live cores.
+                            let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Both);
+                        }
                     }
+                    drop(listen_handle);
+                    // After the runtime is gone (with the panic, `on_core_panic` drops it): a
+                    // core reported stopped has closed its listener, so no new connection can
+                    // land in its backlog any more.
+                    match run {
+                        Err(panic) => on_core_panic(&shared, idx, panic.as_ref(), rt),
+                        Ok(()) => drop(rt),
+                    }
+                    shared.core_stopped[idx].store(true, std::sync::atomic::Ordering::Release);
                 })?;
             threads.push(t);
         }
