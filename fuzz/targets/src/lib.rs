@@ -21,8 +21,11 @@ use ringcast_protocol::{
     Dialect, FrameDecoder, Message, OpCode, Role,
 };
 
+/// A target body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name (the corpus directory names).
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("ws_frames", ws_frames),
     ("http_head", http_head),
     ("pusher_message", pusher_message),
@@ -99,7 +102,11 @@ pub fn ws_frames(data: &[u8]) {
         encode_client_frame_into(op, &payload, [seed, 1, 2, 3], &mut wire);
         let (again, e, _) = decode_all(&[&wire]);
         assert_eq!(e, None, "a re-encoded message does not decode");
-        assert_eq!(again.as_slice(), std::slice::from_ref(m), "re-encode/decode changed it");
+        assert_eq!(
+            again.as_slice(),
+            std::slice::from_ref(m),
+            "re-encode/decode changed it"
+        );
     }
     // A stream that is exactly one minimal, unfragmented data frame re-encodes to itself.
     if let ([m], None) = (whole.as_slice(), err_whole) {
@@ -136,7 +143,10 @@ pub fn ws_frames(data: &[u8]) {
                 let mut wire = Vec::new();
                 encode_client_frame_into(op, payload, mask, &mut wire);
                 if wire.len() == stream.len() {
-                    assert_eq!(wire, stream, "a decoded frame does not re-encode to its bytes");
+                    assert_eq!(
+                        wire, stream,
+                        "a decoded frame does not re-encode to its bytes"
+                    );
                 }
             }
         }
@@ -248,7 +258,11 @@ pub fn rest_request(data: &[u8]) {
     let secrets = vec![SECRET.to_owned()];
     let lookup = |k: &str| (k == KEY).then_some(secrets.as_slice());
     let ok = verify_rest(&method, &path, &signed_q, &body, NOW, lookup);
-    assert_eq!(ok.as_deref(), Ok(KEY), "a properly signed request does not verify");
+    assert_eq!(
+        ok.as_deref(),
+        Ok(KEY),
+        "a properly signed request does not verify"
+    );
     // One-byte changes that change the meaning must fail.
     let sig_at = signed_q.find("auth_signature=").map(|i| i + 15);
     match pick % 3 {
@@ -301,7 +315,11 @@ pub fn config(data: &[u8]) {
                 .expect("parsed once")
                 .resolve(2)
                 .expect("resolved once");
-            assert_eq!(format!("{c:?}"), format!("{again:?}"), "resolution is not deterministic");
+            assert_eq!(
+                format!("{c:?}"),
+                format!("{again:?}"),
+                "resolution is not deterministic"
+            );
         }
         let _ = ringcast_control_plane::ApiConfig::from_table(api);
     }
@@ -331,9 +349,13 @@ pub fn proxy_header(data: &[u8]) {
         .iter()
         .map(|s| s.parse().expect("valid"))
         .collect();
-    let client = client_from_forwarded_for("10.1.2.3".parse().expect("ip"), [text.as_ref()], &trusted);
+    let client =
+        client_from_forwarded_for("10.1.2.3".parse().expect("ip"), [text.as_ref()], &trusted);
     let untrusted =
         client_from_forwarded_for("8.8.8.8".parse().expect("ip"), [text.as_ref()], &trusted);
-    assert_eq!(untrusted, "8.8.8.8".parse::<std::net::IpAddr>().expect("ip"));
+    assert_eq!(
+        untrusted,
+        "8.8.8.8".parse::<std::net::IpAddr>().expect("ip")
+    );
     let _ = client;
 }
