@@ -35,6 +35,8 @@ JS_TESTS=(
   api-seed.test.mjs
   retained.test.mjs
   webhooks.test.mjs
+  lattestream.test.mjs
+  activity.test.mjs
   origins.test.mjs
 )
 # Files that need a feature not built yet (run only with RINGCAST_REST_TESTS=1). None now.

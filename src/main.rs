@@ -44,6 +44,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Signal handlers first, before anything can report readiness: a SIGINT/SIGTERM that
+    // arrives at any point from here on is queued and handled as a graceful shutdown (4200),
+    // never the default action that kills the process and drops its clients (1006).
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
     let mut raw = match &cli.config {
         Some(path) => RawConfig::from_file(path)?,
         None => RawConfig::default(),
@@ -98,11 +106,6 @@ fn main() -> anyhow::Result<()> {
     }
     std::io::stdout().flush().ok();
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("installing signal handlers")?;
     let sig = signals.forever().next();
     tracing::info!(?sig, "shutting down: closing clients with 4200");
     // Watchdog: the process exits within the grace period plus a margin, whatever happens.

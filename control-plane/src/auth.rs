@@ -18,6 +18,8 @@ pub enum Credential {
     Signature,
     /// `Authorization: Bearer <secret>` with one of the app's secrets.
     Bearer,
+    /// A LatteStream private API key (`lsk_...`) of the app.
+    ApiKey,
 }
 
 /// The token of an `Authorization: Bearer` header, if the request has one.

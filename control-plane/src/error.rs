@@ -18,6 +18,10 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong, for a person.
     pub message: String,
+    /// Extra machine-readable detail (rendered as `details`).
+    pub details: Option<serde_json::Value>,
+    /// Rate limits: seconds until a request can pass (`Retry-After` and `retry_after`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -26,7 +30,26 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: None,
+            retry_after: None,
         }
+    }
+
+    /// Adds `details`.
+    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
+        self.details = Some(details);
+        self
+    }
+
+    /// 429 `rate_limited` with the seconds until a request can pass.
+    pub fn rate_limited(endpoint: &str, retry_after: u64) -> ApiError {
+        let mut e = ApiError::new(
+            429,
+            "rate_limited",
+            format!("rate limit exceeded on {endpoint}: retry in {retry_after} s"),
+        );
+        e.retry_after = Some(retry_after);
+        e
     }
 
     /// 400 with code `bad_request`.
@@ -58,12 +81,41 @@ impl ApiError {
         )
     }
 
-    /// The JSON error response.
+    /// The JSON error response: `{"error", "code", "details"?, "retry_after"?}`.
     pub fn to_response(&self) -> Response {
-        let body = serde_json::json!({ "error": self.message, "code": self.code });
-        let mut r = Response::json(self.status, &body);
+        self.render(self.code.to_owned())
+    }
+
+    /// The LatteStream dialect's rendering: the same shape with its upper-case codes
+    /// (`INVALID_API_KEY`, `RATE_LIMIT_EXCEEDED`, ...; codes it does not define are the
+    /// shared code in upper case).
+    pub fn to_lattestream_response(&self) -> Response {
+        let code = match self.code {
+            "rate_limited" | "overloaded" => "RATE_LIMIT_EXCEEDED".to_owned(),
+            "payload_too_large" | "event_too_large" => "PAYLOAD_TOO_LARGE".to_owned(),
+            "too_many_channels" => "TOO_MANY_CHANNELS".to_owned(),
+            "too_many_events" => "TOO_MANY_EVENTS".to_owned(),
+            "invalid_channel" => "INVALID_CHANNEL".to_owned(),
+            "malformed_json" | "bad_request" => "INVALID_REQUEST".to_owned(),
+            other => other.to_ascii_uppercase(),
+        };
+        self.render(code)
+    }
+
+    fn render(&self, code: String) -> Response {
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), self.message.clone().into());
+        body.insert("code".into(), code.into());
+        if let Some(d) = &self.details {
+            body.insert("details".into(), d.clone());
+        }
+        if let Some(s) = self.retry_after {
+            body.insert("retry_after".into(), s.into());
+        }
+        let mut r = Response::json(self.status, &serde_json::Value::Object(body));
         if self.status == 429 || self.status == 503 {
-            r = r.header("retry-after", "1");
+            let secs = self.retry_after.unwrap_or(1).to_string();
+            r = r.header("retry-after", secs);
         }
         r
     }
@@ -80,9 +132,10 @@ impl std::error::Error for ApiError {}
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         match e {
-            // The injection queue of a core is full: the publisher should slow down and retry.
+            // A core's injection queue is full or its mesh is congested: the publisher should
+            // slow down and retry (push-back happens before any event is dropped).
             EngineError::Overloaded => ApiError::new(
-                429,
+                503,
                 "overloaded",
                 "server overloaded: a core's queue is full, retry later",
             ),
@@ -123,9 +176,9 @@ mod tests {
     }
 
     #[test]
-    fn overload_is_429_with_retry_after() {
+    fn overload_is_503_with_retry_after() {
         let r = ApiError::from(EngineError::Overloaded).to_response();
-        assert_eq!(r.status, 429);
+        assert_eq!(r.status, 503);
         assert!(r
             .headers
             .iter()

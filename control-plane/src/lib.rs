@@ -35,6 +35,7 @@ pub mod dialect;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod ratelimit;
 pub mod service;
 pub mod stats;
 pub mod webhook;

@@ -217,7 +217,9 @@ pub fn render(m: &MetricsSnapshot, stats: &Stats, rest: &RestMetrics, app_ids: &
         "ringcast_slow_consumer_closes_total",
         "counter",
         "Connections closed as slow consumers (outbound budget or write deadline).",
-        m.closed_by("slow_consumer_budget") + m.closed_by("slow_consumer_deadline"),
+        m.closed_by("slow_consumer_budget")
+            + m.closed_by("slow_consumer_deadline")
+            + m.closed_by("slow_consumer_mesh"),
     );
     o.single(
         "ringcast_subscriptions",
@@ -289,8 +291,13 @@ pub fn render(m: &MetricsSnapshot, stats: &Stats, rest: &RestMetrics, app_ids: &
         ),
         (
             "ringcast_mesh_dropped_total",
-            "Event deliveries dropped because a peer core was hopelessly behind.",
+            "Event deliveries a peer core could not take (past the mesh's hard limit); that core's subscribers of the channel were closed with 4100.",
             m.mesh_dropped,
+        ),
+        (
+            "ringcast_mesh_pushback_total",
+            "Publishes (REST 503, client-event errors) and subscriptions refused because a core's mesh was congested.",
+            m.mesh_pushback,
         ),
     ] {
         o.single(name, "counter", help, v);

@@ -44,9 +44,11 @@ pub mod defaults {
     /// Entries in each SPSC queue of the core mesh (per ordered pair of cores); 0 = derived
     /// from the worker count (131072 / workers, clamped to 1024..=32768).
     pub const MESH_QUEUE_CAPACITY: usize = 0;
-    /// Messages a core keeps in its local overflow for one full peer queue before it starts
-    /// dropping *event deliveries* (counted as `ringcast_mesh_dropped_total`). Subscription
-    /// bookkeeping is never dropped.
+    /// Hard limit of a core's local overflow for one full peer queue. From half of it the core
+    /// is congested and pushes back (new publishes get 503 / `pusher:error`, new subscriptions
+    /// `subscription_error`); an event delivery past the limit is not queued and that peer's
+    /// subscribers of the channel are closed with 4100 instead (`ringcast_mesh_dropped_total`).
+    /// Subscription bookkeeping is never dropped (it is bounded by admission).
     pub const MESH_OVERFLOW_LIMIT: usize = 1 << 20;
     /// Entries in the queue from the process (REST, control plane) into each core.
     pub const INJECT_QUEUE_CAPACITY: usize = 65_536;
@@ -73,6 +75,10 @@ pub mod defaults {
     pub const SUBSCRIPTION_COUNT_INTERVAL_SECS: u64 = 5;
     /// Event history: events kept per channel (0 = history off).
     pub const APP_HISTORY_SIZE: usize = 0;
+    /// Activity history (CONNECT, SUBSCRIBE, ... records): records kept per app on each core
+    /// (0 = off), and the most an app may ask for.
+    pub const APP_ACTIVITY_HISTORY_SIZE: usize = 0;
+    pub const MAX_ACTIVITY_HISTORY_SIZE: usize = 100_000;
     /// Event history: events older than this are dropped.
     pub const APP_HISTORY_MAX_AGE_SECS: u64 = 3600;
     /// Memory cap for the event history of all channels owned by one core; the oldest events
@@ -222,7 +228,49 @@ pub struct RawApp {
     /// Origins allowed to open WebSocket connections (`*`, `https://host`, `host`,
     /// `*.domain`); empty or absent = any.
     pub allowed_origins: Option<Vec<String>>,
+    /// LatteStream private API keys (`lsk_...`) that identify this app on the LatteStream REST
+    /// dialect.
+    pub api_keys: Option<Vec<String>>,
+    /// `[apps.rate_limits]`: endpoint label -> `{per_minute, burst_per_sec?}`.
+    pub rate_limits: Option<std::collections::BTreeMap<String, RawRateLimit>>,
+    /// Activity records kept per core for this app (0 = activity history off).
+    pub activity_history_size: Option<usize>,
 }
+
+/// One `[apps.rate_limits]` entry, e.g. `events = { per_minute = 1000, burst_per_sec = 100 }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Requests per minute (the long-run rate and the minute bucket's size); 0 = no limit
+    /// (turns a dialect's default off).
+    pub per_minute: u32,
+    /// Requests per second (the burst bucket's size and refill); default `per_minute / 10`.
+    pub burst_per_sec: Option<u32>,
+}
+
+/// A resolved rate limit: two token buckets, both must hold a token for a request to pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_minute: u32,
+    pub burst_per_sec: u32,
+}
+
+/// Endpoint labels `[apps.rate_limits]` accepts (the `endpoint` label of
+/// `ringcast_rest_requests_total`; `ls_*` are the LatteStream dialect's endpoints).
+pub const RATE_LIMIT_ENDPOINTS: [&str; 12] = [
+    "events",
+    "batch_events",
+    "events_batch",
+    "channels",
+    "channel",
+    "channel_users",
+    "auth",
+    "ls_events",
+    "ls_batch_events",
+    "ls_token",
+    "ls_auth",
+    "ls_channels",
+];
 
 /// One `[[apps.webhooks]]` table.
 #[derive(Debug, Default, Deserialize)]
@@ -311,6 +359,13 @@ pub struct AppConfig {
     pub webhook_retry_budget: Duration,
     /// Origins allowed to connect (empty = any); others are closed with 4009 after the upgrade.
     pub allowed_origins: Vec<OriginPattern>,
+    /// LatteStream private API keys (`lsk_...`), unique over all apps.
+    pub api_keys: Vec<String>,
+    /// Per-endpoint rate limits configured for this app (endpoint label, limit); the control
+    /// plane adds its dialects' defaults for endpoints not listed here.
+    pub rate_limits: Vec<(String, RateLimit)>,
+    /// Activity records (CONNECT, SUBSCRIBE, ...) kept per core; 0 = off.
+    pub activity_history_size: usize,
     /// Further key/secret pairs besides (`key`, `secrets`) (created through the management
     /// API). Each connection remembers the key it connected with; revoking a key closes them.
     pub extra_keys: Vec<AppKey>,
@@ -399,6 +454,17 @@ impl RawConfig {
             apps.push(raw.resolve()?);
         }
         for (i, a) in apps.iter().enumerate() {
+            for k in &a.api_keys {
+                if apps[i..]
+                    .iter()
+                    .flat_map(|b| &b.api_keys)
+                    .filter(|x| *x == k)
+                    .count()
+                    > 1
+                {
+                    return err(format!("api key {k:?} is listed twice"));
+                }
+            }
             for b in &apps[i + 1..] {
                 if a.id == b.id {
                     return err(format!("duplicate app id {:?}", a.id));
@@ -516,8 +582,55 @@ impl RawApp {
             .map(|o| o.parse::<OriginPattern>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ConfigError(format!("app {:?}: {e}", self.id)))?;
+        let api_keys = self.api_keys.unwrap_or_default();
+        if let Some(bad) = api_keys
+            .iter()
+            .find(|k| !k.starts_with("lsk_") || k.len() < 8 || k.contains(char::is_whitespace))
+        {
+            return err(format!(
+                "app {:?}: api key {bad:?} must look like lsk_<at least 4 characters>",
+                self.id
+            ));
+        }
+        let mut rate_limits = Vec::new();
+        for (name, r) in self.rate_limits.unwrap_or_default() {
+            if !RATE_LIMIT_ENDPOINTS.contains(&name.as_str()) {
+                return err(format!(
+                    "app {:?}: unknown rate-limited endpoint {name:?} (one of {})",
+                    self.id,
+                    RATE_LIMIT_ENDPOINTS.join(", ")
+                ));
+            }
+            let burst = r.burst_per_sec.unwrap_or(r.per_minute.div_ceil(10));
+            if r.per_minute > 0 && burst == 0 {
+                return err(format!(
+                    "app {:?}: rate limit {name:?}: burst_per_sec must be > 0",
+                    self.id
+                ));
+            }
+            rate_limits.push((
+                name,
+                RateLimit {
+                    per_minute: r.per_minute,
+                    burst_per_sec: burst,
+                },
+            ));
+        }
+        let activity_history_size = self
+            .activity_history_size
+            .unwrap_or(defaults::APP_ACTIVITY_HISTORY_SIZE);
+        if activity_history_size > defaults::MAX_ACTIVITY_HISTORY_SIZE {
+            return err(format!(
+                "app {:?}: activity_history_size must be at most {}",
+                self.id,
+                defaults::MAX_ACTIVITY_HISTORY_SIZE
+            ));
+        }
         Ok(AppConfig {
             allowed_origins,
+            activity_history_size,
+            api_keys,
+            rate_limits,
             extra_keys: Vec::new(),
             webhooks,
             webhook_retry_budget: Duration::from_secs(
@@ -588,6 +701,9 @@ impl AppConfig {
             webhooks: Vec::new(),
             webhook_retry_budget: Duration::from_secs(defaults::WEBHOOK_RETRY_BUDGET_SECS),
             allowed_origins: Vec::new(),
+            api_keys: Vec::new(),
+            rate_limits: Vec::new(),
+            activity_history_size: defaults::APP_ACTIVITY_HISTORY_SIZE,
             extra_keys: Vec::new(),
         }
     }

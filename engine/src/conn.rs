@@ -19,7 +19,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHal
 use monoio::net::TcpStream;
 use ringcast_protocol::client_addr::{client_from_forwarded_for, parse_proxy_header};
 use ringcast_protocol::{
-    close, limits, pusher, ws, ChannelKind, ChannelName, ClientMessage, Dialect, FrameDecoder,
+    close, jwt, limits, pusher, ws, ChannelKind, ChannelName, ClientMessage, Dialect, FrameDecoder,
     Message, Role, SocketId,
 };
 use std::time::Instant;
@@ -60,6 +60,8 @@ pub(crate) struct ConnState {
     gen: u32,
     client_events: TokenBucket,
     control: TokenBucket,
+    /// Signed in by a `?token=` without the `write` permission: no client events.
+    read_only: bool,
 }
 
 struct Closing {
@@ -335,8 +337,8 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
         &mut ip_permit,
     ))
     .await;
-    if let Some((app, key, stream, leftover)) = accepted {
-        run(core, app, key, stream, leftover).await;
+    if let Some((app, key, stream, leftover, token)) = accepted {
+        run(core, app, key, stream, leftover, token).await;
     }
 }
 
@@ -348,10 +350,10 @@ struct Peer {
 }
 
 /// Reads and answers the HTTP request head. Returns the accepted WebSocket connection (its
-/// app, the stream, bytes already read past the head), or `None` when the request was
-/// answered otherwise (plain HTTP, refused, failed). For a connection from a trusted proxy
-/// the client address comes from the PROXY header or `X-Forwarded-For`, and its per-address
-/// permit is taken here (into `ip_permit`).
+/// app, the key it connected with, the stream, bytes already read past the head, the verified
+/// `?token=` claims), or `None` when the request was answered otherwise (plain HTTP, refused,
+/// failed). For a connection from a trusted proxy the client address comes from the PROXY
+/// header or `X-Forwarded-For`, and its per-address permit is taken here (into `ip_permit`).
 async fn handshake<'a>(
     core: Rc<Core>,
     mut stream: TcpStream,
@@ -359,7 +361,7 @@ async fn handshake<'a>(
     adm: &'a Admission,
     handshake_permit: HandshakePermit<'a>,
     ip_permit: &mut Option<IpPermit<'a>>,
-) -> Option<(AppIdx, Box<str>, TcpStream, Vec<u8>)> {
+) -> Option<(AppIdx, Box<str>, TcpStream, Vec<u8>, Option<jwt::Claims>)> {
     let _ = stream.set_nodelay(true);
     let shared = core.shared.clone();
     let cfg = &shared.config;
@@ -558,6 +560,25 @@ async fn handshake<'a>(
         .await;
         return None;
     }
+    // `?token=<jwt>` (a LatteStream access token): the connection is signed in from the start.
+    let token = verify_connect_token(&core.shared.apps().app(app_idx).config, &head.query);
+    let token = match token {
+        Ok(t) => t,
+        Err(e) => {
+            core.metrics().auth_failures.inc();
+            let msg = format!("Connection unauthorized: {e}");
+            reject(
+                &core,
+                &mut stream,
+                dialect,
+                close::UNAUTHORIZED,
+                &msg,
+                CloseReason::Refused,
+            )
+            .await;
+            return None;
+        }
+    };
     let n = connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if max_connections > 0 && n >= max_connections {
         connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -572,7 +593,38 @@ async fn handshake<'a>(
         .await;
         return None;
     }
-    Some((app_idx, params.app_key.as_str().into(), stream, leftover))
+    Some((
+        app_idx,
+        params.app_key.as_str().into(),
+        stream,
+        leftover,
+        token,
+    ))
+}
+
+/// The `?token=` of a connect request, verified: signed with one of the app's secrets, issued
+/// for this app as an access token, not expired. `Ok(None)` without a token.
+fn verify_connect_token(
+    app: &crate::config::AppConfig,
+    query: &str,
+) -> Result<Option<jwt::Claims>, String> {
+    let Some((_, token)) = ws::parse_query(query)
+        .into_iter()
+        .find(|(k, _)| k == "token")
+    else {
+        return Ok(None);
+    };
+    let now = crate::core::unix_now_secs();
+    let claims = jwt::Jwt::parse(&token)
+        .and_then(|t| t.verify(&app.secrets, now))
+        .map_err(|e| e.to_string())?;
+    if claims.app != app.id || claims.scope != "access" {
+        return Err("the token was not issued for this app".into());
+    }
+    if ChannelName::parse(&format!("#server-to-user-{}", claims.sub)).is_err() {
+        return Err("the token's user id is not valid".into());
+    }
+    Ok(Some(claims))
 }
 
 async fn reject(
@@ -591,7 +643,14 @@ async fn reject(
 }
 
 /// The established connection: spawns the writer, runs the reader, cleans up.
-async fn run(core: Rc<Core>, app_idx: AppIdx, key: Box<str>, stream: TcpStream, leftover: Vec<u8>) {
+async fn run(
+    core: Rc<Core>,
+    app_idx: AppIdx,
+    key: Box<str>,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    token: Option<jwt::Claims>,
+) {
     let shared = core.shared.clone();
     let cfg = &shared.config;
     let (dialect, client_events_per_sec) = {
@@ -620,6 +679,7 @@ async fn run(core: Rc<Core>, app_idx: AppIdx, key: Box<str>, stream: TcpStream, 
             gen: 0,
             client_events: TokenBucket::new(client_events_per_sec),
             control: TokenBucket::new(cfg.control_messages_per_sec),
+            read_only: false,
         }),
         fd,
         end_reason: Cell::new(None),
@@ -636,6 +696,18 @@ async fn run(core: Rc<Core>, app_idx: AppIdx, key: Box<str>, stream: TcpStream, 
         &socket_id,
         cfg.activity_timeout_secs,
     ));
+    core.record_activity(
+        app_idx,
+        crate::activity::ActivityKind::Connect,
+        None,
+        Some(&conn.socket_id_str),
+        token.as_ref().map(|c| c.sub.as_str()),
+        None,
+    );
+    if let Some(claims) = token {
+        let apps = shared.apps();
+        token_signin(&core, &conn, apps.app(app_idx), claims);
+    }
 
     let mut decoder = FrameDecoder::new(Role::Server, cfg.max_message_bytes);
     if !leftover.is_empty() {
@@ -713,8 +785,8 @@ fn on_frame(core: &Core, conn: &Rc<Conn>, app: &App, msg: Message) -> bool {
     let d = app.config.dialect;
     match msg {
         Message::Text(text) => {
-            let mut buf = text.to_vec();
-            match pusher::parse_client_message(d, &mut buf) {
+            // One JSON reading, borrowing from the frame: the message is not copied.
+            match pusher::parse_client_message(d, &text) {
                 Ok(m) => on_message(core, conn, app, m),
                 Err(e) => {
                     core.metrics().protocol_errors.inc();
@@ -940,6 +1012,24 @@ fn subscribe(
         );
         return;
     }
+    let owner = core.shared.owner_of(&ChanKey {
+        app: app.idx,
+        name: name.clone(),
+    });
+    if !core.admits(owner) {
+        drop(st);
+        // Push-back keeps subscription bookkeeping bounded while the mesh is congested.
+        sub_error(
+            core,
+            conn,
+            d,
+            channel,
+            "ServerOverloaded",
+            "Server overloaded, retry the subscription later",
+            503,
+        );
+        return;
+    }
     start_subscription(core, conn, &mut st, app.idx, name, member, false);
 }
 
@@ -982,6 +1072,18 @@ fn unsubscribe(core: &Core, conn: &Conn, app: &App, name: ChannelName) {
     if matches!(sub.state, SubState::Active) {
         core.remove_local_sub(&key, conn.id);
     }
+    let user = sub
+        .presence_user
+        .clone()
+        .or_else(|| conn.state.borrow().user.clone());
+    core.record_activity(
+        app.idx,
+        crate::activity::ActivityKind::Unsubscribe,
+        Some(key.name.as_str()),
+        Some(&conn.socket_id_str),
+        user.as_deref(),
+        None,
+    );
     core.to_owner(
         &key.clone(),
         Msg::Unsubscribe {
@@ -1038,6 +1140,20 @@ fn signin(core: &Core, conn: &Rc<Conn>, app: &App, auth: &str, user_data: &str) 
         conn.push(pusher::error_frame(d, None, "Invalid user id for sign-in"));
         return;
     };
+    if !st.subs.contains_key(&name)
+        && !core.admits(core.shared.owner_of(&ChanKey {
+            app: app.idx,
+            name: name.clone(),
+        }))
+    {
+        drop(st);
+        conn.push(pusher::error_frame(
+            d,
+            None,
+            "Sign-in refused - server overloaded, retry later",
+        ));
+        return;
+    }
     st.user = Some(user_id.clone());
     core.add_user(app.idx, user_id, conn.id);
     // Subscribe on the user's behalf so #server-to-user- events reach every signed-in
@@ -1054,6 +1170,23 @@ fn signin(core: &Core, conn: &Rc<Conn>, app: &App, auth: &str, user_data: &str) 
             "Watchlist limit exceeded: only the first 100 user ids are watched",
         ));
     }
+}
+
+/// Signs a connection in from its verified `?token=`, exactly as a `pusher:signin` would:
+/// the user's `#server-to-user-` channel is joined silently and `pusher:signin_success` sent.
+fn token_signin(core: &Core, conn: &Rc<Conn>, app: &App, claims: jwt::Claims) {
+    let Ok(name) = ChannelName::parse(&format!("#server-to-user-{}", claims.sub)) else {
+        return; // verify_connect_token checked it
+    };
+    let user_id: Arc<str> = claims.sub.as_str().into();
+    let mut st = conn.state.borrow_mut();
+    st.read_only = !claims.allows("write");
+    st.user = Some(user_id.clone());
+    core.add_user(app.idx, user_id, conn.id);
+    start_subscription(core, conn, &mut st, app.idx, name, None, true);
+    drop(st);
+    let user_data = serde_json::json!({ "id": claims.sub }).to_string();
+    conn.push(pusher::signin_success_frame(app.config.dialect, &user_data));
 }
 
 fn client_event(
@@ -1105,6 +1238,15 @@ fn client_event(
         return;
     }
     let mut st = conn.state.borrow_mut();
+    if st.read_only {
+        drop(st);
+        conn.push(pusher::error_frame(
+            d,
+            None,
+            "Client event rejected - the connection's token lacks the write permission",
+        ));
+        return;
+    }
     let user_id = match st.subs.get(&name) {
         Some(Sub {
             state: SubState::Active,
@@ -1130,8 +1272,22 @@ fn client_event(
         ));
         return;
     }
+    let actor = user_id.clone().or_else(|| st.user.clone());
     drop(st);
+    let key = ChanKey { app: app.idx, name };
+    if !admit_client_event(core, conn, d, &key) {
+        return;
+    }
+    let name = key.name;
     core.metrics().client_events.inc();
+    core.record_activity(
+        app.idx,
+        crate::activity::ActivityKind::ClientEvent,
+        Some(name.as_str()),
+        Some(&conn.socket_id_str),
+        actor.as_deref(),
+        Some(event),
+    );
     let frame = pusher::client_event_frame(event, name.as_str(), data, user_id.as_deref());
     if let Some(obs) = &core.shared.observer {
         obs.client_event(
@@ -1152,6 +1308,20 @@ fn client_event(
             except: Some(conn.socket_id),
         },
     );
+}
+
+/// Push-back on a client event: refused (and told) while the mesh toward its owner is
+/// congested, so nothing has to be dropped further on.
+fn admit_client_event(core: &Core, conn: &Conn, d: Dialect, key: &ChanKey) -> bool {
+    if core.admits(core.shared.owner_of(key)) {
+        return true;
+    }
+    conn.push(pusher::error_frame(
+        d,
+        None,
+        "Client event rejected - server overloaded, retry later",
+    ));
+    false
 }
 
 /// The writer task: one vectored write per wake-up, bounded by the write deadline.
@@ -1240,6 +1410,7 @@ fn cleanup(core: &Core, conn: &Conn) {
             gen: 0,
             client_events: TokenBucket::new(1),
             control: TokenBucket::new(1),
+            read_only: false,
         },
     );
     for (name, sub) in st.subs {
@@ -1260,6 +1431,14 @@ fn cleanup(core: &Core, conn: &Conn) {
             },
         );
     }
+    core.record_activity(
+        conn.app,
+        crate::activity::ActivityKind::Disconnect,
+        None,
+        Some(&conn.socket_id_str),
+        st.user.as_deref(),
+        None,
+    );
     if let Some(u) = st.user {
         core.remove_user(conn.app, u, conn.id);
     }

@@ -80,9 +80,13 @@ pub(crate) struct Core {
     /// Wakes the accept loop when shutdown begins.
     pub shutdown_waker: RefCell<Option<std::task::Waker>>,
     history: RefCell<History>,
+    activity: RefCell<crate::activity::ActivityLog>,
     cache: RefCell<Cache>,
     /// Owned channels whose throttled subscription count is owed.
     dirty_counts: RefCell<Vec<ChanKey>>,
+    /// Push-back mark of the mesh (and of `local_q`), and the congestion last published.
+    pushback_at: usize,
+    congested: Cell<bool>,
 }
 
 impl Core {
@@ -101,8 +105,11 @@ impl Core {
             shutting_down: Cell::new(false),
             shutdown_waker: RefCell::new(None),
             history: RefCell::new(History::new(shared.config.history_max_bytes_per_core)),
+            activity: RefCell::new(crate::activity::ActivityLog::new(idx)),
             cache: RefCell::new(Cache::new(shared.config.cache_max_entries_per_core)),
             dirty_counts: RefCell::new(Vec::new()),
+            pushback_at: crate::mesh::pushback_mark(shared.config.mesh_overflow_limit),
+            congested: Cell::new(false),
             shared,
         }
     }
@@ -151,9 +158,32 @@ impl Core {
         }
     }
 
-    /// Wakes peers that were sent something. Called after every batch of work.
+    /// Wakes peers that were sent something, and publishes this core's congestion (its
+    /// outgoing mesh or its queue to itself past the push-back mark). Called after every batch
+    /// of work.
     pub fn flush(&self) {
-        self.tx.borrow_mut().flush();
+        let mut tx = self.tx.borrow_mut();
+        tx.flush();
+        let congested = tx.is_congested() || self.local_q.borrow().len() >= self.pushback_at;
+        drop(tx);
+        if congested != self.congested.get() {
+            self.congested.set(congested);
+            self.shared.mesh.congested[self.idx]
+                .store(congested, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Admission control for new work that will travel to `owner` and fan out from it (a
+    /// publish, a subscription): refused while this core or the owner is congested, so the
+    /// publisher backs off before any event would have to be dropped. Counts a refusal.
+    pub(crate) fn admits(&self, owner: usize) -> bool {
+        let mesh = &self.shared.mesh;
+        if self.congested.get() || mesh.is_congested(owner) {
+            self.metrics().mesh_pushback.inc();
+            false
+        } else {
+            true
+        }
     }
 
     // ---------------------------------------------------------------- drain task
@@ -248,6 +278,7 @@ impl Core {
                 outcome,
             } => self.on_sub_ack(key, conn, gen, outcome),
             Msg::Deliver { key, frame, except } => self.deliver(&key, &frame, except),
+            Msg::Lost { keys } => self.on_lost(&keys),
         }
     }
 
@@ -261,6 +292,17 @@ impl Core {
                 reply,
             } => {
                 self.metrics().events_published.inc();
+                if self.activity_cap(key.app) > 0 {
+                    let name = crate::history::frame_event_name(&frame);
+                    self.record_activity(
+                        key.app,
+                        crate::activity::ActivityKind::ApiEvent,
+                        Some(key.name.as_str()),
+                        None,
+                        None,
+                        name.as_deref(),
+                    );
+                }
                 let counts = self.on_publish(&key, frame, except);
                 if let Some(reply) = reply {
                     let _ = reply.send(counts);
@@ -349,8 +391,16 @@ impl Core {
                 // `query` returns newest first already.
                 let _ = reply.send(self.history.borrow().query(app, &query));
             }
+            Command::Activity { app, query, reply } => {
+                let _ = reply.send(self.activity.borrow().query(app, &query));
+            }
             Command::Shutdown => return true,
             Command::InjectPanic => panic!("injected panic on core {} (test hook)", self.idx),
+            Command::Stall { stalled, release } => {
+                // Test hook only: a core never blocks otherwise.
+                let _ = stalled.send(());
+                let _ = release.recv_timeout(Duration::from_secs(30));
+            }
         }
         false
     }
@@ -747,6 +797,40 @@ impl Core {
         }
     }
 
+    /// The app's `activity_history_size` (0: off, or no such app).
+    fn activity_cap(&self, app: AppIdx) -> usize {
+        self.shared
+            .apps()
+            .get(app)
+            .map_or(0, |a| a.config.activity_history_size)
+    }
+
+    /// Appends an activity record when the app keeps activity history (a branch otherwise).
+    pub(crate) fn record_activity(
+        &self,
+        app: AppIdx,
+        kind: crate::activity::ActivityKind,
+        channel: Option<&str>,
+        socket_id: Option<&str>,
+        user_id: Option<&str>,
+        event_name: Option<&str>,
+    ) {
+        let cap = self.activity_cap(app);
+        if cap == 0 {
+            return;
+        }
+        self.activity.borrow_mut().record(
+            app,
+            cap,
+            kind,
+            channel,
+            socket_id,
+            user_id,
+            event_name,
+            now_ms(),
+        );
+    }
+
     // ---------------------------------------------------------------- subscriber side
 
     /// Appends `frame` (shared, not copied) to every local subscriber's outbound queue.
@@ -766,6 +850,24 @@ impl Core {
             n += 1;
         }
         self.metrics().deliveries.add(n);
+    }
+
+    /// The owner could not hand this core an event of these channels: every local subscriber
+    /// of them is closed with 4100 (slow consumer), so it reconnects knowing it missed
+    /// something rather than silently missing it. Closing first flushes what was queued before.
+    fn on_lost(&self, keys: &[ChanKey]) {
+        let subs = self.subs.borrow();
+        for key in keys {
+            let Some(list) = subs.get(key) else { continue };
+            for conn in list.values() {
+                conn.set_end_reason(CloseReason::SlowConsumerMesh);
+                conn.close(
+                    ringcast_protocol::close::SLOW_CONSUMER,
+                    "Slow consumer: events for a channel could not be delivered",
+                    CloseReason::SlowConsumerMesh,
+                );
+            }
+        }
     }
 
     fn on_sub_ack(&self, key: ChanKey, conn_id: u64, gen: u32, outcome: SubOutcome) {
@@ -797,6 +899,21 @@ impl Core {
                     .insert(conn_id, conn.clone());
                 self.metrics().subscriptions_current.inc();
                 if !silent {
+                    let user = {
+                        let st = conn.state.borrow();
+                        st.subs
+                            .get(&key.name)
+                            .and_then(|s| s.presence_user.clone())
+                            .or_else(|| st.user.clone())
+                    };
+                    self.record_activity(
+                        key.app,
+                        crate::activity::ActivityKind::Subscribe,
+                        Some(key.name.as_str()),
+                        Some(&conn.socket_id_str),
+                        user.as_deref(),
+                        None,
+                    );
                     let frame = frame.unwrap_or_else(|| {
                         pusher::subscription_succeeded_frame(dialect, key.name.as_str(), None)
                     });
@@ -861,6 +978,11 @@ impl Core {
             .connections
             .fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Wall-clock Unix seconds (token expiry).
+pub(crate) fn unix_now_secs() -> u64 {
+    now_ms() / 1000
 }
 
 fn now_ms() -> u64 {

@@ -60,6 +60,12 @@ pub struct Stats {
     pub per_app: Vec<(String, u64)>,
 }
 
+/// A core blocked by [`EngineHandle::stall_core`]; dropping it releases the core.
+#[doc(hidden)]
+pub struct CoreStall {
+    _release: std::sync::mpsc::SyncSender<()>,
+}
+
 /// What a [`EngineHandle::set_apps`] changed (app ids), and the table version it published.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppsUpdate {
@@ -74,6 +80,7 @@ pub struct AppsUpdate {
 pub fn validate_apps(apps: &[AppConfig]) -> Result<(), ConfigError> {
     let mut ids = std::collections::HashSet::new();
     let mut keys = std::collections::HashSet::new();
+    let mut api_keys = std::collections::HashSet::new();
     for a in apps {
         if a.id.is_empty() {
             return Err(ConfigError("an app needs a non-empty id".into()));
@@ -90,6 +97,11 @@ pub fn validate_apps(apps: &[AppConfig]) -> Result<(), ConfigError> {
             }
             if !keys.insert(k) {
                 return Err(ConfigError(format!("duplicate app key {k:?}")));
+            }
+        }
+        for k in &a.api_keys {
+            if !api_keys.insert(k.as_str()) {
+                return Err(ConfigError(format!("api key {k:?} is listed twice")));
             }
         }
     }
@@ -125,6 +137,23 @@ impl EngineHandle {
             .apps()
             .by_key(key)
             .map(|a| (a.idx, a.config.clone()))
+    }
+
+    /// Finds the live app one of whose LatteStream `api_keys` is `key` (every key is compared
+    /// in constant time).
+    pub fn app_by_api_key(&self, key: &str) -> Option<(AppIdx, Arc<AppConfig>)> {
+        let ct_eq = |a: &[u8], b: &[u8]| {
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        };
+        let mut found = None;
+        for a in self.shared.apps().live() {
+            for k in &a.config.api_keys {
+                if ct_eq(k.as_bytes(), key.as_bytes()) && found.is_none() {
+                    found = Some((a.idx, a.config.clone()));
+                }
+            }
+        }
+        found
     }
 
     /// The config of slot `idx` (a deleted app's last config); `None` for an index never
@@ -286,6 +315,16 @@ impl EngineHandle {
         }
     }
 
+    /// Push-back for publishes: refused while the owner's mesh is congested, before anything
+    /// would have to be dropped.
+    fn admit_publish(&self, owner: usize) -> Result<(), EngineError> {
+        if self.shared.mesh.is_congested(owner) {
+            Err(EngineError::Overloaded)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Hands a command to one core (no wait).
     fn send_to(&self, core: usize, cmd: Command) -> Result<(), EngineError> {
         self.shared
@@ -343,6 +382,7 @@ impl EngineHandle {
             let frame = pusher::event_frame(&p.event, name.as_str(), &p.data, None);
             let key = self.key(p.app, name)?;
             let owner = self.shared.owner_of(&key);
+            self.admit_publish(owner)?;
             let (tx, rx) = oneshot::channel();
             self.send_to(
                 owner,
@@ -374,6 +414,7 @@ impl EngineHandle {
             let frame = pusher::event_frame(&p.event, name.as_str(), &p.data, None);
             let key = self.key(p.app, name)?;
             let owner = self.shared.owner_of(&key);
+            self.admit_publish(owner)?;
             self.send_to(
                 owner,
                 Command::Publish {
@@ -516,6 +557,30 @@ impl EngineHandle {
         Ok((all, more))
     }
 
+    /// Activity records of an app, newest first, merged over every core; `true` when more
+    /// matched than `q.limit`.
+    pub async fn activity(
+        &self,
+        app: AppIdx,
+        q: crate::activity::ActivityQuery,
+    ) -> Result<(Vec<crate::activity::ActivityRecord>, bool), EngineError> {
+        self.live_app(app)?;
+        let mut all: Vec<_> = self
+            .ask_all(|reply| Command::Activity {
+                app,
+                query: q.clone(),
+                reply,
+            })
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        crate::activity::sort_newest_first(&mut all);
+        let more = all.len() > q.limit;
+        all.truncate(q.limit);
+        Ok((all, more))
+    }
+
     /// The core owning a channel (placement is keyed with this process's secret, so only the
     /// process itself can answer). For benchmarks and tests that place a channel on purpose.
     #[doc(hidden)]
@@ -539,6 +604,27 @@ impl EngineHandle {
     #[doc(hidden)]
     pub fn inject_panic(&self, core: usize) -> Result<(), EngineError> {
         self.send_to(core, Command::InjectPanic)
+    }
+
+    /// Test hook: blocks core `core`'s thread until the returned guard is dropped (at most
+    /// 30 s), as a core too busy to drain its mesh would be. Returns once the core is blocked.
+    #[doc(hidden)]
+    pub fn stall_core(&self, core: usize) -> Result<CoreStall, EngineError> {
+        let (stalled_tx, stalled_rx) = std::sync::mpsc::sync_channel(1);
+        let (release_tx, release_rx) = std::sync::mpsc::sync_channel(1);
+        self.send_to(
+            core,
+            Command::Stall {
+                stalled: stalled_tx,
+                release: release_rx,
+            },
+        )?;
+        stalled_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(CoreStall {
+            _release: release_tx,
+        })
     }
 
     /// Test hook: with `false`, a panicking core stops (and is reported by `/health`) instead

@@ -214,6 +214,17 @@ pub(crate) fn sort_newest_first(v: &mut [HistoryEvent]) {
     });
 }
 
+/// The `event` of an encoded event frame (activity records of API events).
+pub(crate) fn frame_event_name(frame: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        event: String,
+    }
+    serde_json::from_slice::<Named>(frame_payload(frame)?)
+        .ok()
+        .map(|n| n.event)
+}
+
 /// The JSON payload of an unmasked server text frame.
 pub(crate) fn frame_payload(frame: &[u8]) -> Option<&[u8]> {
     let len7 = *frame.get(1)? & 0x7f;

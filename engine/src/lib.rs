@@ -21,6 +21,7 @@
 //! Cores share nothing but the mesh: tasks are `!Send`, each core owns its connections and
 //! the channels hashed to it. See docs/ARCHITECTURE.md for the full data path.
 
+mod activity;
 mod admission;
 mod cache;
 mod config;
@@ -34,13 +35,16 @@ mod msg;
 mod server;
 mod shared;
 
+pub use crate::activity::{ActivityKind, ActivityQuery, ActivityRecord};
 pub use crate::admission::{origin_allowed, AdmissionConfig, OriginPattern, Refusal};
 pub use crate::cache::CachedEvent;
 pub use crate::config::{
-    defaults, AppConfig, AppKey, Config, ConfigError, RawAdmission, RawApp, RawConfig, RawWebhook,
-    WebhookTarget, WEBHOOK_EVENT_TYPES,
+    defaults, AppConfig, AppKey, Config, ConfigError, RateLimit, RawAdmission, RawApp, RawConfig,
+    RawRateLimit, RawWebhook, WebhookTarget, RATE_LIMIT_ENDPOINTS, WEBHOOK_EVENT_TYPES,
 };
-pub use crate::handle::{validate_apps, AppsUpdate, EngineError, EngineHandle, Publish, Stats};
+pub use crate::handle::{
+    validate_apps, AppsUpdate, CoreStall, EngineError, EngineHandle, Publish, Stats,
+};
 pub use crate::history::{HistoryEvent, HistoryQuery};
 pub use crate::metrics::{CloseReason, MetricsSnapshot};
 pub use crate::msg::{AppIdx, ChannelCounts, ChannelSummary, PresenceUser};

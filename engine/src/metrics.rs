@@ -23,6 +23,9 @@ pub enum CloseReason {
     SlowConsumerBudget,
     /// Write deadline exceeded (4100).
     SlowConsumerDeadline,
+    /// The connection's core could not take an event for one of its channels from the owner
+    /// core (the mesh to it was past its hard limit): closed with 4100 instead of missing it.
+    SlowConsumerMesh,
     /// No answer to our ping (4201).
     PongTimeout,
     /// Server shutting down (4200).
@@ -34,7 +37,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::ClientClosed,
         CloseReason::IoError,
         CloseReason::ProtocolError,
@@ -42,6 +45,7 @@ impl CloseReason {
         CloseReason::OverQuota,
         CloseReason::SlowConsumerBudget,
         CloseReason::SlowConsumerDeadline,
+        CloseReason::SlowConsumerMesh,
         CloseReason::PongTimeout,
         CloseReason::Shutdown,
         CloseReason::Terminated,
@@ -58,6 +62,7 @@ impl CloseReason {
             CloseReason::OverQuota => "over_quota",
             CloseReason::SlowConsumerBudget => "slow_consumer_budget",
             CloseReason::SlowConsumerDeadline => "slow_consumer_deadline",
+            CloseReason::SlowConsumerMesh => "slow_consumer_mesh",
             CloseReason::PongTimeout => "pong_timeout",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Terminated => "terminated",
@@ -101,7 +106,7 @@ impl Counter {
 pub struct CoreMetrics {
     pub connections_opened: Counter,
     pub connections_current: Counter,
-    pub closed: [Counter; 11],
+    pub closed: [Counter; CloseReason::ALL.len()],
     pub subscriptions_current: Counter,
     pub channels_owned: Counter,
     pub messages_in: Counter,
@@ -116,6 +121,7 @@ pub struct CoreMetrics {
     pub mesh_sent: Counter,
     pub mesh_overflowed: Counter,
     pub mesh_dropped: Counter,
+    pub mesh_pushback: Counter,
     pub history_bytes: Counter,
     pub cache_entries: Counter,
 }
@@ -169,6 +175,7 @@ impl Metrics {
             mesh_sent: self.sum(|c| &c.mesh_sent),
             mesh_overflowed: self.sum(|c| &c.mesh_overflowed),
             mesh_dropped: self.sum(|c| &c.mesh_dropped),
+            mesh_pushback: self.sum(|c| &c.mesh_pushback),
             history_bytes: self.sum(|c| &c.history_bytes),
             cache_entries: self.sum(|c| &c.cache_entries),
         }
@@ -196,6 +203,8 @@ pub struct MetricsSnapshot {
     pub mesh_sent: u64,
     pub mesh_overflowed: u64,
     pub mesh_dropped: u64,
+    /// Publishes and subscriptions refused because a core's outgoing mesh was congested.
+    pub mesh_pushback: u64,
     /// Bytes held by event history (all cores).
     pub history_bytes: u64,
     /// Cache-channel entries held (all cores).

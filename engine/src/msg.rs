@@ -101,14 +101,9 @@ pub(crate) enum Msg {
         frame: Bytes,
         except: Option<SocketId>,
     },
-}
-
-impl Msg {
-    /// Event deliveries may be dropped (and counted) when a peer core is hopelessly behind;
-    /// bookkeeping may not.
-    pub fn is_droppable(&self) -> bool {
-        matches!(self, Msg::Deliver { .. } | Msg::Publish { .. })
-    }
+    /// From an owner to a core that could not take a delivery of these channels (its mesh
+    /// was past the hard limit): close their local subscribers with 4100.
+    Lost { keys: Vec<ChanKey> },
 }
 
 pub(crate) enum Command {
@@ -159,7 +154,18 @@ pub(crate) enum Command {
         query: crate::history::HistoryQuery,
         reply: oneshot::Sender<Vec<crate::history::HistoryEvent>>,
     },
+    Activity {
+        app: AppIdx,
+        query: crate::activity::ActivityQuery,
+        reply: oneshot::Sender<Vec<crate::activity::ActivityRecord>>,
+    },
     Shutdown,
     /// Test hook: the core panics while handling this (proves the panic policy).
     InjectPanic,
+    /// Test hook: the core blocks its thread (says so on `stalled`) until `release` is dropped,
+    /// as a core too busy to drain its mesh would; bounded to 30 s.
+    Stall {
+        stalled: std::sync::mpsc::SyncSender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+    },
 }

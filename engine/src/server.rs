@@ -161,26 +161,28 @@ impl Engine {
                         monoio::FusionRuntime::Legacy(_) => "epoll (legacy fallback)",
                     };
                     let core = Rc::new(Core::new(idx, shared.clone(), tx, rx, seed));
+                    // A second handle on the listening socket, to take it out of the port's
+                    // SO_REUSEPORT group however this worker ends (monoio may defer closing
+                    // its own handle while an accept is in flight).
+                    let listening = match listener.try_clone() {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("worker {idx}: listener: {e}")));
+                            return;
+                        }
+                    };
                     let _ = ready.send(Ok(driver));
                     // Panic policy: every task of this core is polled inside this `block_on`
                     // (monoio does not catch a task's panic), so one catch here covers them all.
-                    // A second handle on the listening socket: after a panic the runtime
-                    // cannot be relied on to close the listener (an in-flight io_uring accept
-                    // keeps its fd open), so the socket is shut down through this one.
-                    let listen_handle = listener.try_clone();
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        rt.block_on(worker_main(core, listener))
+                        rt.block_on(worker_main(core, listener, &listening))
                     }));
-                    if run.is_err() {
-                        if let Ok(l) = &listen_handle {
-                            // Leaves the SO_REUSEPORT group: new connections go to live cores.
-                            let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Both);
-                        }
-                    }
-                    drop(listen_handle);
-                    // After the runtime is gone (with the panic, `on_core_panic` drops it): a
-                    // core reported stopped has closed its listener, so no new connection can
-                    // land in its backlog any more.
+                    // However the worker ended, its socket leaves the SO_REUSEPORT group (after
+                    // a panic the runtime cannot be relied on to close the listener: an
+                    // in-flight io_uring accept keeps its fd open), so new connections go to
+                    // live cores; a core is reported stopped only after that and after its
+                    // runtime is gone.
+                    stop_listening(&listening);
                     match run {
                         Err(panic) => on_core_panic(&shared, idx, panic.as_ref(), rt),
                         Ok(()) => drop(rt),
@@ -251,7 +253,17 @@ fn on_core_panic(shared: &Shared, idx: usize, panic: &(dyn std::any::Any + Send)
 
 /// One worker: the mesh drain task plus the accept loop; returns after shutdown once its
 /// connections are gone or the grace period ends.
-async fn worker_main(core: Rc<Core>, listener: std::net::TcpListener) {
+/// Takes a listening socket out of service at once: pending and future connections go to the
+/// other workers' listeners (or are refused), never wait in a backlog nobody accepts from.
+fn stop_listening(l: &std::net::TcpListener) {
+    let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Both);
+}
+
+async fn worker_main(
+    core: Rc<Core>,
+    listener: std::net::TcpListener,
+    listening: &std::net::TcpListener,
+) {
     monoio::spawn(core.clone().drain_loop());
     monoio::spawn(core.clone().tick_loop());
     let listener = match monoio::net::TcpListener::from_std(listener) {
@@ -286,6 +298,7 @@ async fn worker_main(core: Rc<Core>, listener: std::net::TcpListener) {
         }
     }
     drop(listener);
+    stop_listening(listening);
     let grace = core.shared.config.shutdown_grace;
     let until = Instant::now() + grace;
     while !core.conns.borrow().is_empty() && Instant::now() < until {

@@ -653,3 +653,28 @@ fn a_write_stuck_past_the_deadline_drops_the_connection() {
         m.connections_current == 1
     });
 }
+
+/// One JSON reading with one rule: a message repeating a field the server reads is refused
+/// (`pusher:error`), whichever occurrence a different parser would have taken.
+#[test]
+fn a_message_with_a_duplicate_event_field_is_refused_not_half_read() {
+    let s = Server::start(1, "");
+    let mut c = s.connect();
+    c.ws
+        .send(tungstenite::Message::text(
+            r#"{"event":"pusher:subscribe","data":{"channel":"dup"},"event":"client-x","channel":"private-x"}"#,
+        ))
+        .unwrap();
+    let m = c.recv();
+    assert_eq!(m["event"], "pusher:error", "{m}");
+    assert!(
+        m["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Duplicate field 'event'"),
+        "{m}"
+    );
+    // Nothing was subscribed, and the connection is still served.
+    c.assert_nothing_pending();
+    assert_eq!(publish(&s, "dup", "ev", "{}")[0].subscription_count, 0);
+}

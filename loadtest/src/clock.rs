@@ -1,27 +1,21 @@
-//! One monotonic clock for the whole process: nanoseconds since a process-wide base instant.
-//! Publishers stamp the *intended* send time with it and receivers read it on arrival; both
-//! run in this process, so the two readings are directly comparable (CLOCK_MONOTONIC is
-//! consistent across threads).
+//! One monotonic clock for every generator process: nanoseconds of `CLOCK_MONOTONIC`.
+//! Publishers stamp the *intended* send time with it and receivers read it on arrival. The
+//! clock is the machine's, not the process's, so a receiver in one process (`--procs`) can
+//! subtract a time stamped by a publisher in another process on the same machine.
 
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
-
-static BASE: OnceLock<Instant> = OnceLock::new();
-
-/// The base instant (fixed on first use).
-pub fn base() -> Instant {
-    *BASE.get_or_init(Instant::now)
-}
-
-/// Nanoseconds since [`base`].
+/// Nanoseconds of `CLOCK_MONOTONIC` (since some fixed point in the machine's past).
 #[inline]
 pub fn now_ns() -> u64 {
-    base().elapsed().as_nanos() as u64
-}
-
-/// The instant `ns` nanoseconds after [`base`].
-pub fn instant_at(ns: u64) -> Instant {
-    base() + Duration::from_nanos(ns)
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into the timespec on our stack; CLOCK_MONOTONIC is
+    // always available on Linux.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Seconds since the Unix epoch (REST `auth_timestamp`).

@@ -15,7 +15,7 @@ use crossbeam_utils::CachePadded;
 use crate::latency::Latency;
 
 /// How the generator runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GenConfig {
     pub threads: usize,
     /// CPUs to pin thread `i` to (`cpus[i % len]`); None = no pinning.
@@ -23,7 +23,7 @@ pub struct GenConfig {
 }
 
 /// One phase of load (a fan-out run has one, a sweep one per rate).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PhaseSpec {
     pub phase: u32,
     /// Events per second over all channels.
@@ -51,6 +51,9 @@ pub struct Counters {
     pub published: AtomicU64,
     pub errors: AtomicU64,
     pub connected: AtomicU64,
+    /// REST requests written and not yet answered: a phase does not end before they are
+    /// answered (or its deadline), even when every delivery has arrived.
+    pub unanswered: AtomicU64,
 }
 
 /// Shared between the main thread and the generator threads.
@@ -60,6 +63,8 @@ pub struct Ctl {
     pub ready: AtomicUsize,
     pub errors: Mutex<Vec<String>>,
     pub error_count: AtomicU64,
+    /// Things worth knowing that are not errors (e.g. how a REST probe was answered).
+    pub notes: Mutex<Vec<String>>,
     pub phase_gen: AtomicU32,
     pub spec: Mutex<PhaseSpec>,
     /// The phase the main thread wants results of.
@@ -78,6 +83,7 @@ impl Ctl {
             ready: AtomicUsize::new(0),
             errors: Mutex::new(Vec::new()),
             error_count: AtomicU64::new(0),
+            notes: Mutex::new(Vec::new()),
             phase_gen: AtomicU32::new(0),
             spec: Mutex::new(PhaseSpec::default()),
             collect: AtomicU32::new(0),
@@ -95,6 +101,14 @@ impl Ctl {
         let mut v = lock(&self.errors);
         if v.len() < 20 {
             v.push(e);
+        }
+    }
+
+    /// Records a note (kept once, at most 20).
+    pub fn note(&self, n: String) {
+        let mut v = lock(&self.notes);
+        if v.len() < 20 && !v.contains(&n) {
+            v.push(n);
         }
     }
 

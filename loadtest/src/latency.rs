@@ -65,6 +65,24 @@ impl Latency {
             .expect("histograms share their bounds");
     }
 
+    /// The histogram as (value, count) pairs, one per non-empty bucket: what a child process
+    /// (`--procs`) sends to the parent. [`Self::from_buckets`] rebuilds exactly the same
+    /// buckets, so merging the rebuilt histograms equals merging the originals.
+    pub fn buckets(&self) -> Vec<(u64, u64)> {
+        self.hist
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    }
+
+    pub fn from_buckets(b: &[(u64, u64)]) -> Latency {
+        let mut l = Latency::new();
+        for &(v, n) in b {
+            l.hist.saturating_record_n(v.clamp(1, MAX_TRACKED_US), n);
+        }
+        l
+    }
+
     pub fn count(&self) -> u64 {
         self.hist.len()
     }
@@ -155,6 +173,12 @@ mod tests {
         merged.merge(&b);
         assert_eq!(merged.count(), 1000);
         assert_eq!(merged.summary(), all.summary());
+        // Through buckets (what --procs children send): the same summary.
+        let rebuilt = Latency::from_buckets(&a.buckets());
+        let mut m2 = Latency::from_buckets(&b.buckets());
+        m2.merge(&rebuilt);
+        assert_eq!(m2.summary(), all.summary());
+        assert_eq!(m2.buckets(), all.buckets());
         merged.reset();
         assert_eq!(merged.count(), 0);
         assert_eq!(merged.summary(), LatencySummary::default());

@@ -14,6 +14,7 @@
 //! presence), [`floor`] (the reference fan-out server), [`report`] (tables, JSON, CSV, SVG).
 
 pub mod clock;
+pub mod compare;
 pub mod floor;
 pub mod gen;
 pub mod http;
@@ -22,6 +23,8 @@ pub mod loss;
 pub mod net;
 pub mod payload;
 pub mod procfs;
+pub mod procs;
+pub mod receive;
 pub mod report;
 pub mod scenario;
 pub mod wsframe;

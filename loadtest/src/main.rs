@@ -8,11 +8,12 @@ use clap::{Args, Parser, Subcommand};
 use ringcast_loadtest::floor::{self, FloorChild};
 use ringcast_loadtest::gen::GenConfig;
 use ringcast_loadtest::net::{self, Target};
+use ringcast_loadtest::procfs;
 use ringcast_loadtest::report;
 use ringcast_loadtest::scenario::connect::{self, ConnectPlan};
-use ringcast_loadtest::scenario::fanout::{FanoutPlan, PhaseResult, PublishMode, Session};
+use ringcast_loadtest::scenario::fanout::{FanoutPlan, Part, PhaseResult, PublishMode, Session};
 use ringcast_loadtest::scenario::presence::{self, PresencePlan};
-use ringcast_loadtest::{clock, procfs};
+use ringcast_loadtest::scenario::rest::Pipelining;
 
 /// Open-loop load generator for any Pusher-protocol server (Ringcast, Soketi, Sockudo, Pusher).
 #[derive(Parser, Debug)]
@@ -36,6 +37,22 @@ enum Cmd {
     Floor(FloorArgs),
     /// Print JSON result files (from --json) side by side.
     Report(ReportArgs),
+    /// Build one side-by-side report (Markdown + SVG charts) from a grid run by
+    /// loadtest/compare.sh (results of several servers under --out).
+    Compare(CompareArgs),
+    /// A child process of `--procs` (driven over stdin/stdout; not for direct use).
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// The directory loadtest/compare.sh filled (meta.json and one directory per server).
+    #[arg(long)]
+    out: PathBuf,
+    /// The p99 budget the knees were found with, milliseconds.
+    #[arg(long, default_value_t = 200.0)]
+    p99_budget: f64,
 }
 
 #[derive(Args, Debug)]
@@ -52,10 +69,11 @@ struct ReportArgs {
 
 #[derive(Args, Debug, Clone)]
 struct Common {
-    /// WebSocket base URL of the server under test.
-    #[arg(long, default_value = "ws://127.0.0.1:6001")]
-    ws_url: String,
-    /// REST API base URL (default: the WebSocket host and port over http).
+    /// WebSocket base URL of the server under test. Give several (repeat the option or
+    /// separate with commas) to spread connections round-robin over the nodes of a cluster.
+    #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:6001")]
+    ws_url: Vec<String>,
+    /// REST API base URL (default: the first WebSocket URL's host and port over http).
     #[arg(long)]
     api_url: Option<String>,
     #[arg(long, default_value = "app-id")]
@@ -105,16 +123,19 @@ impl Common {
     }
 
     fn target(&self) -> anyhow::Result<Target> {
-        let (ws_addr, ws_host, ws_path_prefix) = net::parse_url(&self.ws_url, 80)?;
+        let ws = self
+            .ws_url
+            .iter()
+            .map(|u| net::WsEndpoint::parse(u).with_context(|| format!("--ws-url {u}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!ws.is_empty(), "give at least one --ws-url");
         let api = self
             .api_url
             .clone()
-            .unwrap_or_else(|| format!("http://{ws_host}{ws_path_prefix}"));
+            .unwrap_or_else(|| format!("http://{}{}", ws[0].host, ws[0].path_prefix));
         let (api_addr, api_host, api_path_prefix) = net::parse_url(&api, 80)?;
         Ok(Target {
-            ws_addr,
-            ws_host,
-            ws_path_prefix,
+            ws,
             api_addr,
             api_host,
             api_path_prefix,
@@ -142,9 +163,17 @@ struct LoadArgs {
     /// Publishing connections (client mode: WebSocket; REST mode: HTTP keep-alive).
     #[arg(long, default_value_t = 2)]
     publishers: usize,
-    /// REST mode: most pipelined requests in flight per connection.
+    /// REST mode: most requests in flight per publisher: pipelined on one connection, or one
+    /// per connection over this many connections when the server does not pipeline.
     #[arg(long, default_value_t = 64)]
     rest_inflight: usize,
+    /// REST mode: pipeline requests? `auto` probes the server during setup.
+    #[arg(long, value_enum, default_value_t = Pipelining::Auto)]
+    rest_pipelining: Pipelining,
+    /// REST mode: seconds to wait for one answer before abandoning the connection (its
+    /// unanswered requests are sent again).
+    #[arg(long, default_value_t = 10.0)]
+    rest_timeout: f64,
     /// Channel name prefix (default `private-lt-` for client events, `lt-` for REST).
     #[arg(long)]
     channel_prefix: Option<String>,
@@ -163,6 +192,14 @@ struct LoadArgs {
     floor: bool,
     #[arg(long, default_value_t = 2)]
     floor_workers: usize,
+    /// A phase whose publishers ran more than this many milliseconds behind their schedule
+    /// (p99, while the server was not holding them back) is the generator's fault (not valid).
+    #[arg(long, default_value_t = ringcast_loadtest::scenario::fanout::BEHIND_MS)]
+    max_publish_lag_ms: f64,
+    /// Run the connections in this many child processes (a process may open only so many
+    /// files); the results are merged exactly.
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
     /// CPUs for the floor server's workers (e.g. `0,1`).
     #[arg(long)]
     floor_cpus: Option<String>,
@@ -186,6 +223,10 @@ impl LoadArgs {
             mode: self.publish,
             publishers: self.publishers,
             rest_inflight: self.rest_inflight,
+            rest_pipelining: self.rest_pipelining,
+            rest_timeout: Duration::from_secs_f64(self.rest_timeout.max(0.001)),
+            part: Part::default(),
+            max_publish_lag_ms: self.max_publish_lag_ms,
             read_buf: self.read_buf,
             setup_concurrency: self.setup_concurrency,
             setup_timeout: Duration::from_secs(c.timeout),
@@ -252,6 +293,10 @@ struct ConnectArgs {
     /// Also measure the floor server with the same connections.
     #[arg(long)]
     floor: bool,
+    /// Hold the connections in this many child processes (a process may open only so many
+    /// files: 20,000 here).
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
 }
 
 #[derive(Args, Debug)]
@@ -290,7 +335,6 @@ struct FloorArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    clock::base();
     raise_nofile();
     let cli = Cli::parse();
     match cli.cmd {
@@ -298,6 +342,16 @@ fn main() -> anyhow::Result<()> {
         Cmd::Sweep(a) => sweep(a),
         Cmd::Connect(a) => connect_cmd(a),
         Cmd::Presence(a) => presence_cmd(a),
+        Cmd::Worker => ringcast_loadtest::procs::worker_main(),
+        Cmd::Compare(a) => {
+            let md = ringcast_loadtest::compare::write(&a.out, a.p99_budget)?;
+            print!("{md}");
+            println!(
+                "wrote {}/report.md and the charts beside it",
+                a.out.display()
+            );
+            Ok(())
+        }
         Cmd::Floor(a) => floor::serve(floor::FloorConfig {
             listen: a.listen.parse().context("--listen")?,
             workers: a.workers,
@@ -358,9 +412,7 @@ fn raise_nofile() {
 
 fn floor_target(t: &Target, addr: std::net::SocketAddr) -> Target {
     let mut f = t.clone();
-    f.ws_addr = addr;
-    f.ws_host = addr.to_string();
-    f.ws_path_prefix = String::new();
+    f.ws = vec![net::WsEndpoint::at(addr)];
     f.api_addr = addr;
     f.api_host = addr.to_string();
     f.api_path_prefix = String::new();
@@ -389,12 +441,12 @@ fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
         let plan = a
             .load
             .plan(c, floor_target(&target, fl.addr), a.load.subscribers)?;
-        let mut s = Session::start(plan, Some(fl.pid()), "floor", c.quiet)?;
+        let mut s = Session::start(plan, a.load.procs, Some(fl.pid()), "floor", c.quiet)?;
         rows.push(s.run_phase(a.rate, dur, drain)?);
         s.finish();
     }
     let plan = a.load.plan(c, target, a.load.subscribers)?;
-    let mut s = Session::start(plan, c.server_pid, &c.label, c.quiet)?;
+    let mut s = Session::start(plan, a.load.procs, c.server_pid, &c.label, c.quiet)?;
     rows.push(s.run_phase(a.rate, dur, drain)?);
     s.finish();
     print!("{}", report::phase_table(&rows));
@@ -444,7 +496,7 @@ fn sweep_series(
 ) -> anyhow::Result<()> {
     let c = &a.common;
     let plan = a.load.plan(c, target.clone(), subs)?;
-    let mut s = Session::start(plan, pid, label, c.quiet)?;
+    let mut s = Session::start(plan, a.load.procs, pid, label, c.quiet)?;
     let mut over = 0;
     for &rate in &a.rates {
         let r = s.run_phase(
@@ -574,6 +626,8 @@ fn connect_cmd(a: ConnectArgs) -> anyhow::Result<()> {
             hold: Duration::from_secs_f64(a.hold),
             timeout: Duration::from_secs(c.timeout),
             gen: c.gen()?,
+            part: Part::default(),
+            t0_ns: 0,
         })
     };
     let mut rows = Vec::new();
@@ -581,12 +635,19 @@ fn connect_cmd(a: ConnectArgs) -> anyhow::Result<()> {
         let fl = FloorChild::spawn(2, None, 3600)?;
         rows.push(connect::run(
             mk(floor_target(&target, fl.addr))?,
+            a.procs,
             Some(fl.pid()),
             "floor",
             c.quiet,
         )?);
     }
-    rows.push(connect::run(mk(target)?, c.server_pid, &c.label, c.quiet)?);
+    rows.push(connect::run(
+        mk(target)?,
+        a.procs,
+        c.server_pid,
+        &c.label,
+        c.quiet,
+    )?);
     print!("{}", connect::table(&rows));
     for r in &rows {
         if !r.errors.is_empty() {

@@ -10,15 +10,42 @@ use monoio::net::TcpStream;
 
 use crate::wsframe::{Frame, FrameReader};
 
-/// Where and as whom to connect.
-#[derive(Clone, Debug)]
-pub struct Target {
+/// One WebSocket endpoint (`--ws-url`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct WsEndpoint {
     /// WebSocket server address.
-    pub ws_addr: SocketAddr,
+    pub addr: SocketAddr,
     /// `Host` header value for the WebSocket server.
-    pub ws_host: String,
+    pub host: String,
     /// Path prefix before `/app/{key}` (usually empty).
-    pub ws_path_prefix: String,
+    pub path_prefix: String,
+}
+
+impl WsEndpoint {
+    pub fn parse(url: &str) -> anyhow::Result<WsEndpoint> {
+        let (addr, host, path_prefix) = parse_url(url, 80)?;
+        Ok(WsEndpoint {
+            addr,
+            host,
+            path_prefix,
+        })
+    }
+
+    pub fn at(addr: SocketAddr) -> WsEndpoint {
+        WsEndpoint {
+            addr,
+            host: addr.to_string(),
+            path_prefix: String::new(),
+        }
+    }
+}
+
+/// Where and as whom to connect.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Target {
+    /// WebSocket endpoints (never empty): connection `i` goes to `ws[i % ws.len()]`, so the
+    /// subscribers of a scenario are spread round-robin over several nodes of a cluster.
+    pub ws: Vec<WsEndpoint>,
     /// REST API address and host header.
     pub api_addr: SocketAddr,
     pub api_host: String,
@@ -55,8 +82,14 @@ pub fn parse_url(url: &str, default_port: u16) -> anyhow::Result<(SocketAddr, St
 }
 
 impl Target {
-    pub fn source_for(&self, i: usize) -> Option<Ipv4Addr> {
-        match self.ws_addr {
+    /// The endpoint of connection `i` (round-robin over `--ws-url`s).
+    pub fn ws_for(&self, i: usize) -> &WsEndpoint {
+        &self.ws[i % self.ws.len()]
+    }
+
+    /// Source address for a connection from connection number `i` to `dst`.
+    pub fn source_for(&self, i: usize, dst: SocketAddr) -> Option<Ipv4Addr> {
+        match dst {
             SocketAddr::V4(a) if a.ip().is_loopback() && self.source_addrs > 1 => Some(
                 Ipv4Addr::new(127, 0, 0, 1 + (i % self.source_addrs as usize) as u8),
             ),
@@ -64,11 +97,17 @@ impl Target {
         }
     }
 
+    /// Opens connection number `i` to its WebSocket endpoint (TCP only).
+    pub async fn connect_ws(&self, i: usize) -> io::Result<TcpStream> {
+        let ep = self.ws_for(i);
+        connect(self.source_for(i, ep.addr), ep.addr).await
+    }
+
     /// Request path for the Pusher WebSocket endpoint.
-    pub fn ws_path(&self) -> String {
+    pub fn ws_path(&self, ep: &WsEndpoint) -> String {
         format!(
             "{}/app/{}?protocol=7&client=ringcast-loadtest&version=0.1.0&flash=false",
-            self.ws_path_prefix, self.key
+            ep.path_prefix, self.key
         )
     }
 }
@@ -247,12 +286,13 @@ pub fn data_object(data: &serde_json::Value) -> serde_json::Value {
 pub async fn pusher_connect(
     s: &mut TcpStream,
     t: &Target,
+    ep: &WsEndpoint,
     r: &mut FrameReader,
     seed: u64,
     timeout: Duration,
 ) -> anyhow::Result<Established> {
     let fut = async {
-        upgrade(s, &t.ws_host, &t.ws_path(), r, seed).await?;
+        upgrade(s, &ep.host, &t.ws_path(ep), r, seed).await?;
         wait_for(s, r, |ev, data| match ev {
             "pusher:connection_established" => {
                 let d = data_object(data);

@@ -160,6 +160,66 @@ pub fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// A CPU list as `/proc/*/status` writes it (`0-1,3`) to a sorted set.
+pub fn parse_cpu_set(s: &str) -> std::collections::BTreeSet<usize> {
+    parse_cpu_list(s).unwrap_or_default().into_iter().collect()
+}
+
+/// The CPUs the threads of `pid` may run on (union over its threads' `Cpus_allowed_list`).
+pub fn process_cpus(pid: &str) -> Option<std::collections::BTreeSet<usize>> {
+    let mut all = std::collections::BTreeSet::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(t) = t else { continue };
+        let Ok(st) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        if let Some(l) = st
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        {
+            all.extend(parse_cpu_set(l.trim()));
+        }
+    }
+    (!all.is_empty()).then_some(all)
+}
+
+fn fmt_set(s: &std::collections::BTreeSet<usize>) -> String {
+    s.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// How the generator and the server share the machine, in words: CPUs of each, whether they
+/// overlap, and the load average (other tenants).
+pub fn sharing(gen_cpus: Option<&[usize]>, server_pid: Option<u32>) -> String {
+    let gen: std::collections::BTreeSet<usize> = match gen_cpus {
+        Some(c) => c.iter().copied().collect(),
+        None => process_cpus("self").unwrap_or_default(),
+    };
+    let gen_how = if gen_cpus.is_some() {
+        "pinned to"
+    } else {
+        "unpinned, on"
+    };
+    let srv = server_pid.and_then(|p| process_cpus(&p.to_string()));
+    let both = match &srv {
+        Some(s) if s.is_disjoint(&gen) => "separate cores".to_string(),
+        Some(s) => format!(
+            "SHARED cores {}",
+            fmt_set(&s.intersection(&gen).copied().collect())
+        ),
+        None => "server CPUs unknown (no --server-pid)".to_string(),
+    };
+    format!(
+        "{} CPUs; generator threads {gen_how} CPU {}; server threads on CPU {}: {both}; load average {}",
+        cpus(),
+        fmt_set(&gen),
+        srv.as_ref().map(fmt_set).unwrap_or_else(|| "?".into()),
+        loadavg()
+    )
+}
+
 /// Online CPU count.
 pub fn cpus() -> usize {
     std::thread::available_parallelism()
@@ -220,6 +280,22 @@ mod tests {
         assert_eq!(parse_machine_cpu(st), Some((160, 1010)));
         assert_eq!(busy_between(Some((0, 100)), Some((50, 200))), Some(0.5));
         assert!(machine_cpu().is_some());
+    }
+
+    #[test]
+    fn sharing_names_both_sides_cpus() {
+        let me = std::process::id();
+        let all = process_cpus(&me.to_string()).expect("own affinity");
+        let first = *all.iter().next().unwrap();
+        // The generator pinned to a CPU the "server" (this process) may also use: shared.
+        let s = sharing(Some(&[first]), Some(me));
+        assert!(s.contains("SHARED"), "{s}");
+        assert!(s.contains(&format!("pinned to CPU {first}")), "{s}");
+        let s = sharing(Some(&[first]), None);
+        assert!(s.contains("no --server-pid"), "{s}");
+        // A CPU the server cannot use: separate.
+        let s = sharing(Some(&[4095]), Some(me));
+        assert!(s.contains("separate cores"), "{s}");
     }
 
     #[test]

@@ -32,13 +32,13 @@ pub fn phase_table(rows: &[PhaseResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<10} {:>6} {:>5} {:>5} {:>8} {:>9} {:>21} {:>7} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>6} {:>5}",
-        "server", "subs", "chans", "bytes", "ev/s", "deliv/s", "delivered/expected", "missing", "dups", "p50ms", "p90ms", "p99ms", "p99.9ms", "maxms", "srv-us/dv", "gen%", "mach%", "valid"
+        "{:<10} {:>6} {:>5} {:>5} {:>8} {:>9} {:>21} {:>7} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>6} {:>5}",
+        "server", "subs", "chans", "bytes", "ev/s", "deliv/s", "delivered/expected", "missing", "dups", "p50ms", "p90ms", "p99ms", "p99.9ms", "maxms", "srv-us/dv", "gen-us/dv", "gen%", "mach%", "valid"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{:<10} {:>6} {:>5} {:>5} {:>8} {:>9} {:>21} {:>7} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>7.0} {:>6} {:>5}",
+            "{:<10} {:>6} {:>5} {:>5} {:>8} {:>9} {:>21} {:>7} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>9} {:>7.0} {:>6} {:>5}",
             truncate(&r.server, 10),
             r.subscribers,
             r.channels,
@@ -54,16 +54,160 @@ pub fn phase_table(rows: &[PhaseResult]) -> String {
             r.latency.p999_ms,
             r.latency.max_ms,
             r.server_cpu_us_per_delivery.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into()),
+            r.gen_cpu_us_per_delivery.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into()),
             r.gen_thread_max_util * 100.0,
             r.machine_busy.map(|v| format!("{:.0}", v * 100.0)).unwrap_or_else(|| "-".into()),
             if r.valid { "yes" } else { "NO" }
         );
+    }
+    for r in rows {
+        let tag = format!("[{} {} subs @ {} ev/s]", r.server, r.subscribers, r.rate);
+        for f in &r.server_failures {
+            let _ = writeln!(s, "{tag} SERVER: {f}");
+        }
+        for f in &r.generator_failures {
+            let _ = writeln!(s, "{tag} GENERATOR: {f}");
+        }
+        if let Some(rest) = &r.rest {
+            let _ = writeln!(
+                s,
+                "{tag} REST: {} ok, {} throttled (429), {} rejected, {} resent, {} connections opened ({} closed by the server), {:.1} requests per connection (max {})",
+                rest.ok,
+                rest.throttled,
+                rest.rejected,
+                rest.resent,
+                rest.connections,
+                rest.closed_by_server,
+                rest.requests_per_connection,
+                rest.max_requests_per_connection
+            );
+            for m in &rest.modes {
+                let _ = writeln!(s, "{tag} REST {m}");
+            }
+        }
+    }
+    if let Some(r) = rows.first() {
+        if !r.machine_sharing.is_empty() {
+            let _ = writeln!(s, "machine: {}", r.machine_sharing);
+        }
     }
     s
 }
 
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
+}
+
+/// Splits what went wrong in a phase by whose fault it is, each with its figures, and sets
+/// `valid` (nothing went wrong). The server's: loss, duplicates, deliveries nobody asked for,
+/// closed subscriber connections, rejected or throttled publishes, late deliveries of an
+/// earlier phase, requests it did not take by the deadline. The generator's: a saturated
+/// thread, publishers behind their schedule while nothing held them back, requests it did not
+/// send by the deadline although the server was not holding it back.
+pub fn classify(r: &mut PhaseResult) {
+    let mut srv = Vec::new();
+    let mut gen = Vec::new();
+    let l = &r.loss;
+    if l.missing > 0 {
+        srv.push(format!(
+            "loss: {} of {} deliveries never arrived",
+            l.missing, l.expected
+        ));
+    }
+    if l.duplicates > 0 {
+        srv.push(format!(
+            "duplicates: {} deliveries arrived twice",
+            l.duplicates
+        ));
+    }
+    if l.unexpected > 0 || r.misrouted > 0 {
+        srv.push(format!(
+            "misdelivery: {} deliveries outside the schedule, {} on the wrong channel",
+            l.unexpected, r.misrouted
+        ));
+    }
+    if r.connections_closed > 0 {
+        srv.push(format!(
+            "disconnects: the server closed {} subscriber connection(s)",
+            r.connections_closed
+        ));
+    }
+    if r.stale > 0 {
+        srv.push(format!(
+            "late: {} deliveries of an earlier phase arrived during this one",
+            r.stale
+        ));
+    }
+    match &r.rest {
+        Some(rest) => {
+            if rest.rejected > 0 {
+                srv.push(format!(
+                    "rejected publishes: {} REST requests answered {:?}",
+                    rest.rejected, rest.rejected_statuses
+                ));
+            }
+            if rest.throttled > 0 {
+                srv.push(format!(
+                    "throttled: {} REST requests answered 429 (each retried after Retry-After)",
+                    rest.throttled
+                ));
+            }
+            if rest.timeouts > 0 {
+                srv.push(format!(
+                    "slow answers: {} connection(s) abandoned after an answer took longer than --rest-timeout",
+                    rest.timeouts
+                ));
+            }
+            if rest.unanswered_at_deadline > 0 {
+                srv.push(format!(
+                    "unanswered: {} REST requests had no answer at the phase deadline",
+                    rest.unanswered_at_deadline
+                ));
+            }
+            let by_server = rest.unsent_blocked_by_server.min(rest.unsent_at_deadline);
+            if by_server > 0 {
+                srv.push(format!(
+                    "not taken: {by_server} REST requests were never sent by the deadline because every request slot was waiting for the server (answers, reconnects, Retry-After)"
+                ));
+            }
+            let by_gen = rest.unsent_at_deadline - by_server;
+            if by_gen > 0 {
+                gen.push(format!(
+                    "behind schedule: {by_gen} REST requests were not sent by the deadline while the server was not holding them back"
+                ));
+            }
+        }
+        None => {
+            if r.publish_rejected > 0 {
+                srv.push(format!(
+                    "rejected publishes: {} client events answered with pusher:error",
+                    r.publish_rejected
+                ));
+            }
+            if r.publish_skipped > 0 {
+                gen.push(format!(
+                    "behind schedule: {} client events were not sent by the deadline",
+                    r.publish_skipped
+                ));
+            }
+        }
+    }
+    if r.gen_saturated {
+        gen.push(format!(
+            "saturated: the busiest generator thread used {:.0}% of a core (limit {:.0}%)",
+            r.gen_thread_max_util * 100.0,
+            crate::scenario::fanout::SATURATION * 100.0
+        ));
+    }
+    if r.publish_lag.p99_ms > r.max_publish_lag_ms {
+        gen.push(format!(
+            "behind schedule: publishers sent p99 {:.1} ms after the intended time while the server was not holding them back (limit {} ms, --max-publish-lag-ms)",
+            r.publish_lag.p99_ms, r.max_publish_lag_ms
+        ));
+    }
+    r.valid = srv.is_empty() && gen.is_empty();
+    r.server_failures = srv;
+    r.generator_failures = gen;
 }
 
 /// Writes `v` as pretty JSON to `path`.
@@ -468,6 +612,50 @@ mod tests {
         assert_eq!(csv(&rows).lines().count(), 5);
     }
 
+    #[test]
+    fn failures_are_split_by_whose_fault_they_are() {
+        let mut r = dummy();
+        classify(&mut r);
+        assert!(r.valid, "{r:?}");
+        r.loss = crate::loss::LossReport {
+            expected: 10,
+            delivered: 8,
+            missing: 2,
+            duplicates: 1,
+            unexpected: 0,
+        };
+        r.connections_closed = 3;
+        r.gen_thread_max_util = 0.97;
+        r.gen_saturated = true;
+        r.publish_lag.p99_ms = 50.0;
+        r.rest = Some(crate::scenario::rest::RestReport {
+            throttled: 4,
+            rejected: 1,
+            rejected_statuses: [(401, 1)].into_iter().collect(),
+            unsent_at_deadline: 7,
+            unsent_blocked_by_server: 5,
+            ..Default::default()
+        });
+        classify(&mut r);
+        assert!(!r.valid);
+        let srv = r.server_failures.join("\n");
+        let gen = r.generator_failures.join("\n");
+        for want in [
+            "loss: 2 of 10",
+            "duplicates: 1",
+            "closed 3",
+            "429",
+            "401",
+            "not taken: 5",
+        ] {
+            assert!(srv.contains(want), "{want} in {srv}");
+        }
+        for want in ["saturated", "p99 50.0 ms", "2 REST requests were not sent"] {
+            assert!(gen.contains(want), "{want} in {gen}");
+        }
+        assert!(!srv.contains("saturated") && !gen.contains("loss"));
+    }
+
     fn dummy() -> PhaseResult {
         PhaseResult {
             server: "s".into(),
@@ -497,6 +685,15 @@ mod tests {
             machine_busy: None,
             load_avg_before: String::new(),
             valid: true,
+            rest: None,
+            publish_lag: Default::default(),
+            publish_wait_server: Default::default(),
+            gen_cpu_us_per_delivery: None,
+            machine_sharing: String::new(),
+            server_failures: Vec::new(),
+            generator_failures: Vec::new(),
+            procs: 1,
+            max_publish_lag_ms: 10.0,
         }
     }
 }

@@ -2,98 +2,12 @@
 //! floor server for REST publishing). They check counts (delivered == expected, no loss, every
 //! join seen exactly once), never speed, and each takes a few seconds.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
-use ringcast_engine::{Engine, RawConfig, RunningEngine};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ringcast-loadtest");
-
-fn engine() -> RunningEngine {
-    engine_with(false)
-}
-
-/// The engine, optionally with the control plane (the Pusher HTTP API) on the same port.
-fn engine_with(rest: bool) -> RunningEngine {
-    let raw = RawConfig::from_toml(
-        r#"
-        listen = "127.0.0.1:0"
-        workers = 2
-        shutdown_grace_ms = 500
-        [[apps]]
-        id = "app-id"
-        key = "app-key"
-        secret = "app-secret"
-        client_events = true
-        client_events_per_sec = 100000
-        "#,
-    )
-    .expect("config parses");
-    let config = raw.resolve(2).expect("config resolves");
-    let engine = Engine::bind(config, None).expect("bind");
-    let http: Option<std::sync::Arc<dyn ringcast_engine::HttpService>> = rest.then(|| {
-        let cp = ringcast_control_plane::ControlPlane::new(
-            engine.handle(),
-            ringcast_control_plane::ApiConfig::default(),
-        );
-        std::sync::Arc::new(cp) as std::sync::Arc<dyn ringcast_engine::HttpService>
-    });
-    engine.start(http).expect("start")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("ringcast-loadtest-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).expect("temp dir");
-    p
-}
-
-/// Runs the binary with a hard time limit and returns the JSON it wrote.
-fn run(args: &[&str], json: &PathBuf, limit: Duration) -> serde_json::Value {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .args([
-            "--quiet",
-            "--threads",
-            "1",
-            "--json",
-            json.to_str().expect("utf-8 path"),
-        ])
-        .spawn()
-        .expect("spawn ringcast-loadtest");
-    let until = std::time::Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if std::time::Instant::now() > until {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ringcast-loadtest {args:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(
-        status.success(),
-        "ringcast-loadtest {args:?} failed: {status}"
-    );
-    let text = std::fs::read_to_string(json).expect("json written");
-    serde_json::from_str(&text).expect("valid json")
-}
-
-fn assert_exact(r: &serde_json::Value) {
-    let loss = &r["loss"];
-    let expected = loss["expected"].as_u64().expect("expected");
-    assert!(expected > 0, "{r}");
-    assert_eq!(loss["delivered"].as_u64(), Some(expected), "{r}");
-    assert_eq!(loss["missing"].as_u64(), Some(0), "{r}");
-    assert_eq!(loss["duplicates"].as_u64(), Some(0), "{r}");
-    assert_eq!(loss["unexpected"].as_u64(), Some(0), "{r}");
-    assert_eq!(r["stale"].as_u64(), Some(0), "{r}");
-    assert_eq!(r["publish_rejected"].as_u64(), Some(0), "{r}");
-    assert_eq!(r["latency"]["count"].as_u64(), Some(expected), "{r}");
-}
+use common::{assert_exact, engine, engine_with, run, tmp, BIN};
 
 #[test]
 fn fanout_with_client_events_delivers_everything_and_measures_the_floor() {
@@ -156,6 +70,10 @@ fn sweep_writes_csv_json_svg_and_finds_a_knee() {
             "--duration",
             "1",
             "--p99-budget",
+            "1000",
+            // A loaded test machine delays the generator's timers; this test is about the
+            // sweep's mechanics, not the generator's punctuality.
+            "--max-publish-lag-ms",
             "1000",
             "--drain",
             "2",
@@ -332,5 +250,156 @@ fn rest_publishing_against_ringcast_is_exact() {
     assert_exact(r);
     // Every signed trigger was accepted (2xx).
     assert_eq!(r["rest_ok"].as_u64(), Some(200), "{r}");
+    e.shutdown_and_join();
+}
+
+/// Forwards every connection to `to`, counting them: a second "node" in front of the same
+/// server, so a test can see which connections went where.
+fn counting_proxy(
+    to: std::net::SocketAddr,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().unwrap();
+    let n = std::sync::Arc::new(AtomicU64::new(0));
+    let n2 = n.clone();
+    // Lives until the test process ends (blocked in accept).
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { continue };
+            n2.fetch_add(1, Ordering::Relaxed);
+            let Ok(up) = std::net::TcpStream::connect(to) else {
+                continue;
+            };
+            let (mut a, mut b) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut a, &mut b);
+                let _ = b.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut c, mut up) = (c, up);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut up, &mut c);
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (format!("ws://{addr}"), n)
+}
+
+#[test]
+fn several_ws_urls_get_the_subscribers_round_robin() {
+    let e = engine();
+    let direct = format!("ws://{}", e.local_addr());
+    let (via_proxy, proxied) = counting_proxy(e.local_addr());
+    let dir = tmp("multi-url");
+    let urls = format!("{direct},{via_proxy}");
+    let v = run(
+        &[
+            "fanout",
+            "--ws-url",
+            &urls,
+            "--subscribers",
+            "20",
+            "--channels",
+            "2",
+            "--rate",
+            "40",
+            "--duration",
+            "1",
+            "--publishers",
+            "2",
+            "--drain",
+            "5",
+        ],
+        &dir.join("out.json"),
+        Duration::from_secs(60),
+    );
+    let r = &v["results"][0];
+    assert_exact(r);
+    // Connections 0..19 are subscribers, 20 and 21 publishers: the odd ones went through the
+    // second URL.
+    assert_eq!(
+        proxied.load(std::sync::atomic::Ordering::Relaxed),
+        11,
+        "{r}"
+    );
+    e.shutdown_and_join();
+}
+
+#[test]
+fn connections_in_several_processes_are_merged_exactly() {
+    let e = engine_with(true);
+    let url = format!("ws://{}", e.local_addr());
+    for mode in ["client", "rest"] {
+        let dir = tmp(&format!("procs-{mode}"));
+        let v = run(
+            &[
+                "fanout",
+                "--ws-url",
+                &url,
+                "--publish",
+                mode,
+                "--procs",
+                "3",
+                "--subscribers",
+                "30",
+                "--channels",
+                "3",
+                "--rate",
+                "60",
+                "--duration",
+                "1",
+                "--publishers",
+                "2",
+                "--drain",
+                "5",
+                "--label",
+                "ringcast",
+            ],
+            &dir.join("out.json"),
+            Duration::from_secs(90),
+        );
+        let r = &v["results"][0];
+        assert_exact(r);
+        assert_eq!(r["procs"].as_u64(), Some(3), "{r}");
+        // 60 events over 3 channels, 10 subscribers each, received in 3 processes.
+        assert_eq!(r["loss"]["expected"].as_u64(), Some(600), "{r}");
+        assert_eq!(r["published"].as_u64(), Some(60), "{r}");
+        // Publisher and receiver of a delivery may be different processes: they share the
+        // machine's clock, so latencies are sane (a per-process clock would give hours or 0).
+        let max = r["latency"]["max_ms"].as_f64().unwrap();
+        assert!(max > 0.0 && max < 60_000.0, "{r}");
+    }
+    e.shutdown_and_join();
+}
+
+#[test]
+fn connect_holds_connections_in_several_processes() {
+    let e = engine();
+    let url = format!("ws://{}", e.local_addr());
+    let dir = tmp("connect-procs");
+    let v = run(
+        &[
+            "connect",
+            "--ws-url",
+            &url,
+            "--connections",
+            "301",
+            "--procs",
+            "3",
+            "--hold",
+            "0.2",
+            "--server-pid",
+            &std::process::id().to_string(),
+        ],
+        &dir.join("out.json"),
+        Duration::from_secs(90),
+    );
+    let r = &v["results"][0];
+    assert_eq!(r["procs"].as_u64(), Some(3), "{r}");
+    assert_eq!(r["established"].as_u64(), Some(301), "{r}");
+    assert_eq!(r["failed"].as_u64(), Some(0), "{r}");
+    assert_eq!(r["still_open_after_hold"].as_u64(), Some(301), "{r}");
+    assert_eq!(r["latency"]["count"].as_u64(), Some(301), "{r}");
     e.shutdown_and_join();
 }

@@ -8,7 +8,7 @@
 //!  bytes from socket --> FrameDecoder::handle_bytes --> poll_message --> Message::Text(Bytes)
 //!      (HTTP head first: parse_request_head -> accept_response, parse_connect)     |
 //!                                                                                  v
-//!                                     parse_client_message(dialect, &mut text) -> ClientMessage
+//!                                     parse_client_message(dialect, &text) -> ClientMessage
 //!                                       (Subscribe / Unsubscribe / Ping / Signin / ClientEvent ...)
 //!
 //!  server side (outbound)
@@ -46,13 +46,16 @@
 //!
 //! # Client event data
 //!
-//! `ClientMessage::ClientEvent::data` is the exact byte span of the client's `data` value (captured
-//! before simd-json parses the buffer in place), so it is relayed byte-for-byte as received.
+//! `ClientMessage::ClientEvent::data` is the exact byte span of the client's `data` value, taken
+//! from the one JSON reading of the message (serde_json, borrowing from the frame: the message is
+//! not copied), so it is relayed byte-for-byte as received. A field the server reads may appear
+//! only once in an object (`MessageError::DuplicateField` otherwise): one rule, one reader.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod client_addr;
 pub mod close;
+pub mod jwt;
 pub mod limits;
 pub mod pusher;
 pub mod ws;

@@ -2,7 +2,7 @@
 //! `/history`) and the webhook delivery log (`/webhooks`, `/webhooks/redeliver`).
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use ringcast_engine::{HistoryEvent, HistoryQuery};
+use ringcast_engine::{ActivityKind, ActivityQuery, ActivityRecord, HistoryEvent, HistoryQuery};
 use ringcast_protocol::ChannelName;
 use serde_json::{json, Value};
 
@@ -70,6 +70,26 @@ fn event_json(e: &HistoryEvent) -> Value {
     v
 }
 
+/// AltoHost's record shape: `{id, channel, event, socketId, metadata: {userId?, eventName?},
+/// createdAt}`.
+fn activity_json(r: &ActivityRecord) -> Value {
+    let mut meta = serde_json::Map::new();
+    if let Some(u) = &r.user_id {
+        meta.insert("userId".into(), json!(u));
+    }
+    if let Some(n) = &r.event_name {
+        meta.insert("eventName".into(), json!(n));
+    }
+    json!({
+        "id": r.id.to_string(),
+        "channel": r.channel,
+        "event": r.kind.name(),
+        "socketId": r.socket_id,
+        "metadata": meta,
+        "createdAt": iso(r.time_ms),
+    })
+}
+
 impl Api {
     /// `GET /apps/{id}/channels/{name}/events?limit=N`: newest first.
     pub(crate) async fn channel_events(
@@ -107,8 +127,12 @@ impl Api {
         Ok(Response::json(200, &json!({ "events": list })))
     }
 
-    /// `GET /apps/{id}/history?channel=&event=&since=&until=&limit=`.
+    /// `GET /apps/{id}/history?channel=&event=&since=&until=&limit=`: the activity history
+    /// for apps that keep one (`activity_history_size` > 0), the event history otherwise.
     pub(crate) async fn history(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
+        if ctx.app.activity_history_size > 0 {
+            return self.activity_history(ctx, req).await;
+        }
         let q = HistoryQuery {
             channel: query_param(req, "channel").filter(|s| !s.is_empty()),
             event: query_param(req, "event").filter(|s| !s.is_empty()),
@@ -123,6 +147,40 @@ impl Api {
         }
         let (events, more) = self.engine.history(ctx.idx, q).await?;
         let list: Vec<Value> = events.iter().map(event_json).collect();
+        Ok(Response::json(
+            200,
+            &json!({ "count": list.len(), "hasMore": more, "events": list }),
+        ))
+    }
+
+    /// The activity history: `event=` is a comma-separated list of CONNECT, DISCONNECT,
+    /// SUBSCRIBE, UNSUBSCRIBE, CLIENT_EVENT, API_EVENT.
+    async fn activity_history(&self, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
+        let mut kinds = Vec::new();
+        if let Some(list) = query_param(req, "event").filter(|s| !s.is_empty()) {
+            for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                kinds.push(ActivityKind::parse(name).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "unknown activity event {name:?}: one of CONNECT, DISCONNECT, \
+                         SUBSCRIBE, UNSUBSCRIBE, CLIENT_EVENT, API_EVENT"
+                    ))
+                })?);
+            }
+        }
+        let q = ActivityQuery {
+            kinds,
+            channel: query_param(req, "channel").filter(|s| !s.is_empty()),
+            since_ms: time_of(req, "since")?,
+            until_ms: time_of(req, "until")?,
+            limit: limit_of(req)?,
+        };
+        if let (Some(s), Some(u)) = (q.since_ms, q.until_ms) {
+            if s > u {
+                return Err(ApiError::bad_request("since is after until"));
+            }
+        }
+        let (records, more) = self.engine.activity(ctx.idx, q).await?;
+        let list: Vec<Value> = records.iter().map(activity_json).collect();
         Ok(Response::json(
             200,
             &json!({ "count": list.len(), "hasMore": more, "events": list }),

@@ -19,10 +19,11 @@ pub use route::{percent_decode, route, Endpoint, Route, RouteError};
 
 use crate::auth::{authenticate_app, authenticate_by_key, Credential};
 use crate::config::ApiConfig;
-use crate::dialect::relay;
+use crate::dialect::{lattestream, relay};
 use crate::error::ApiError;
 use crate::http::{Request, Response};
 use crate::metrics::RestMetrics;
+use crate::ratelimit::{Decision, RateLimiter};
 use crate::{metrics, stats};
 
 /// Seconds since the Unix epoch; injectable so tests can sign with any timestamp.
@@ -57,6 +58,10 @@ pub struct Api {
     pub(crate) refusals: Refusals,
     /// The webhook sender, when the composition root started one.
     pub(crate) webhooks: std::sync::OnceLock<std::sync::Arc<crate::webhook::Webhooks>>,
+    /// Per-app, per-endpoint rate limits (shared by every thread serving the API).
+    pub(crate) limiter: RateLimiter,
+    /// Last LatteStream `batch_id` handed out (Unix microseconds, strictly increasing).
+    pub(crate) last_batch_id: std::sync::atomic::AtomicU64,
 }
 
 /// Which routes a listener serves.
@@ -76,14 +81,26 @@ impl Api {
         let apps = engine.config().apps.len();
         let body_budget = crate::http::BodyBudget::new(config.max_body_bytes_in_flight);
         Api {
-            engine,
             config,
             clock,
             metrics: RestMetrics::new(apps),
             body_budget,
             refusals: Refusals::default(),
             webhooks: std::sync::OnceLock::new(),
+            limiter: RateLimiter::new(&engine.config().apps),
+            last_batch_id: std::sync::atomic::AtomicU64::new(0),
+            engine,
         }
+    }
+
+    /// The rate limiter.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The clock (Unix seconds).
+    pub(crate) fn now_unix(&self) -> u64 {
+        (self.clock)()
     }
 
     pub fn config(&self) -> &ApiConfig {
@@ -97,17 +114,51 @@ impl Api {
 
     /// Answers one request and counts it.
     pub async fn handle(&self, req: &Request, scope: Scope) -> Response {
-        let (endpoint, app, result) = self.dispatch(req, scope).await;
-        let resp = result.unwrap_or_else(|e| {
+        let rate = std::cell::Cell::new(None);
+        let (endpoint, app, result) = self.dispatch(req, scope, &rate).await;
+        let mut resp = result.unwrap_or_else(|e| {
             if e.status >= 500 {
                 tracing::warn!(path = %req.path, "{e}");
             } else {
                 tracing::debug!(path = %req.path, "{e}");
             }
-            e.to_response()
+            if endpoint.is_lattestream() {
+                e.to_lattestream_response()
+            } else {
+                e.to_response()
+            }
         });
+        if let Some(d) = rate.get() {
+            resp = rate_headers(resp, d, self.now_unix());
+        }
         self.metrics.record(endpoint, resp.status, app);
         resp
+    }
+
+    /// The shared pipeline's rate-limit step: `Err(429)` when the (app, endpoint) budget is
+    /// spent; the decision is kept for the `X-RateLimit-*` headers.
+    fn rate_limit(
+        &self,
+        idx: AppIdx,
+        endpoint: Endpoint,
+        rate: &std::cell::Cell<Option<Decision>>,
+    ) -> Result<(), ApiError> {
+        let version = self.engine.apps_version();
+        if version != self.limiter.version() {
+            let apps = self.engine.apps();
+            let list: Vec<(usize, &AppConfig)> =
+                apps.iter().map(|(i, a)| (*i as usize, &**a)).collect();
+            self.limiter.refresh(version, &list);
+        }
+        let Some(d) = self.limiter.check(idx as usize, endpoint) else {
+            return Ok(());
+        };
+        rate.set(Some(d));
+        if d.allowed {
+            Ok(())
+        } else {
+            Err(ApiError::rate_limited(endpoint.label(), d.retry_after_secs))
+        }
     }
 
     fn app_ctx(&self, id: &str, req: &Request) -> Result<Ctx, ApiError> {
@@ -136,6 +187,7 @@ impl Api {
         &self,
         req: &Request,
         scope: Scope,
+        rate: &std::cell::Cell<Option<Decision>>,
     ) -> (Endpoint, Option<AppIdx>, Result<Response, ApiError>) {
         let r = match route(&req.method, &req.path) {
             Ok(r) => r,
@@ -171,6 +223,30 @@ impl Api {
             None => None,
         };
         let idx = ctx.as_ref().map(|c| c.idx);
+        if let Some(c) = &ctx {
+            if let Err(e) = self.rate_limit(c.idx, endpoint, rate) {
+                return (endpoint, idx, Err(e));
+            }
+        }
+        if endpoint.is_lattestream() {
+            // LatteStream: the API key in the request names the app.
+            let body = if req.method == "POST" {
+                match Body::json(req) {
+                    Ok(b) => Some(b),
+                    Err(e) => return (endpoint, None, Err(e)),
+                }
+            } else {
+                None
+            };
+            let (idx, result) = match lattestream::authenticate(&self.engine, req, body.as_ref()) {
+                Ok(ctx) => match self.rate_limit(ctx.idx, endpoint, rate) {
+                    Ok(()) => (Some(ctx.idx), self.lattestream(&r, &ctx, req, body).await),
+                    Err(e) => (Some(ctx.idx), Err(e)),
+                },
+                Err(e) => (None, Err(e)),
+            };
+            return (endpoint, idx, result);
+        }
         let result = match (&r, &ctx) {
             (Route::Health, _) if self.engine.is_shutting_down() => Ok(Response::json(
                 503,
@@ -209,6 +285,11 @@ impl Api {
                 }
             }
             (_, None) => Err(ApiError::new(500, "internal", "route without an app")),
+            (Route::LsEvents, _)
+            | (Route::LsBatchEvents, _)
+            | (Route::LsToken, _)
+            | (Route::LsAuth, _)
+            | (Route::LsChannels, _) => Err(ApiError::new(500, "internal", "unreachable")),
             (Route::Events { .. }, Some(ctx)) => self.events(ctx, req).await,
             (Route::BatchEvents { .. }, Some(ctx)) => self.batch_events(ctx, req).await,
             (Route::SeedBatch { .. }, Some(ctx)) => self.relay_batch(ctx, req).await,
@@ -255,6 +336,17 @@ impl Api {
         }
         Response::raw(200, crate::http::response::PROMETHEUS, text.into_bytes())
     }
+}
+
+/// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (Unix seconds when the
+/// minute budget is full again).
+fn rate_headers(resp: Response, d: Decision, now_unix: u64) -> Response {
+    resp.header("x-ratelimit-limit", d.limit.to_string())
+        .header("x-ratelimit-remaining", d.remaining.to_string())
+        .header(
+            "x-ratelimit-reset",
+            (now_unix + d.reset_after_secs).to_string(),
+        )
 }
 
 fn health_only_error() -> ApiError {

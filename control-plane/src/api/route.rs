@@ -22,12 +22,19 @@ pub enum Endpoint {
     ChannelEvents,
     EventLog,
     History,
+    /// LatteStream dialect: `POST /events`, `POST /batch_events`, `POST /apps/token`,
+    /// `POST /auth`, `GET /channels` (paths at the API root, `lsk_` API keys).
+    LsEvents,
+    LsBatchEvents,
+    LsToken,
+    LsAuth,
+    LsChannels,
     /// No route matched, or the HTTP layer refused the request before routing.
     Other,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 17] = [
+    pub const ALL: [Endpoint; 22] = [
         Endpoint::Health,
         Endpoint::Stats,
         Endpoint::Metrics,
@@ -44,6 +51,11 @@ impl Endpoint {
         Endpoint::ChannelEvents,
         Endpoint::EventLog,
         Endpoint::History,
+        Endpoint::LsEvents,
+        Endpoint::LsBatchEvents,
+        Endpoint::LsToken,
+        Endpoint::LsAuth,
+        Endpoint::LsChannels,
         Endpoint::Other,
     ];
 
@@ -66,8 +78,25 @@ impl Endpoint {
             Endpoint::ChannelEvents => "channel_events",
             Endpoint::EventLog => "events_log",
             Endpoint::History => "history",
+            Endpoint::LsEvents => "ls_events",
+            Endpoint::LsBatchEvents => "ls_batch_events",
+            Endpoint::LsToken => "ls_token",
+            Endpoint::LsAuth => "ls_auth",
+            Endpoint::LsChannels => "ls_channels",
             Endpoint::Other => "other",
         }
+    }
+
+    /// The LatteStream dialect's endpoints (their errors use its shape and codes).
+    pub fn is_lattestream(self) -> bool {
+        matches!(
+            self,
+            Endpoint::LsEvents
+                | Endpoint::LsBatchEvents
+                | Endpoint::LsToken
+                | Endpoint::LsAuth
+                | Endpoint::LsChannels
+        )
     }
 
     pub(crate) fn index(self) -> usize {
@@ -138,6 +167,16 @@ pub enum Route {
     History {
         app: String,
     },
+    /// LatteStream `POST /events`
+    LsEvents,
+    /// LatteStream `POST /batch_events`
+    LsBatchEvents,
+    /// LatteStream `POST /apps/token`
+    LsToken,
+    /// LatteStream `POST /auth`
+    LsAuth,
+    /// LatteStream `GET /channels`
+    LsChannels,
 }
 
 impl Route {
@@ -179,6 +218,11 @@ impl Route {
             Route::ChannelEvents { .. } => Endpoint::ChannelEvents,
             Route::EventLog { .. } => Endpoint::EventLog,
             Route::History { .. } => Endpoint::History,
+            Route::LsEvents => Endpoint::LsEvents,
+            Route::LsBatchEvents => Endpoint::LsBatchEvents,
+            Route::LsToken => Endpoint::LsToken,
+            Route::LsAuth => Endpoint::LsAuth,
+            Route::LsChannels => Endpoint::LsChannels,
         }
     }
 }
@@ -278,6 +322,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, RouteError> {
         ["health"] => need(get, Route::Health, "GET"),
         ["stats"] => need(get, Route::Stats, "GET"),
         ["metrics"] => need(get, Route::Metrics, "GET"),
+        ["events"] => need(post, Route::LsEvents, "POST"),
+        ["batch_events"] => need(post, Route::LsBatchEvents, "POST"),
+        ["apps", "token"] => need(post, Route::LsToken, "POST"),
+        ["auth"] => need(post, Route::LsAuth, "POST"),
+        ["channels"] => need(get, Route::LsChannels, "GET"),
         ["users", user, "terminate_connections"] => need(
             post,
             Route::TerminateConnections {
@@ -402,6 +451,11 @@ mod tests {
                 },
             ),
             ("POST", "/apps/1/auth", Route::Auth { app: app("1") }),
+            ("POST", "/events", Route::LsEvents),
+            ("POST", "/batch_events", Route::LsBatchEvents),
+            ("POST", "/apps/token", Route::LsToken),
+            ("POST", "/auth", Route::LsAuth),
+            ("GET", "/channels", Route::LsChannels),
         ];
         for (m, p, want) in cases {
             assert_eq!(route(m, p), Ok(want), "{m} {p}");

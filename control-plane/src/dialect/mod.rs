@@ -6,9 +6,11 @@
 //! | module | who speaks it | paths | credential |
 //! |---|---|---|---|
 //! | [`pusher`] | Pusher server SDKs | `/apps/{id}/events`, `/batch_events`, `/channels...`, `/users/{u}/terminate_connections` | Pusher signature |
+//! | [`lattestream`] | LatteStream's REST clients | `/events`, `/batch_events`, `/apps/token`, `/auth`, `/channels` at the API root | `lsk_` API key (body `api_key`, `Bearer`, or `?api_key=` on GET) |
 //! | [`relay`] | the self-hosted relay ("seed") | the same paths with other shapes, `/apps/{id}/events/batch`, `/apps/{id}/auth` | `Bearer <app secret>` |
 //!
 //! See docs/api.md for every dialect's requests and answers.
 
+pub mod lattestream;
 pub mod pusher;
 pub mod relay;

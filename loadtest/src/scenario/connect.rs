@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde::Serialize;
 
 use crate::clock::now_ns;
@@ -16,9 +17,10 @@ use crate::gen::{self, Ctl, Gate, GenConfig};
 use crate::latency::{Latency, LatencySummary};
 use crate::net::{self, Target};
 use crate::procfs::{self, SockStat};
+use crate::scenario::fanout::Part;
 use crate::wsframe::FrameReader;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ConnectPlan {
     pub target: Target,
     pub connections: usize,
@@ -30,6 +32,12 @@ pub struct ConnectPlan {
     pub hold: Duration,
     pub timeout: Duration,
     pub gen: GenConfig,
+    /// This process's share with `--procs` (connection `g` runs in process `g % count`).
+    #[serde(default)]
+    pub part: Part,
+    /// Intended start of connection 0 with `--rate` (machine clock, [`crate::clock`]).
+    #[serde(default)]
+    pub t0_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -57,6 +65,8 @@ pub struct ConnectResult {
     pub still_open_after_hold: u64,
     pub errors: Vec<String>,
     pub load_avg_before: String,
+    /// Processes the connections ran in (`--procs`).
+    pub procs: usize,
 }
 
 struct TResult {
@@ -64,6 +74,16 @@ struct TResult {
     established: u64,
     failed: u64,
     open_after_hold: u64,
+}
+
+/// One process's connect figures (merged exactly by the parent with `--procs`).
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct ConnectPart {
+    pub lat: Vec<(u64, u64)>,
+    pub established: u64,
+    pub failed: u64,
+    pub open_after_hold: u64,
+    pub errors: Vec<String>,
 }
 
 async fn thread_main(
@@ -79,7 +99,7 @@ async fn thread_main(
     let lat = Rc::new(RefCell::new(Latency::new()));
     let done = Rc::new(std::cell::Cell::new((0u64, 0u64)));
     let sockets = Rc::new(gen::Sockets::default());
-    let mine: Vec<usize> = (idx..plan.connections).step_by(t).collect();
+    let mine: Vec<usize> = plan.part.mine(plan.connections, idx, t).collect();
     let n_mine = mine.len() as u64;
     {
         let (plan, ctl, gate, held, lat, done, sockets) = (
@@ -121,13 +141,13 @@ async fn thread_main(
                 monoio::spawn(async move {
                     let start = intended.unwrap_or_else(now_ns);
                     let r = async {
-                        let mut s =
-                            net::connect(plan.target.source_for(g), plan.target.ws_addr).await?;
+                        let mut s = plan.target.connect_ws(g).await?;
                         let _guard = sockets.register(std::os::fd::AsRawFd::as_raw_fd(&s));
                         let mut rd = FrameReader::new(1024);
                         net::pusher_connect(
                             &mut s,
                             &plan.target,
+                            plan.target.ws_for(g),
                             &mut rd,
                             g as u64 + 7,
                             plan.timeout,
@@ -204,55 +224,130 @@ async fn thread_main(
     }
 }
 
+/// This process's connect threads.
+pub struct LocalConnect {
+    plan: Arc<ConnectPlan>,
+    ctl: Arc<Ctl>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    rx: mpsc::Receiver<TResult>,
+}
+
+impl LocalConnect {
+    /// Starts the threads and waits (bounded) until every connection of this process was tried.
+    pub fn start(
+        plan: ConnectPlan,
+        mut progress: impl FnMut(u64, u64),
+    ) -> anyhow::Result<LocalConnect> {
+        let plan = Arc::new(plan);
+        let ctl = Ctl::new(plan.gen.threads);
+        let (tx, rx) = mpsc::channel();
+        let (p2, c2) = (plan.clone(), ctl.clone());
+        let t0_ns = plan.t0_ns;
+        let threads = gen::spawn(&plan.gen, ctl.clone(), move |i| {
+            thread_main(i, p2.clone(), c2.clone(), tx.clone(), t0_ns)
+        })?;
+        let mut g = LocalConnect {
+            plan,
+            ctl,
+            threads,
+            rx,
+        };
+        let share = g.plan.part.share(g.plan.connections) as u64;
+        let expected_setup = if g.plan.rate > 0.0 {
+            g.plan.connections as f64 / g.plan.rate
+        } else {
+            0.0
+        };
+        let limit = Duration::from_secs_f64(expected_setup)
+            + g.plan.timeout * 2
+            + Duration::from_secs(share / 500 + 10);
+        let wall0 = Instant::now();
+        let mut last = Instant::now();
+        while g.ctl.ready.load(Relaxed) < g.plan.gen.threads {
+            if wall0.elapsed() > limit {
+                g.stop();
+                anyhow::bail!("connect phase did not finish within {limit:?}");
+            }
+            if last.elapsed() >= Duration::from_secs(1) {
+                last = Instant::now();
+                progress(
+                    g.ctl.total(|c| &c.connected),
+                    g.ctl.error_count.load(Relaxed),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(g)
+    }
+
+    /// The figures so far (connections still open counted now).
+    pub fn collect(&mut self) -> anyhow::Result<ConnectPart> {
+        self.ctl.collect.store(1, Relaxed);
+        let mut lat = Latency::new();
+        let mut p = ConnectPart::default();
+        for _ in 0..self.plan.gen.threads {
+            match self.rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(r) => {
+                    lat.merge(&r.lat);
+                    p.established += r.established;
+                    p.failed += r.failed;
+                    p.open_after_hold += r.open_after_hold;
+                }
+                Err(_) => anyhow::bail!("a generator thread did not report"),
+            }
+        }
+        p.lat = lat.buckets();
+        p.errors = self.ctl.first_errors();
+        Ok(p)
+    }
+
+    pub fn stop(&mut self) {
+        self.ctl.stop.store(true, Relaxed);
+        gen::join(std::mem::take(&mut self.threads), Duration::from_secs(10));
+    }
+}
+
+impl Drop for LocalConnect {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop();
+        }
+    }
+}
+
+/// Opens the connections (in `procs` processes when more than 1), holds them, and measures.
 pub fn run(
-    plan: ConnectPlan,
+    mut plan: ConnectPlan,
+    procs: usize,
     server_pid: Option<u32>,
     label: &str,
     quiet: bool,
 ) -> anyhow::Result<ConnectResult> {
-    let plan = Arc::new(plan);
-    let ctl = Ctl::new(plan.gen.threads);
-    let (tx, rx) = mpsc::channel();
     let load = procfs::loadavg();
     let rss0 = server_pid.and_then(procfs::rss);
     let ss0 = SockStat::read();
     let slab0 = procfs::tcp_slab_bytes();
     let self0 = procfs::self_rss();
-    let t0_ns = now_ns() + 100_000_000;
+    plan.t0_ns = now_ns() + 100_000_000;
     let wall0 = Instant::now();
-    let (p2, c2) = (plan.clone(), ctl.clone());
-    let threads = gen::spawn(&plan.gen, ctl.clone(), move |i| {
-        thread_main(i, p2.clone(), c2.clone(), tx.clone(), t0_ns)
-    })?;
-    let stop = |threads| {
-        ctl.stop.store(true, Relaxed);
-        gen::join(threads, Duration::from_secs(10));
-    };
-    let expected_setup = if plan.rate > 0.0 {
-        plan.connections as f64 / plan.rate
-    } else {
-        0.0
-    };
-    let limit = Duration::from_secs_f64(expected_setup)
-        + plan.timeout * 2
-        + Duration::from_secs(plan.connections as u64 / 500 + 10);
-    let mut last = Instant::now();
-    while ctl.ready.load(Relaxed) < plan.gen.threads {
-        if wall0.elapsed() > limit {
-            stop(threads);
-            anyhow::bail!("[{label}] connect phase did not finish within {limit:?}");
-        }
-        if !quiet && last.elapsed() >= Duration::from_secs(1) {
-            last = Instant::now();
+    let show = |est: u64, errs: u64| {
+        if !quiet {
             eprintln!(
-                "[{label} connect] {:.1}s established {} errors {}",
-                wall0.elapsed().as_secs_f64(),
-                ctl.total(|c| &c.connected),
-                ctl.error_count.load(Relaxed)
+                "[{label} connect] {:.1}s established {est} errors {errs}",
+                wall0.elapsed().as_secs_f64()
             );
         }
-        std::thread::sleep(Duration::from_millis(10));
+    };
+    enum Gen {
+        Local(LocalConnect),
+        Procs(crate::procs::Children),
     }
+    let (hold, connections, rate) = (plan.hold, plan.connections, plan.rate);
+    let mut g = if procs > 1 {
+        Gen::Procs(crate::procs::Children::start_connect(&plan, procs, show)?)
+    } else {
+        Gen::Local(LocalConnect::start(plan, show).with_context(|| format!("[{label}]"))?)
+    };
     let setup_s = wall0.elapsed().as_secs_f64();
     // Let the server finish its per-connection work (and allocator caches settle).
     std::thread::sleep(Duration::from_secs(2));
@@ -261,45 +356,31 @@ pub fn run(
     let slab1 = procfs::tcp_slab_bytes();
     let self1 = procfs::self_rss();
     if !quiet {
-        eprintln!(
-            "[{label} connect] holding {} connections idle for {:?}",
-            ctl.total(|c| &c.connected),
-            plan.hold
-        );
+        eprintln!("[{label} connect] holding the connections idle for {hold:?}");
     }
-    std::thread::sleep(plan.hold);
-    ctl.collect.store(1, Relaxed);
-    let mut lat = Latency::new();
-    let (mut est, mut failed, mut open) = (0, 0, 0);
-    for _ in 0..plan.gen.threads {
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(r) => {
-                lat.merge(&r.lat);
-                est += r.established;
-                failed += r.failed;
-                open += r.open_after_hold;
-            }
-            Err(_) => {
-                stop(threads);
-                anyhow::bail!("a generator thread did not report");
-            }
-        }
+    std::thread::sleep(hold);
+    let part = match &mut g {
+        Gen::Local(l) => l.collect()?,
+        Gen::Procs(c) => c.collect_connect()?,
+    };
+    match &mut g {
+        Gen::Local(l) => l.stop(),
+        Gen::Procs(c) => c.stop(),
     }
-    let errors = ctl.first_errors();
-    stop(threads);
+    let est = part.established;
     let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
         (Some(a), Some(b)) if est > 0 => Some((b as f64 - a as f64) / est as f64),
         _ => None,
     };
     Ok(ConnectResult {
         server: label.to_string(),
-        connections: plan.connections,
+        connections,
         established: est,
-        failed,
-        rate_target: plan.rate,
+        failed: part.failed,
+        rate_target: rate,
         rate_achieved: est as f64 / setup_s.max(1e-9),
         setup_s,
-        latency: lat.summary(),
+        latency: Latency::from_buckets(&part.lat).summary(),
         server_rss_before: rss0,
         server_rss_after: rss1,
         server_rss_per_conn: per(rss0, rss1),
@@ -307,10 +388,12 @@ pub fn run(
         sockstat_after: ss1,
         kernel_tcp_mem_per_conn: per(ss0.map(|s| s.mem_bytes()), ss1.map(|s| s.mem_bytes())),
         kernel_tcp_slab_per_conn: per(slab0, slab1),
-        client_rss_per_conn: per(self0, self1),
-        still_open_after_hold: open,
-        errors,
+        // With --procs the connections' client side lives in the children.
+        client_rss_per_conn: if procs > 1 { None } else { per(self0, self1) },
+        still_open_after_hold: part.open_after_hold,
+        errors: part.errors,
         load_avg_before: load,
+        procs: procs.max(1),
     })
 }
 

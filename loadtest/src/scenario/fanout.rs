@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use serde::Serialize;
 
@@ -18,7 +19,10 @@ use crate::loss::{events_for_channel, expected_deliveries, LossReport, SeqTracke
 use crate::net::{self, Target};
 use crate::payload::{self, StampFinder};
 use crate::procfs;
+use crate::receive::{take_frames, PingFinder, Tally};
 use crate::wsframe::{self, Frame, FrameReader};
+
+use super::rest::{self, Pipelining, RestReport};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -30,7 +34,7 @@ pub enum PublishMode {
 }
 
 /// Everything a fan-out session needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct FanoutPlan {
     pub target: Target,
     pub subscribers: usize,
@@ -41,8 +45,16 @@ pub struct FanoutPlan {
     pub mode: PublishMode,
     /// Publishing connections (client mode: WebSocket connections; REST mode: HTTP connections).
     pub publishers: usize,
-    /// REST mode: most requests in flight per connection.
+    /// REST mode: most requests in flight per publisher (on one pipelined connection, or
+    /// over that many connections when the server does not pipeline).
     pub rest_inflight: usize,
+    pub rest_pipelining: Pipelining,
+    /// REST mode: longest wait for one answer before the connection is abandoned.
+    pub rest_timeout: Duration,
+    /// This process's share when the connections run in several processes (`--procs`).
+    pub part: Part,
+    /// Publish lag (p99) the generator may have before a phase counts as its fault.
+    pub max_publish_lag_ms: f64,
     pub read_buf: usize,
     /// Connections set up at once per generator thread.
     pub setup_concurrency: usize,
@@ -50,12 +62,52 @@ pub struct FanoutPlan {
     pub gen: GenConfig,
 }
 
+/// Process `index` of `count` (`--procs`): it runs subscriber `i` if `i % count == index` and
+/// publisher `j` if `j % count == index`. Within the process, generator thread `t` of `T` runs
+/// those with `(i / count) % T == t`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Part {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Default for Part {
+    fn default() -> Self {
+        Part { index: 0, count: 1 }
+    }
+}
+
+impl Part {
+    /// The numbers below `n` this process's thread `t` of `threads` runs.
+    pub fn mine(self, n: usize, t: usize, threads: usize) -> impl Iterator<Item = usize> {
+        let count = self.count.max(1);
+        (self.index..n)
+            .step_by(count)
+            .filter(move |i| (i / count) % threads.max(1) == t)
+    }
+
+    /// How many of the numbers below `n` this process runs.
+    pub fn share(self, n: usize) -> usize {
+        (self.index..n).step_by(self.count.max(1)).count()
+    }
+}
+
 impl FanoutPlan {
     pub fn channel(&self, c: usize) -> String {
         format!("{}{c}", self.channel_prefix)
     }
 
-    fn event_name(&self) -> &'static str {
+    /// Global subscriber numbers run by generator thread `t` of this process.
+    pub fn my_subscribers(&self, t: usize) -> impl Iterator<Item = usize> {
+        self.part.mine(self.subscribers, t, self.gen.threads)
+    }
+
+    /// Global publisher numbers run by generator thread `t` of this process.
+    pub fn my_publishers(&self, t: usize) -> impl Iterator<Item = usize> {
+        self.part.mine(self.publishers, t, self.gen.threads)
+    }
+
+    pub(crate) fn event_name(&self) -> &'static str {
         match self.mode {
             PublishMode::Client => "client-lt",
             PublishMode::Rest => "lt",
@@ -92,54 +144,61 @@ pub struct ThreadResult {
     pub rest_ok: u64,
     pub rest_err: u64,
     pub closed: u64,
+    pub lag_gen: Latency,
+    pub lag_server: Latency,
+    pub rest: Option<RestReport>,
 }
 
 #[derive(Default)]
-struct Stats {
+pub(crate) struct Stats {
     phase: u32,
     events: u64,
     lat: Latency,
     trackers: Vec<SeqTracker>,
     stale: u64,
     misrouted: u64,
-    pub_sent: u64,
-    pub_skipped: u64,
-    pub_rejected: u64,
-    rest_ok: u64,
-    rest_err: u64,
+    pub(crate) pub_sent: u64,
+    pub(crate) pub_skipped: u64,
+    pub(crate) pub_rejected: u64,
+    pub(crate) rest_ok: u64,
+    pub(crate) rest_err: u64,
     closed: u64,
+    /// Publish lag (send time - intended time) while nothing held the publisher back: the
+    /// generator's lateness.
+    pub(crate) lag_gen: Latency,
+    /// Publish lag while the server held the publisher back (all REST lanes awaiting answers,
+    /// reconnecting or in a Retry-After; a client-event write that blocked on the socket).
+    pub(crate) lag_server: Latency,
     /// Running total over all phases (progress line).
-    total_delivered: u64,
-    total_published: u64,
+    pub(crate) total_delivered: u64,
+    pub(crate) total_published: u64,
 }
 
-struct Local {
-    idx: usize,
-    plan: Arc<FanoutPlan>,
-    ctl: Arc<Ctl>,
-    stats: RefCell<Stats>,
+pub(crate) struct Local {
+    pub(crate) idx: usize,
+    pub(crate) plan: Arc<FanoutPlan>,
+    pub(crate) ctl: Arc<Ctl>,
+    pub(crate) stats: RefCell<Stats>,
     finder: StampFinder,
-    spec: Cell<PhaseSpec>,
+    pub(crate) spec: Cell<PhaseSpec>,
     setup_done: Cell<usize>,
     setup_total: usize,
-    /// Channel index of each local receiver.
-    chan_of: Vec<usize>,
+    /// Global subscriber number and channel index of each local receiver.
+    subs: Vec<(usize, usize)>,
     gate: Gate,
-    sockets: Rc<gen::Sockets>,
+    pub(crate) sockets: Rc<gen::Sockets>,
+    /// The REST publishers' pools on this thread.
+    pub(crate) pools: RefCell<Vec<Rc<rest::Pool>>>,
 }
 
 impl Local {
-    fn threads(&self) -> usize {
-        self.plan.gen.threads
-    }
-
     fn begin(&self, spec: PhaseSpec) {
         let mut st = self.stats.borrow_mut();
         let (td, tp) = (st.total_delivered, st.total_published);
         *st = Stats {
             phase: spec.phase,
             events: spec.events,
-            trackers: vec![SeqTracker::new(); self.chan_of.len()],
+            trackers: vec![SeqTracker::new(); self.subs.len()],
             total_delivered: td,
             total_published: tp,
             ..Default::default()
@@ -153,8 +212,19 @@ impl Local {
         let c = self.plan.channels as u64;
         let mut loss = LossReport::default();
         for (li, t) in st.trackers.iter().enumerate() {
-            loss.add(&t.check(events_for_channel(st.events, c, self.chan_of[li] as u64)));
+            loss.add(&t.check(events_for_channel(st.events, c, self.subs[li].1 as u64)));
         }
+        let pools = self.pools.borrow();
+        let rest = (self.plan.mode == PublishMode::Rest).then(|| {
+            let mut r = RestReport::default();
+            for p in pools.iter() {
+                r.add(&p.phase_report(st.phase, st.events, self.plan.publishers as u64));
+            }
+            r
+        });
+        let skipped = rest
+            .as_ref()
+            .map_or(st.pub_skipped, |r| r.unsent_at_deadline);
         ThreadResult {
             phase: st.phase,
             lat: st.lat.clone(),
@@ -162,15 +232,18 @@ impl Local {
             stale: st.stale,
             misrouted: st.misrouted,
             pub_sent: st.pub_sent,
-            pub_skipped: st.pub_skipped,
+            pub_skipped: skipped,
             pub_rejected: st.pub_rejected,
             rest_ok: st.rest_ok,
             rest_err: st.rest_err,
             closed: st.closed,
+            lag_gen: st.lag_gen.clone(),
+            lag_server: st.lag_server.clone(),
+            rest,
         }
     }
 
-    fn setup_finished(&self) {
+    pub(crate) fn setup_finished(&self) {
         self.setup_done.set(self.setup_done.get() + 1);
     }
 }
@@ -181,16 +254,15 @@ async fn thread_main(
     ctl: Arc<Ctl>,
     tx: mpsc::Sender<ThreadResult>,
 ) {
-    let t = plan.gen.threads;
-    let chan_of: Vec<usize> = (idx..plan.subscribers)
-        .step_by(t)
-        .map(|i| i % plan.channels)
+    let subs: Vec<(usize, usize)> = plan
+        .my_subscribers(idx)
+        .map(|i| (i, i % plan.channels))
         .collect();
-    let pubs = (idx..plan.publishers).step_by(t).count();
+    let pubs: Vec<usize> = plan.my_publishers(idx).collect();
     let l = Rc::new(Local {
         idx,
-        setup_total: chan_of.len() + pubs,
-        chan_of,
+        setup_total: subs.len() + pubs.len(),
+        subs,
         gate: Gate::new(plan.setup_concurrency),
         plan: plan.clone(),
         ctl: ctl.clone(),
@@ -199,14 +271,15 @@ async fn thread_main(
         spec: Cell::new(PhaseSpec::default()),
         setup_done: Cell::new(0),
         sockets: Rc::new(gen::Sockets::default()),
+        pools: RefCell::new(Vec::new()),
     });
-    for li in 0..l.chan_of.len() {
+    for li in 0..l.subs.len() {
         monoio::spawn(receiver(l.clone(), li));
     }
-    for j in (idx..plan.publishers).step_by(t) {
+    for j in pubs {
         match plan.mode {
             PublishMode::Client => monoio::spawn(client_publisher(l.clone(), j)),
-            PublishMode::Rest => monoio::spawn(rest_publisher(l.clone(), j)),
+            PublishMode::Rest => monoio::spawn(rest::publisher(l.clone(), j)),
         };
     }
     control(l, tx).await;
@@ -257,16 +330,23 @@ async fn open(
     gen::SocketGuard,
 )> {
     let t = &l.plan.target;
-    let mut s = net::connect(t.source_for(i), t.ws_addr).await?;
+    let mut s = t.connect_ws(i).await?;
     let guard = l.sockets.register(std::os::fd::AsRawFd::as_raw_fd(&s));
     let mut rd = FrameReader::new(l.plan.read_buf);
-    let est = net::pusher_connect(&mut s, t, &mut rd, i as u64 + 1, l.plan.setup_timeout).await?;
+    let est = net::pusher_connect(
+        &mut s,
+        t,
+        t.ws_for(i),
+        &mut rd,
+        i as u64 + 1,
+        l.plan.setup_timeout,
+    )
+    .await?;
     Ok((s, rd, est.socket_id, guard))
 }
 
 async fn receiver(l: Rc<Local>, li: usize) {
-    let i = l.idx + li * l.threads();
-    let c = l.chan_of[li];
+    let (i, c) = l.subs[li];
     let channel = l.plan.channel(c);
     let setup = async {
         if !l.gate.acquire(l.plan.setup_timeout).await {
@@ -303,7 +383,7 @@ async fn receiver(l: Rc<Local>, li: usize) {
     };
     l.ctl.counters[l.idx].connected.fetch_add(1, Relaxed);
     let channels = l.plan.channels as u64;
-    let ping = memchr::memmem::Finder::new(b"\"pusher:ping\"");
+    let ping = PingFinder::default();
     loop {
         match net::read_some(&mut s, &mut rd).await {
             Ok(true) => {}
@@ -317,46 +397,32 @@ async fn receiver(l: Rc<Local>, li: usize) {
             }
         }
         let now = now_ns();
-        let mut pusher_pong = false;
-        let mut ws_pong: Option<Vec<u8>> = None;
-        let mut closed = false;
-        let stop = {
+        let (stop, pusher_pong, ws_pong) = {
             let mut guard = l.stats.borrow_mut();
             let st = &mut *guard;
-            let res = rd.drain(|f| {
-                match f {
-                    Frame::Text(t) => {
-                        if let Some(stamp) = l.finder.find(t) {
-                            if stamp.phase != st.phase {
-                                st.stale += 1;
-                            } else if stamp.k % channels != c as u64 {
-                                st.misrouted += 1;
-                            } else {
-                                st.trackers[li].record(stamp.k / channels);
-                                st.lat.record(now, stamp.intended_ns);
-                            }
-                            st.total_delivered += 1;
-                        } else if ping.find(t).is_some() {
-                            pusher_pong = true;
-                        }
-                    }
-                    Frame::Ping(p) => ws_pong = Some(p.to_vec()),
-                    Frame::Close(_) => closed = true,
-                    _ => {}
-                }
-                !closed
-            });
+            let mut t = Tally {
+                phase: st.phase,
+                channels,
+                channel: c as u64,
+                tracker: &mut st.trackers[li],
+                lat: &mut st.lat,
+                stale: &mut st.stale,
+                misrouted: &mut st.misrouted,
+                delivered: &mut st.total_delivered,
+            };
+            let res = take_frames(&mut rd, &l.finder, &ping, now, &mut t);
             l.ctl.counters[l.idx]
                 .delivered
                 .store(st.total_delivered, Relaxed);
-            if res.is_err() || closed {
-                st.closed += 1;
-                l.ctl.error(format!(
-                    "subscriber {i}: server closed or sent a bad frame ({res:?})"
-                ));
-                true
-            } else {
-                false
+            match res {
+                Ok(ctl) if !ctl.closed => (false, ctl.pusher_ping, ctl.ws_ping),
+                other => {
+                    st.closed += 1;
+                    l.ctl.error(format!(
+                        "subscriber {i}: server closed or sent a bad frame ({other:?})"
+                    ));
+                    (true, false, None)
+                }
             }
         };
         if stop {
@@ -384,7 +450,7 @@ async fn receiver(l: Rc<Local>, li: usize) {
 }
 
 /// Remaining events of publisher `j` from `k` on (step `n`) below `events`.
-fn remaining(k: u64, events: u64, n: u64) -> u64 {
+pub(crate) fn remaining(k: u64, events: u64, n: u64) -> u64 {
     if k >= events {
         0
     } else {
@@ -393,7 +459,7 @@ fn remaining(k: u64, events: u64, n: u64) -> u64 {
 }
 
 /// Most events coalesced into one write.
-const MAX_BATCH: usize = 256;
+pub(crate) const MAX_BATCH: usize = 256;
 
 async fn client_publisher(l: Rc<Local>, j: usize) {
     let plan = l.plan.clone();
@@ -460,6 +526,8 @@ async fn client_publisher(l: Rc<Local>, j: usize) {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut body = Vec::with_capacity(plan.payload + 256);
     let mut seq = 0u32;
+    // The last write blocked (the server was not reading): the lag that follows is its doing.
+    let mut write_blocked = false;
     loop {
         if l.ctl.stop.load(Relaxed) {
             return;
@@ -491,6 +559,14 @@ async fn client_publisher(l: Rc<Local>, j: usize) {
                 if due > now {
                     break;
                 }
+                {
+                    let mut st = l.stats.borrow_mut();
+                    if write_blocked {
+                        st.lag_server.record(now, due);
+                    } else {
+                        st.lag_gen.record(now, due);
+                    }
+                }
                 body.clear();
                 body.extend_from_slice(b"{\"event\":\"");
                 body.extend_from_slice(event.as_bytes());
@@ -504,159 +580,14 @@ async fn client_publisher(l: Rc<Local>, j: usize) {
                 k += np;
                 n += 1;
             }
+            let w0 = now_ns();
             let (res, b) = wh.write_all(buf).await;
             buf = b;
             if res.is_err() {
                 l.ctl.error(format!("publisher {j}: write failed: {res:?}"));
                 break;
             }
-            let mut st = l.stats.borrow_mut();
-            st.pub_sent += n;
-            st.total_published += n;
-            l.ctl.counters[l.idx]
-                .published
-                .store(st.total_published, Relaxed);
-        }
-        let skipped = remaining(k, spec.events, np);
-        l.stats.borrow_mut().pub_skipped += skipped;
-    }
-}
-
-async fn rest_publisher(l: Rc<Local>, j: usize) {
-    let plan = l.plan.clone();
-    let t = &plan.target;
-    let src = t.source_for(plan.subscribers + j);
-    let r = monoio::time::timeout(plan.setup_timeout, net::connect(src, t.api_addr)).await;
-    l.setup_finished();
-    let s = match r {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            l.ctl.error(format!("REST connection {j}: {e}"));
-            return;
-        }
-        Err(_) => {
-            l.ctl
-                .error(format!("REST connection {j}: connect timed out"));
-            return;
-        }
-    };
-    let guard = l.sockets.register(std::os::fd::AsRawFd::as_raw_fd(&s));
-    let (mut rh, mut wh) = s.into_split();
-    let acked = Rc::new(Cell::new(0u64));
-    let broken = Rc::new(Cell::new(false));
-    let (lr, ack2, broken2) = (l.clone(), acked.clone(), broken.clone());
-    monoio::spawn(async move {
-        let _guard = guard;
-        let mut rd = FrameReader::new(16 * 1024);
-        loop {
-            match net::read_some(&mut rh, &mut rd).await {
-                Ok(true) => {}
-                _ => {
-                    broken2.set(true);
-                    return;
-                }
-            }
-            let mut data = rd.take_buf();
-            let mut used = 0;
-            let mut ok = 0;
-            let mut bad = 0;
-            loop {
-                match crate::http::parse_response(&data[used..]) {
-                    Ok(Some((code, n))) => {
-                        used += n;
-                        if (200..300).contains(&code) {
-                            ok += 1;
-                        } else {
-                            bad += 1;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        lr.ctl.error(format!("REST: {e}"));
-                        broken2.set(true);
-                        return;
-                    }
-                }
-            }
-            data.drain(..used);
-            rd.give_back(data);
-            ack2.set(ack2.get() + ok + bad);
-            let mut st = lr.stats.borrow_mut();
-            st.rest_ok += ok;
-            st.rest_err += bad;
-            if bad > 0 {
-                lr.ctl.counters[lr.idx].errors.fetch_add(bad, Relaxed);
-            }
-        }
-    });
-    let np = plan.publishers as u64;
-    let nc = plan.channels as u64;
-    let chan_names: Vec<String> = (0..plan.channels).map(|c| plan.channel(c)).collect();
-    let event = plan.event_name();
-    let inflight = plan.rest_inflight.max(1) as u64;
-    let mut sent = 0u64;
-    let mut done_phase = 0;
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut body = Vec::with_capacity(plan.payload + 256);
-    let mut data = Vec::with_capacity(plan.payload + 64);
-    loop {
-        if l.ctl.stop.load(Relaxed) || broken.get() {
-            if broken.get() && !l.ctl.stop.load(Relaxed) {
-                l.ctl
-                    .error(format!("REST connection {j}: closed by the server"));
-            }
-            return;
-        }
-        let spec = l.spec.get();
-        if spec.phase == 0 || spec.phase == done_phase {
-            monoio::time::sleep(Duration::from_millis(2)).await;
-            continue;
-        }
-        done_phase = spec.phase;
-        let mut k = j as u64;
-        while k < spec.events {
-            if l.ctl.stop.load(Relaxed) || broken.get() || l.spec.get().phase != spec.phase {
-                break;
-            }
-            let now = now_ns();
-            if now > spec.deadline_ns {
-                break;
-            }
-            let due = spec.intended_ns(k);
-            if due > now {
-                gen::sleep_until_ns(due).await;
-                continue;
-            }
-            let room = inflight.saturating_sub(sent - acked.get());
-            if room == 0 {
-                monoio::time::sleep(Duration::from_millis(1)).await;
-                continue;
-            }
-            buf.clear();
-            let mut n = 0u64;
-            let ts = crate::clock::unix_secs();
-            while k < spec.events && n < room.min(MAX_BATCH as u64) {
-                let due = spec.intended_ns(k);
-                if due > now {
-                    break;
-                }
-                data.clear();
-                payload::encode(spec.phase, k, due, plan.payload, &mut data);
-                body.clear();
-                crate::http::trigger_body(event, &chan_names[(k % nc) as usize], &data, &mut body);
-                crate::http::trigger_request(t, &body, ts, &mut buf);
-                k += np;
-                n += 1;
-            }
-            let (res, b) = wh.write_all(buf).await;
-            buf = b;
-            if res.is_err() {
-                l.ctl
-                    .error(format!("REST connection {j}: write failed: {res:?}"));
-                broken.set(true);
-                break;
-            }
-            sent += n;
+            write_blocked = now_ns() - w0 > 1_000_000;
             let mut st = l.stats.borrow_mut();
             st.pub_sent += n;
             st.total_published += n;
@@ -707,26 +638,269 @@ pub struct PhaseResult {
     /// deferred to ksoftirqd and anything else running, e.g. other tenants' builds).
     pub machine_busy: Option<f64>,
     pub load_avg_before: String,
-    /// No loss, no duplicates, generator not saturated.
+    /// No failure of the server or of the generator (the two lists below are empty).
     pub valid: bool,
+    /// REST publishing: answers, retries, reconnects, requests per connection (REST mode).
+    #[serde(default)]
+    pub rest: Option<RestReport>,
+    /// Publish lag (send time - intended time) while nothing held the publishers back: how far
+    /// the generator itself fell behind its schedule.
+    #[serde(default)]
+    pub publish_lag: LatencySummary,
+    /// Publish lag while the server held the publishers back (REST: every request slot awaiting
+    /// an answer, reconnecting, Retry-After; client events: a write blocked on the socket).
+    #[serde(default)]
+    pub publish_wait_server: LatencySummary,
+    /// Generator CPU per distinct delivery, beside `server_cpu_us_per_delivery`.
+    #[serde(default)]
+    pub gen_cpu_us_per_delivery: Option<f64>,
+    /// How the machine was shared: CPUs of the generator threads and of the server's threads.
+    #[serde(default)]
+    pub machine_sharing: String,
+    /// What the server did wrong in this phase, each with its figures (empty: nothing).
+    #[serde(default)]
+    pub server_failures: Vec<String>,
+    /// Why the generator's figures cannot be trusted in this phase (empty: they can).
+    #[serde(default)]
+    pub generator_failures: Vec<String>,
+    /// Processes the connections ran in (`--procs`).
+    #[serde(default = "one")]
+    pub procs: usize,
+    /// Publish lag (p99, the generator's own) above which the phase is the generator's fault.
+    #[serde(default = "behind_ms")]
+    pub max_publish_lag_ms: f64,
 }
 
-/// A connected fan-out setup that can run phases.
-pub struct Session {
+fn one() -> usize {
+    1
+}
+
+fn behind_ms() -> f64 {
+    BEHIND_MS
+}
+
+/// One process's figures for one phase, mergeable exactly: counts add up, histograms travel
+/// as their buckets. The generator threads of one process are merged into one `Partial`; with
+/// `--procs` every child process sends its `Partial` to the parent as one JSON line.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct Partial {
+    pub phase: u32,
+    pub lat: Vec<(u64, u64)>,
+    pub lag_gen: Vec<(u64, u64)>,
+    pub lag_server: Vec<(u64, u64)>,
+    pub loss: LossReport,
+    pub published: u64,
+    pub skipped: u64,
+    pub rejected: u64,
+    pub rest_ok: u64,
+    pub stale: u64,
+    pub misrouted: u64,
+    pub closed: u64,
+    pub rest: Option<RestReport>,
+    pub gen_cpu_s: f64,
+    pub gen_thread_max_util: f64,
+    pub errors: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Live counters of a process (progress lines; sent by `--procs` children twice a second).
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
+pub struct Progress {
+    pub connected: u64,
+    pub delivered: u64,
+    pub published: u64,
+    pub errors: u64,
+}
+
+/// The generator threads of this process, connected and subscribed.
+pub struct LocalGen {
     pub plan: Arc<FanoutPlan>,
     ctl: Arc<Ctl>,
     threads: Vec<std::thread::JoinHandle<()>>,
     rx: mpsc::Receiver<ThreadResult>,
+}
+
+impl LocalGen {
+    /// Starts the threads and waits (bounded) until every connection of this process is set
+    /// up; `progress` is called about once a second meanwhile.
+    pub fn start(plan: FanoutPlan, mut progress: impl FnMut(Progress)) -> anyhow::Result<LocalGen> {
+        let plan = Arc::new(plan);
+        let ctl = Ctl::new(plan.gen.threads);
+        let (tx, rx) = mpsc::channel();
+        let (p2, c2) = (plan.clone(), ctl.clone());
+        let threads = gen::spawn(&plan.gen, ctl.clone(), move |i| {
+            thread_main(i, p2.clone(), c2.clone(), tx.clone())
+        })?;
+        let g = LocalGen {
+            plan,
+            ctl,
+            threads,
+            rx,
+        };
+        let total = g.plan.part.share(g.plan.subscribers) + g.plan.part.share(g.plan.publishers);
+        // Bounded: generous per connection, capped, plus the REST pipelining probe.
+        let limit = g.plan.setup_timeout
+            + rest::probe_limit(&g.plan)
+            + Duration::from_millis((total as u64).saturating_mul(5).min(600_000));
+        let t0 = Instant::now();
+        let mut last = Instant::now();
+        while g.ctl.ready.load(Relaxed) < g.plan.gen.threads {
+            if t0.elapsed() > limit {
+                anyhow::bail!("setup did not finish within {limit:?}");
+            }
+            if last.elapsed() >= Duration::from_secs(1) {
+                last = Instant::now();
+                progress(g.progress());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let errs = g.ctl.error_count.load(Relaxed);
+        if errs > 0 {
+            anyhow::bail!(
+                "{errs} connection(s) failed during setup; first: {:?}",
+                g.ctl.first_errors().first()
+            );
+        }
+        Ok(g)
+    }
+
+    pub fn progress(&self) -> Progress {
+        Progress {
+            connected: self.ctl.total(|c| &c.connected),
+            delivered: self.ctl.total(|c| &c.delivered),
+            published: self.ctl.total(|c| &c.published),
+            errors: self.ctl.total(|c| &c.errors),
+        }
+    }
+
+    pub fn notes(&self) -> Vec<String> {
+        lock(&self.ctl.notes).clone()
+    }
+
+    /// Deliveries this process's subscribers expect in a phase of `events` events.
+    pub fn expected(&self, events: u64) -> u64 {
+        let p = &self.plan;
+        (p.part.index..p.subscribers)
+            .step_by(p.part.count.max(1))
+            .map(|i| events_for_channel(events, p.channels as u64, (i % p.channels) as u64))
+            .sum()
+    }
+
+    /// Runs one phase on this process's connections: returns when every expected delivery
+    /// arrived after the schedule ended, or at the deadline.
+    pub fn run_phase(
+        &self,
+        spec: PhaseSpec,
+        end_ns: u64,
+        mut progress: impl FnMut(Progress),
+    ) -> anyhow::Result<Partial> {
+        let phase = spec.phase;
+        let expected = self.expected(spec.events);
+        let delivered0 = self.ctl.total(|c| &c.delivered);
+        let gen0 = self.ctl.thread_cpu();
+        let wall0 = Instant::now();
+        self.ctl.start_phase(spec);
+        let mut last = Instant::now();
+        loop {
+            let now = now_ns();
+            let delivered = self.ctl.total(|c| &c.delivered) - delivered0;
+            let complete = delivered >= expected && self.ctl.total(|c| &c.unanswered) == 0;
+            if now >= end_ns && (complete || now >= spec.deadline_ns) {
+                break;
+            }
+            if last.elapsed() >= Duration::from_millis(500) {
+                last = Instant::now();
+                progress(self.progress());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let wall = wall0.elapsed().as_secs_f64();
+        let gen1 = self.ctl.thread_cpu();
+        self.ctl.collect.store(phase, Relaxed);
+        let mut lat = Latency::new();
+        let mut lag_gen = Latency::new();
+        let mut lag_server = Latency::new();
+        let mut p = Partial {
+            phase,
+            ..Default::default()
+        };
+        for _ in 0..self.plan.gen.threads {
+            let tr = match self.rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(t) => t,
+                Err(_) => anyhow::bail!("a generator thread did not report phase {phase}"),
+            };
+            anyhow::ensure!(
+                tr.phase == phase,
+                "a generator thread reported phase {} instead of {phase}",
+                tr.phase
+            );
+            lat.merge(&tr.lat);
+            lag_gen.merge(&tr.lag_gen);
+            lag_server.merge(&tr.lag_server);
+            p.loss.add(&tr.loss);
+            p.published += tr.pub_sent;
+            p.skipped += tr.pub_skipped;
+            p.rejected += tr.pub_rejected + tr.rest_err;
+            p.rest_ok += tr.rest_ok;
+            p.stale += tr.stale;
+            p.misrouted += tr.misrouted;
+            p.closed += tr.closed;
+            if let Some(r) = &tr.rest {
+                p.rest.get_or_insert_with(RestReport::default).add(r);
+            }
+        }
+        p.lat = lat.buckets();
+        p.lag_gen = lag_gen.buckets();
+        p.lag_server = lag_server.buckets();
+        p.gen_cpu_s = gen1.iter().sum::<f64>() - gen0.iter().sum::<f64>();
+        p.gen_thread_max_util = gen1
+            .iter()
+            .zip(gen0.iter().chain(std::iter::repeat(&0.0)))
+            .map(|(b, a)| (b - a) / wall)
+            .fold(0.0, f64::max);
+        p.errors = self.ctl.first_errors();
+        p.notes = self.notes();
+        Ok(p)
+    }
+
+    pub fn stop(&mut self) {
+        self.ctl.stop.store(true, Relaxed);
+        gen::join(std::mem::take(&mut self.threads), Duration::from_secs(10));
+    }
+}
+
+impl Drop for LocalGen {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop();
+        }
+    }
+}
+
+enum Backend {
+    Local(LocalGen),
+    Procs(crate::procs::Children),
+}
+
+/// A connected fan-out setup that can run phases: the generator threads of this process, or
+/// (`--procs N`) N child processes that each run a share of the connections.
+pub struct Session {
+    pub plan: Arc<FanoutPlan>,
+    backend: Backend,
     next_phase: u32,
     pub server_pid: Option<u32>,
     pub label: String,
     pub quiet: bool,
+    /// Errors seen during the run (first ones).
+    errors: Vec<String>,
 }
 
 impl Session {
-    /// Connects and subscribes everything; fails if any connection fails.
+    /// Connects and subscribes everything (in `procs` processes when more than 1); fails if
+    /// any connection fails.
     pub fn start(
         plan: FanoutPlan,
+        procs: usize,
         server_pid: Option<u32>,
         label: &str,
         quiet: bool,
@@ -736,75 +910,50 @@ impl Session {
             "need at least one channel and one subscriber"
         );
         anyhow::ensure!(plan.publishers > 0, "need at least one publisher");
-        let plan = Arc::new(plan);
-        let ctl = Ctl::new(plan.gen.threads);
-        let (tx, rx) = mpsc::channel();
-        let (p2, c2) = (plan.clone(), ctl.clone());
-        let threads = gen::spawn(&plan.gen, ctl.clone(), move |i| {
-            thread_main(i, p2.clone(), c2.clone(), tx.clone())
-        })?;
-        let s = Session {
-            plan,
-            ctl,
-            threads,
-            rx,
+        let t0 = Instant::now();
+        let total = plan.subscribers + plan.publishers;
+        let show = |p: Progress| {
+            if !quiet {
+                eprintln!(
+                    "[{label}] connecting: {}/{} connections up, {} errors",
+                    p.connected, total, p.errors
+                );
+            }
+        };
+        let backend = if procs > 1 {
+            Backend::Procs(
+                crate::procs::Children::start(&plan, procs, show)
+                    .with_context(|| format!("[{label}] setup in {procs} processes"))?,
+            )
+        } else {
+            Backend::Local(
+                LocalGen::start(plan.clone(), show).with_context(|| format!("[{label}]"))?,
+            )
+        };
+        if !quiet {
+            eprintln!(
+                "[{label}] setup complete in {:.1}s ({total} connections{})",
+                t0.elapsed().as_secs_f64(),
+                if procs > 1 {
+                    format!(" in {procs} processes")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Ok(Session {
+            plan: Arc::new(plan),
+            backend,
             next_phase: 1,
             server_pid,
             label: label.to_string(),
             quiet,
-        };
-        let total = s.plan.subscribers + s.plan.publishers;
-        // Bounded: generous per connection, capped.
-        let limit = s.plan.setup_timeout
-            + Duration::from_millis((total as u64).saturating_mul(5).min(600_000));
-        let t0 = Instant::now();
-        let mut last = Instant::now();
-        while s.ctl.ready.load(Relaxed) < s.plan.gen.threads {
-            if t0.elapsed() > limit {
-                anyhow::bail!("[{}] setup did not finish within {limit:?}", s.label);
-            }
-            if s.ctl.error_count.load(Relaxed) > 0
-                && !s.quiet
-                && last.elapsed() > Duration::from_secs(1)
-            {
-                eprintln!(
-                    "[{}] setup errors so far: {}",
-                    s.label,
-                    s.ctl.error_count.load(Relaxed)
-                );
-            }
-            if !s.quiet && last.elapsed() >= Duration::from_secs(1) {
-                last = Instant::now();
-                eprintln!(
-                    "[{}] connecting: {}/{} subscribers up",
-                    s.label,
-                    s.ctl.total(|c| &c.connected),
-                    s.plan.subscribers
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let errs = s.ctl.error_count.load(Relaxed);
-        if errs > 0 {
-            anyhow::bail!(
-                "[{}] {errs} connection(s) failed during setup; first: {:?}",
-                s.label,
-                s.ctl.first_errors().first()
-            );
-        }
-        if !s.quiet {
-            eprintln!(
-                "[{}] setup complete in {:.1}s ({} connections)",
-                s.label,
-                t0.elapsed().as_secs_f64(),
-                total
-            );
-        }
-        Ok(s)
+            errors: Vec::new(),
+        })
     }
 
     pub fn errors(&self) -> Vec<String> {
-        self.ctl.first_errors()
+        self.errors.clone()
     }
 
     /// Runs one phase at `rate` events/s for `duration`, waiting up to `drain` for stragglers.
@@ -825,52 +974,51 @@ impl Session {
         let end_ns = t0_ns + duration.as_nanos() as u64;
         let deadline_ns = end_ns + drain.as_nanos() as u64;
         let load_before = procfs::loadavg();
-        let delivered0 = self.ctl.total(|c| &c.delivered);
+        let sharing = procfs::sharing(plan.gen.cpus.as_deref(), self.server_pid);
         let srv0 = self.server_pid.and_then(procfs::process_cpu);
-        let gen0 = self.ctl.thread_cpu();
         let mach0 = procfs::machine_cpu();
-        let wall0 = Instant::now();
-        self.ctl.start_phase(PhaseSpec {
+        let spec = PhaseSpec {
             phase,
             rate,
             events,
             t0_ns,
             deadline_ns,
-        });
-        let mut last_print = Instant::now();
-        let mut last_delivered = delivered0;
-        loop {
-            let now = now_ns();
-            let delivered = self.ctl.total(|c| &c.delivered) - delivered0;
-            if now >= end_ns && (delivered >= expected || now >= deadline_ns) {
-                break;
+        };
+        let (label, quiet) = (self.label.clone(), self.quiet);
+        let mut last_delivered = None;
+        let mut last_at = Instant::now();
+        let show = |p: Progress| {
+            if quiet {
+                return;
             }
-            if !self.quiet && last_print.elapsed() >= Duration::from_secs(1) {
-                let dt = last_print.elapsed().as_secs_f64();
-                last_print = Instant::now();
-                let p99 = self.ctl.live_latency().quantile_ms(0.99);
-                let total = self.ctl.total(|c| &c.delivered);
-                eprintln!(
-                    "[{} phase {phase}] t={:.1}s rate={rate}/s published={} delivered={}/{} ({:.0}/s) p99={p99:.2}ms errors={}",
-                    self.label,
-                    now.saturating_sub(t0_ns) as f64 / 1e9,
-                    self.ctl.total(|c| &c.published),
-                    delivered,
-                    expected,
-                    (total - last_delivered) as f64 / dt,
-                    self.ctl.total(|c| &c.errors),
-                );
-                last_delivered = total;
+            let dt = last_at.elapsed().as_secs_f64();
+            if dt < 0.9 {
+                return;
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let wall = wall0.elapsed().as_secs_f64();
+            last_at = Instant::now();
+            let d0 = *last_delivered.get_or_insert(p.delivered);
+            eprintln!(
+                "[{label} phase {phase}] t={:.1}s rate={rate}/s published={} delivered={} ({:.0}/s) errors={}",
+                now_ns().saturating_sub(t0_ns) as f64 / 1e9,
+                p.published,
+                p.delivered,
+                p.delivered.saturating_sub(d0) as f64 / dt,
+                p.errors,
+            );
+            last_delivered = Some(p.delivered);
+        };
+        let part = match &mut self.backend {
+            Backend::Local(g) => g.run_phase(spec, end_ns, show)?,
+            Backend::Procs(c) => c.run_phase(spec, end_ns, show)?,
+        };
         let srv1 = self.server_pid.and_then(procfs::process_cpu);
-        let gen1 = self.ctl.thread_cpu();
         let mach1 = procfs::machine_cpu();
-        self.ctl.collect.store(phase, Relaxed);
-        let mut lat = Latency::new();
-        let mut loss = LossReport::default();
+        for e in &part.errors {
+            if self.errors.len() < 20 && !self.errors.contains(e) {
+                self.errors.push(e.clone());
+            }
+        }
+        let lat = Latency::from_buckets(&part.lat);
         let mut r = PhaseResult {
             server: self.label.clone(),
             mode: plan.mode,
@@ -880,103 +1028,81 @@ impl Session {
             rate,
             duration_s: duration.as_secs_f64(),
             events,
-            published: 0,
-            publish_skipped: 0,
-            publish_rejected: 0,
-            rest_ok: 0,
-            loss: LossReport::default(),
-            stale: 0,
-            misrouted: 0,
-            connections_closed: 0,
-            deliveries_per_sec: 0.0,
-            latency: LatencySummary::default(),
+            published: part.published,
+            publish_skipped: part.skipped,
+            publish_rejected: part.rejected,
+            rest_ok: part.rest_ok,
+            loss: part.loss,
+            stale: part.stale,
+            misrouted: part.misrouted,
+            connections_closed: part.closed,
+            deliveries_per_sec: part.loss.delivered as f64 / duration.as_secs_f64(),
+            latency: lat.summary(),
             server_cpu_s: None,
             server_cpu_us_per_delivery: None,
-            gen_cpu_s: 0.0,
-            gen_thread_max_util: 0.0,
-            gen_saturated: false,
+            gen_cpu_s: part.gen_cpu_s,
+            gen_thread_max_util: part.gen_thread_max_util,
+            gen_saturated: part.gen_thread_max_util >= SATURATION,
             machine_util: None,
             machine_busy: procfs::busy_between(mach0, mach1),
             load_avg_before: load_before,
             valid: false,
+            rest: part.rest.clone(),
+            publish_lag: Latency::from_buckets(&part.lag_gen).summary(),
+            publish_wait_server: Latency::from_buckets(&part.lag_server).summary(),
+            gen_cpu_us_per_delivery: (part.loss.delivered > 0)
+                .then(|| part.gen_cpu_s * 1e6 / part.loss.delivered as f64),
+            machine_sharing: sharing,
+            server_failures: Vec::new(),
+            generator_failures: Vec::new(),
+            max_publish_lag_ms: plan.max_publish_lag_ms,
+            procs: match &self.backend {
+                Backend::Local(_) => 1,
+                Backend::Procs(c) => c.len(),
+            },
         };
-        for _ in 0..plan.gen.threads {
-            let tr = match self.rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(t) => t,
-                Err(_) => anyhow::bail!("a generator thread did not report phase {phase}"),
-            };
-            if tr.phase != phase {
-                anyhow::bail!(
-                    "a generator thread reported phase {} instead of {phase}",
-                    tr.phase
-                );
-            }
-            lat.merge(&tr.lat);
-            loss.add(&tr.loss);
-            r.published += tr.pub_sent;
-            r.publish_skipped += tr.pub_skipped;
-            r.publish_rejected += tr.pub_rejected + tr.rest_err;
-            r.rest_ok += tr.rest_ok;
-            r.stale += tr.stale;
-            r.misrouted += tr.misrouted;
-            r.connections_closed += tr.closed;
-        }
         // Every expected delivery is accounted for by the trackers.
-        debug_assert_eq!(loss.expected, expected);
-        r.loss = loss;
-        r.latency = lat.summary();
-        r.deliveries_per_sec = loss.delivered as f64 / duration.as_secs_f64();
+        debug_assert_eq!(r.loss.expected, expected);
+        let wall = (now_ns().saturating_sub(t0_ns) as f64 / 1e9).max(duration.as_secs_f64());
         if let (Some(a), Some(b)) = (srv0, srv1) {
             let s = b - a;
             r.server_cpu_s = Some(s);
-            if loss.delivered > 0 {
-                r.server_cpu_us_per_delivery = Some(s * 1e6 / loss.delivered as f64);
+            if r.loss.delivered > 0 {
+                r.server_cpu_us_per_delivery = Some(s * 1e6 / r.loss.delivered as f64);
             }
         }
-        let utils: Vec<f64> = gen1
-            .iter()
-            .zip(gen0.iter().chain(std::iter::repeat(&0.0)))
-            .map(|(b, a)| (b - a) / wall)
-            .collect();
-        r.gen_cpu_s = gen1.iter().sum::<f64>() - gen0.iter().sum::<f64>();
-        r.gen_thread_max_util = utils.iter().cloned().fold(0.0, f64::max);
-        r.gen_saturated = r.gen_thread_max_util >= SATURATION;
         r.machine_util = r
             .server_cpu_s
             .map(|s| (s + r.gen_cpu_s) / (wall * procfs::cpus() as f64));
-        r.valid = r.loss.is_exact()
-            && r.stale == 0
-            && r.misrouted == 0
-            && !r.gen_saturated
-            && r.publish_rejected == 0;
-        if r.gen_saturated && !self.quiet {
-            eprintln!(
-                "[{}] WARNING: generator saturated (busiest thread {:.0}% of a core): this phase is not valid",
-                self.label,
-                r.gen_thread_max_util * 100.0
-            );
+        crate::report::classify(&mut r);
+        if !self.quiet {
+            for f in &r.generator_failures {
+                eprintln!("[{}] GENERATOR: {f}", self.label);
+            }
+            for n in &part.notes {
+                eprintln!("[{}] note: {n}", self.label);
+            }
         }
         Ok(r)
     }
 
-    /// Stops the generator threads.
+    /// Stops the generator threads (or child processes).
     pub fn finish(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        self.ctl.stop.store(true, Relaxed);
-        gen::join(std::mem::take(&mut self.threads), Duration::from_secs(10));
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        if !self.threads.is_empty() {
-            self.stop();
+        match &mut self.backend {
+            Backend::Local(g) => g.stop(),
+            Backend::Procs(c) => c.stop(),
         }
     }
 }
 
 /// A generator thread busier than this fraction of a core was the bottleneck.
 pub const SATURATION: f64 = 0.90;
+
+/// Default of `--max-publish-lag-ms`: publishers more than this far behind their schedule
+/// (p99, while the server was not holding them back) make a phase's latency figures the
+/// generator's, not the server's.
+pub const BEHIND_MS: f64 = 10.0;

@@ -4,3 +4,4 @@
 pub mod connect;
 pub mod fanout;
 pub mod presence;
+pub mod rest;

@@ -114,10 +114,18 @@ async fn resident(l: Rc<Local>, slot: usize, r: usize) {
     let c = r % p.channels;
     let ch = p.channel(c);
     let setup = async {
-        let mut s = net::connect(p.target.source_for(r), p.target.ws_addr).await?;
+        let mut s = p.target.connect_ws(r).await?;
         let guard = l.sockets.register(std::os::fd::AsRawFd::as_raw_fd(&s));
         let mut rd = FrameReader::new(4096);
-        let est = net::pusher_connect(&mut s, &p.target, &mut rd, r as u64 + 11, p.timeout).await?;
+        let est = net::pusher_connect(
+            &mut s,
+            &p.target,
+            p.target.ws_for(r),
+            &mut rd,
+            r as u64 + 11,
+            p.timeout,
+        )
+        .await?;
         let cd = format!("{{\"user_id\":\"r{r}\",\"user_info\":{{\"resident\":true}}}}");
         let auth = net::auth_for(&p.target, &est.socket_id, &ch, Some(&cd));
         let mut out = Vec::new();
@@ -217,11 +225,18 @@ async fn churner(l: Rc<Local>, m: usize) {
     let ch = p.channel(c);
     let id = p.channels * p.residents + m;
     let setup = async {
-        let mut s = net::connect(p.target.source_for(id), p.target.ws_addr).await?;
+        let mut s = p.target.connect_ws(id).await?;
         let guard = l.sockets.register(std::os::fd::AsRawFd::as_raw_fd(&s));
         let mut rd = FrameReader::new(4096);
-        let est =
-            net::pusher_connect(&mut s, &p.target, &mut rd, id as u64 + 13, p.timeout).await?;
+        let est = net::pusher_connect(
+            &mut s,
+            &p.target,
+            p.target.ws_for(id),
+            &mut rd,
+            id as u64 + 13,
+            p.timeout,
+        )
+        .await?;
         anyhow::Ok((s, rd, est.socket_id, guard))
     };
     let res = setup.await;

@@ -6,11 +6,12 @@
 
 use std::fmt;
 
-use bytes::Bytes;
-use simd_json::prelude::*;
-use simd_json::BorrowedValue;
+use std::borrow::Cow;
 
-use crate::json::{top_level_members, Count, Nested, Out};
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::json::{Count, Nested, Out};
 use crate::socket_id::SocketId;
 use crate::ws::text_frame_with_capacity;
 
@@ -41,22 +42,23 @@ impl Dialect {
     }
 }
 
-/// A parsed client-to-server message.
+/// A parsed client-to-server message. Its strings borrow from the message text wherever the
+/// JSON has no escapes (the message is never copied as a whole).
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub enum ClientMessage {
+pub enum ClientMessage<'a> {
     /// `pusher:subscribe`. `auth` is as sent (pusher-js sends `""` for public channels).
     Subscribe {
         /// Channel name (not yet validated).
-        channel: String,
+        channel: Cow<'a, str>,
         /// `auth` as sent (`None` if absent or null).
-        auth: Option<String>,
+        auth: Option<Cow<'a, str>>,
         /// Presence `channel_data` string exactly as sent (hash this, never a re-serialisation).
-        channel_data: Option<String>,
+        channel_data: Option<Cow<'a, str>>,
     },
     /// `pusher:unsubscribe`.
     Unsubscribe {
         /// Channel name.
-        channel: String,
+        channel: Cow<'a, str>,
     },
     /// `pusher:ping`.
     Ping,
@@ -65,26 +67,26 @@ pub enum ClientMessage {
     /// `pusher:signin`.
     Signin {
         /// `<key>:<signature>`.
-        auth: String,
+        auth: Cow<'a, str>,
         /// The `user_data` string exactly as sent.
-        user_data: String,
+        user_data: Cow<'a, str>,
     },
     /// `client-*` event. `data` is the JSON text of the data value exactly as the client sent it
-    /// (byte-for-byte copy of the value's span in the message: an object stays its JSON text, a
-    /// string stays a quoted JSON string literal). Absent data -> `None`.
+    /// (the value's span in the message, borrowed: an object stays its JSON text, a string stays
+    /// a quoted JSON string literal). Absent data -> `None`.
     ClientEvent {
         /// Event name (starts with `client-`).
-        event: String,
+        event: Cow<'a, str>,
         /// Channel name (not yet validated).
-        channel: String,
+        channel: Cow<'a, str>,
         /// Raw JSON text of `data`, `None` if absent.
-        data: Option<String>,
+        data: Option<Cow<'a, str>>,
     },
     /// Any other event name (unknown `pusher:*` or a non-client event): reply `pusher:error`
     /// with code `null`.
     Unknown {
         /// The event name as sent.
-        event: String,
+        event: Cow<'a, str>,
     },
 }
 
@@ -97,6 +99,8 @@ pub enum MessageError {
     MissingField(&'static str),
     /// A field has the wrong type.
     BadField(&'static str),
+    /// A field the server reads appears more than once in one object.
+    DuplicateField(&'static str),
 }
 
 impl fmt::Display for MessageError {
@@ -105,88 +109,192 @@ impl fmt::Display for MessageError {
             MessageError::Json(e) => write!(f, "Invalid JSON: {e}"),
             MessageError::MissingField(name) => write!(f, "Missing field '{name}'"),
             MessageError::BadField(name) => write!(f, "Invalid value for field '{name}'"),
+            MessageError::DuplicateField(name) => write!(f, "Duplicate field '{name}'"),
         }
     }
 }
 
 impl std::error::Error for MessageError {}
 
-/// `Ok(None)` if absent or `null`, `Ok(Some)` if a string, `BadField` otherwise.
-fn opt_str(obj: &BorrowedValue<'_>, key: &'static str) -> Result<Option<String>, MessageError> {
-    match obj.get(key) {
-        None => Ok(None),
-        Some(v) if v.is_null() => Ok(None),
-        Some(v) => v
-            .as_str()
-            .map(|s| Some(s.to_owned()))
-            .ok_or(MessageError::BadField(key)),
+/// A JSON string, borrowed from the input when it has no escapes.
+#[derive(serde::Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// The members of one JSON object that the server reads (`wanted`), as raw JSON text borrowed
+/// from the input; every other member is checked to be valid JSON and skipped. The one rule for
+/// duplicate keys: a wanted key that appears twice is an error (`DuplicateField`), so no two
+/// readers can disagree about which occurrence counts. Keys are compared unescaped.
+struct Members<'a> {
+    wanted: &'static [&'static str],
+    values: [Option<&'a RawValue>; 4],
+    duplicate: Option<&'static str>,
+}
+
+struct MembersSeed(&'static [&'static str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for MembersSeed {
+    type Value = Members<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Members<'de>, D::Error> {
+        d.deserialize_map(self)
     }
 }
 
-fn req_str(obj: &BorrowedValue<'_>, key: &'static str) -> Result<String, MessageError> {
-    opt_str(obj, key)?.ok_or(MessageError::MissingField(key))
+impl<'de> serde::de::Visitor<'de> for MembersSeed {
+    type Value = Members<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Members<'de>, A::Error> {
+        let mut out = Members {
+            wanted: self.0,
+            values: [None; 4],
+            duplicate: None,
+        };
+        while let Some(Str(k)) = m.next_key::<Str<'de>>()? {
+            match self.0.iter().position(|w| *w == k) {
+                Some(i) => {
+                    let v: &'de RawValue = m.next_value()?;
+                    if out.values[i].is_some() && out.duplicate.is_none() {
+                        out.duplicate = Some(self.0[i]);
+                    }
+                    out.values[i] = Some(v);
+                }
+                None => {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
-/// Runs `f` on `data`, which may be an object or a JSON string encoding one.
-fn with_data_object<R>(
-    root: &BorrowedValue<'_>,
-    f: impl FnOnce(&BorrowedValue<'_>) -> Result<R, MessageError>,
-) -> Result<R, MessageError> {
-    let data = root.get("data").ok_or(MessageError::MissingField("data"))?;
-    if data.as_object().is_some() {
-        return f(data);
+impl<'a> Members<'a> {
+    fn parse(text: &'a str, wanted: &'static [&'static str]) -> Result<Members<'a>, String> {
+        debug_assert!(wanted.len() <= 4);
+        use serde::de::DeserializeSeed;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let m = MembersSeed(wanted)
+            .deserialize(&mut de)
+            .map_err(|e| e.to_string())?;
+        de.end().map_err(|e| e.to_string())?;
+        Ok(m)
     }
-    let text = data.as_str().ok_or(MessageError::BadField("data"))?;
-    let mut buf = text.as_bytes().to_vec();
+
+    fn check(self) -> Result<Self, MessageError> {
+        match self.duplicate {
+            Some(k) => Err(MessageError::DuplicateField(k)),
+            None => Ok(self),
+        }
+    }
+
+    fn raw(&self, key: &'static str) -> Option<&'a RawValue> {
+        let i = self.wanted.iter().position(|w| *w == key)?;
+        self.values[i]
+    }
+
+    /// `Ok(None)` if absent or `null`, `Ok(Some)` if a string, `BadField` otherwise.
+    fn opt_str(&self, key: &'static str) -> Result<Option<Cow<'a, str>>, MessageError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(v) if v.get() == "null" => Ok(None),
+            Some(v) => serde_json::from_str::<Str<'a>>(v.get())
+                .map(|s| Some(s.0))
+                .map_err(|_| MessageError::BadField(key)),
+        }
+    }
+
+    fn req_str(&self, key: &'static str) -> Result<Cow<'a, str>, MessageError> {
+        self.opt_str(key)?.ok_or(MessageError::MissingField(key))
+    }
+}
+
+const TOP: &[&str] = &["event", "channel", "data"];
+const SUBSCRIBE: &[&str] = &["channel", "auth", "channel_data"];
+const UNSUBSCRIBE: &[&str] = &["channel"];
+const SIGNIN: &[&str] = &["auth", "user_data"];
+
+/// Reads `data` (an object, or a JSON string encoding one) with `f`. The string form is
+/// rare (the object form is what pusher-js sends) and needs its own decoded text, so its
+/// result is made owned.
+fn with_data_object<'a>(
+    root: &Members<'a>,
+    wanted: &'static [&'static str],
+    f: impl for<'b> Fn(&Members<'b>) -> Result<ClientMessage<'b>, MessageError>,
+) -> Result<ClientMessage<'a>, MessageError> {
+    let data = root.raw("data").ok_or(MessageError::MissingField("data"))?;
+    let text = data.get();
+    if text.starts_with('{') {
+        let m = Members::parse(text, wanted).map_err(|_| MessageError::BadField("data"))?;
+        return f(&m.check()?);
+    }
     let inner =
-        simd_json::to_borrowed_value(&mut buf).map_err(|_| MessageError::BadField("data"))?;
-    if inner.as_object().is_none() {
+        serde_json::from_str::<Str<'_>>(text).map_err(|_| MessageError::BadField("data"))?;
+    let inner = inner.0;
+    if !inner.trim_start().starts_with('{') {
         return Err(MessageError::BadField("data"));
     }
-    f(&inner)
+    let m = Members::parse(&inner, wanted).map_err(|_| MessageError::BadField("data"))?;
+    Ok(f(&m.check()?)?.into_owned())
 }
 
-/// Parses one client text message with simd-json (which uses `text` as scratch space: its
-/// contents are unspecified afterwards).
+impl ClientMessage<'_> {
+    /// The same message owning its strings.
+    pub fn into_owned(self) -> ClientMessage<'static> {
+        fn o(c: Cow<'_, str>) -> Cow<'static, str> {
+            Cow::Owned(c.into_owned())
+        }
+        match self {
+            ClientMessage::Subscribe {
+                channel,
+                auth,
+                channel_data,
+            } => ClientMessage::Subscribe {
+                channel: o(channel),
+                auth: auth.map(o),
+                channel_data: channel_data.map(o),
+            },
+            ClientMessage::Unsubscribe { channel } => ClientMessage::Unsubscribe {
+                channel: o(channel),
+            },
+            ClientMessage::Ping => ClientMessage::Ping,
+            ClientMessage::Pong => ClientMessage::Pong,
+            ClientMessage::Signin { auth, user_data } => ClientMessage::Signin {
+                auth: o(auth),
+                user_data: o(user_data),
+            },
+            ClientMessage::ClientEvent {
+                event,
+                channel,
+                data,
+            } => ClientMessage::ClientEvent {
+                event: o(event),
+                channel: o(channel),
+                data: data.map(o),
+            },
+            ClientMessage::Unknown { event } => ClientMessage::Unknown { event: o(event) },
+        }
+    }
+}
+
+/// Parses one client text message: one JSON reading (serde_json, borrowing), one rule for
+/// duplicate keys (a field the server reads may appear once; see [`MessageError::DuplicateField`]),
+/// and every field, the raw `data` span of client events included, taken from that reading.
+/// The message is not copied: strings borrow from `text` unless they contain escapes.
 ///
 /// `data` of `subscribe`/`unsubscribe`/`signin` may be an object or a JSON-encoded string of one.
 /// The dialect decides the accepted prefix (`"pusher:subscribe"` vs `"relay:subscribe"`).
-/// For `client-*` events the raw bytes of `data` are captured before parsing, so the relayed text
-/// is exactly what the client sent.
 pub fn parse_client_message(
     dialect: Dialect,
-    text: &mut [u8],
-) -> Result<ClientMessage, MessageError> {
-    // Capture the raw `data` span of client events before simd-json rewrites the buffer.
-    let mut raw_data: Option<String> = None;
-    {
-        let mut is_client = false;
-        let mut data_span = None;
-        let _ = top_level_members(text, |k, span| match k {
-            b"event" => is_client = text[span].starts_with(b"\"client-"),
-            b"data" => data_span = Some(span),
-            _ => {}
-        });
-        if is_client {
-            raw_data = data_span
-                .and_then(|s| std::str::from_utf8(&text[s]).ok())
-                .map(str::to_owned);
-        }
-    }
-    let root = simd_json::to_borrowed_value(text).map_err(|e| MessageError::Json(e.to_string()))?;
-    if root.as_object().is_none() {
-        return Err(MessageError::Json(
-            "top-level value is not an object".into(),
-        ));
-    }
-    let event = req_str(&root, "event")?;
+    text: &[u8],
+) -> Result<ClientMessage<'_>, MessageError> {
+    let text = std::str::from_utf8(text).map_err(|e| MessageError::Json(e.to_string()))?;
+    let root = Members::parse(text, TOP)
+        .map_err(MessageError::Json)?
+        .check()?;
+    let event = root.req_str("event")?;
     if event.starts_with("client-") {
-        let channel = req_str(&root, "channel")?;
-        let data = match raw_data {
-            Some(d) => Some(d),
-            // Raw span not found (e.g. an escaped key): fall back to re-serialisation.
-            None => root.get("data").map(|v| v.encode()),
-        };
+        let channel = root.req_str("channel")?;
+        let data = root.raw("data").map(|v| Cow::Borrowed(v.get()));
         return Ok(ClientMessage::ClientEvent {
             event,
             channel,
@@ -197,24 +305,24 @@ pub fn parse_client_message(
         return Ok(ClientMessage::Unknown { event });
     };
     match name {
-        "subscribe" => with_data_object(&root, |d| {
+        "subscribe" => with_data_object(&root, SUBSCRIBE, |d| {
             Ok(ClientMessage::Subscribe {
-                channel: req_str(d, "channel")?,
-                auth: opt_str(d, "auth")?,
-                channel_data: opt_str(d, "channel_data")?,
+                channel: d.req_str("channel")?,
+                auth: d.opt_str("auth")?,
+                channel_data: d.opt_str("channel_data")?,
             })
         }),
-        "unsubscribe" => with_data_object(&root, |d| {
+        "unsubscribe" => with_data_object(&root, UNSUBSCRIBE, |d| {
             Ok(ClientMessage::Unsubscribe {
-                channel: req_str(d, "channel")?,
+                channel: d.req_str("channel")?,
             })
         }),
         "ping" => Ok(ClientMessage::Ping),
         "pong" => Ok(ClientMessage::Pong),
-        "signin" => with_data_object(&root, |d| {
+        "signin" => with_data_object(&root, SIGNIN, |d| {
             Ok(ClientMessage::Signin {
-                auth: req_str(d, "auth")?,
-                user_data: req_str(d, "user_data")?,
+                auth: d.req_str("auth")?,
+                user_data: d.req_str("user_data")?,
             })
         }),
         _ => Ok(ClientMessage::Unknown { event }),
@@ -650,16 +758,19 @@ mod tests {
     use super::*;
     use crate::ws::{text_frame, FrameDecoder, Message, Role};
 
-    fn parse(d: Dialect, s: &str) -> Result<ClientMessage, MessageError> {
-        let mut buf = s.as_bytes().to_vec();
-        parse_client_message(d, &mut buf)
+    fn parse(d: Dialect, s: &str) -> Result<ClientMessage<'_>, MessageError> {
+        parse_client_message(d, s.as_bytes())
     }
 
-    fn p(s: &str) -> Result<ClientMessage, MessageError> {
+    fn p(s: &str) -> Result<ClientMessage<'_>, MessageError> {
         parse(Dialect::Pusher, s)
     }
 
-    fn sub(channel: &str, auth: Option<&str>, channel_data: Option<&str>) -> ClientMessage {
+    fn sub<'a>(
+        channel: &'a str,
+        auth: Option<&'a str>,
+        channel_data: Option<&'a str>,
+    ) -> ClientMessage<'a> {
         ClientMessage::Subscribe {
             channel: channel.into(),
             auth: auth.map(Into::into),
@@ -885,6 +996,73 @@ mod tests {
         }
     }
 
+    /// One reading, one rule: a field the server reads may appear once. (Before, a scanner
+    /// took the last `event`/`data` and simd-json the first, so these messages meant two
+    /// different things at once.)
+    #[test]
+    fn duplicate_fields_are_rejected_by_one_rule() {
+        assert_eq!(
+            p(r#"{"event":"pusher:ping","event":"client-x","channel":"private-c"}"#),
+            Err(MessageError::DuplicateField("event"))
+        );
+        assert_eq!(
+            p(r#"{"event":"client-x","channel":"private-c","data":1,"data":2}"#),
+            Err(MessageError::DuplicateField("data"))
+        );
+        assert_eq!(
+            p(r#"{"event":"pusher:subscribe","data":{"channel":"a","channel":"private-b"}}"#),
+            Err(MessageError::DuplicateField("channel"))
+        );
+        assert_eq!(
+            p(
+                r#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\",\"auth\":\"\",\"auth\":\"k:s\"}"}"#
+            ),
+            Err(MessageError::DuplicateField("auth"))
+        );
+        // Escaped keys are the same key.
+        assert_eq!(
+            p(r#"{"event":"pusher:ping","\u0065vent":"client-x"}"#),
+            Err(MessageError::DuplicateField("event"))
+        );
+        // Fields the server does not read may repeat (they are only checked to be JSON).
+        assert_eq!(
+            p(r#"{"event":"pusher:ping","x":1,"x":[2],"data":{}}"#),
+            Ok(ClientMessage::Ping)
+        );
+        assert_eq!(
+            MessageError::DuplicateField("event").to_string(),
+            "Duplicate field 'event'"
+        );
+    }
+
+    /// The message is not copied: strings without escapes and the client event's `data` span
+    /// borrow from the input.
+    #[test]
+    fn parsed_fields_borrow_from_the_message() {
+        let msg = r#"{"event":"client-x","channel":"private-c","data":{"a":[1,2]}}"#;
+        let range = msg.as_bytes().as_ptr_range();
+        let inside = |s: &str| range.contains(&s.as_ptr());
+        match p(msg) {
+            Ok(ClientMessage::ClientEvent {
+                event: Cow::Borrowed(e),
+                channel: Cow::Borrowed(c),
+                data: Some(Cow::Borrowed(d)),
+            }) => {
+                assert!(inside(e) && inside(c) && inside(d));
+                assert_eq!(d, r#"{"a":[1,2]}"#);
+            }
+            other => panic!("expected borrowed fields, got {other:?}"),
+        }
+        match p(r#"{"event":"pusher:subscribe","data":{"auth":"","channel":"my-channel"}}"#) {
+            Ok(ClientMessage::Subscribe {
+                channel: Cow::Borrowed(_),
+                auth: Some(Cow::Borrowed(_)),
+                ..
+            }) => {}
+            other => panic!("expected borrowed fields, got {other:?}"),
+        }
+    }
+
     #[test]
     fn json_errors() {
         assert!(matches!(p(""), Err(MessageError::Json(_))));
@@ -908,8 +1086,8 @@ mod tests {
             MessageError::BadField("data").to_string(),
             "Invalid value for field 'data'"
         );
-        let mut bad = b"{\"event\":\"client-\xff\"}".to_vec();
-        assert!(parse_client_message(Dialect::Pusher, &mut bad).is_err());
+        let bad = b"{\"event\":\"client-\xff\"}".to_vec();
+        assert!(parse_client_message(Dialect::Pusher, &bad).is_err());
     }
 
     /// Checks the String and the frame twin agree and the frame decodes to the string.
