@@ -14,7 +14,7 @@ SECS="${1:-60}"
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(ws_frames http_head pusher_message rest_request config proxy_header)
+  TARGETS=(ws_frames http_head pusher_message rest_request config proxy_header jwt)
 fi
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \

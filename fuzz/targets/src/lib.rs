@@ -8,6 +8,7 @@
 //! | [`pusher_message`] | Pusher client messages | parsing is deterministic (twice on copies gives the same result) |
 //! | [`rest_request`] | REST path: routing, query, body, signature check | a request signed with the app secret verifies; any one-byte change to its signature, body, path or query does not |
 //! | [`config`] | config file parsing and resolution | resolving never panics; a resolved config re-resolves identically |
+//! | [`jwt`] | `?token=` JWTs (HS256) | a token signed with the secret verifies to its claims; any one-byte change does not |
 //! | [`proxy_header`] | PROXY protocol v1/v2, address ranges, X-Forwarded-For | a header parses the same from any prefix that completes it; never claims more bytes than given |
 //!
 //! The first input byte(s) are used as parameters (split points, mutation positions) where a
@@ -25,13 +26,14 @@ use ringcast_protocol::{
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (the corpus directory names).
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("ws_frames", ws_frames),
     ("http_head", http_head),
     ("pusher_message", pusher_message),
     ("rest_request", rest_request),
     ("config", config),
     ("proxy_header", proxy_header),
+    ("jwt", jwt),
 ];
 
 const MAX_MESSAGE: usize = 4096;
@@ -204,10 +206,9 @@ pub fn pusher_message(data: &[u8]) {
     } else {
         Dialect::Relay
     };
-    let mut a = text.to_vec();
-    let mut b = text.to_vec();
-    let ra = parse_client_message(dialect, &mut a);
-    let rb = parse_client_message(dialect, &mut b);
+    let ra = parse_client_message(dialect, text);
+    let copy = text.to_vec();
+    let rb = parse_client_message(dialect, &copy);
     assert_eq!(ra, rb, "parsing is not deterministic");
 }
 
@@ -358,4 +359,58 @@ pub fn proxy_header(data: &[u8]) {
         "8.8.8.8".parse::<std::net::IpAddr>().expect("ip")
     );
     let _ = client;
+}
+
+/// `?token=` JWTs: the input as a token (must not verify: it cannot carry a valid HS256
+/// signature), then claims built from the input signed properly (must verify to the same
+/// claims), then that token with one byte changed (byte 0 picks where: must not verify).
+pub fn jwt(data: &[u8]) {
+    use ringcast_protocol::jwt::{sign, Claims, Jwt};
+    let secrets = vec![SECRET.to_owned()];
+    let text = String::from_utf8_lossy(data);
+    if let Ok(t) = Jwt::parse(&text) {
+        let _ = t.unverified_claims();
+        let _ = t.verify(&secrets, NOW);
+    }
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let s = String::from_utf8_lossy(rest);
+    let mut parts = s.splitn(3, '\n');
+    let claims = Claims {
+        sub: parts.next().unwrap_or("").to_owned(),
+        app: parts.next().unwrap_or("").to_owned(),
+        iat: NOW,
+        exp: NOW + 1 + u64::from(pick),
+        permissions: parts
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        scope: "access".into(),
+    };
+    let token = sign(&claims, SECRET);
+    let parsed = Jwt::parse(&token);
+    if token.len() > ringcast_protocol::jwt::MAX_TOKEN_BYTES {
+        assert!(parsed.is_err(), "an oversized token parses");
+        return;
+    }
+    let verified = parsed
+        .expect("a signed token parses")
+        .verify(&secrets, NOW)
+        .expect("a signed token verifies");
+    assert_eq!(verified, claims, "claims changed on the way");
+    let mut bytes = token.into_bytes();
+    let i = usize::from(pick) * 7 % bytes.len();
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    if let Ok(changed) = String::from_utf8(bytes) {
+        if let Ok(t) = Jwt::parse(&changed) {
+            assert!(
+                t.verify(&secrets, NOW).is_err(),
+                "a token with a changed byte verifies"
+            );
+        }
+    }
 }
