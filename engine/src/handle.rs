@@ -510,12 +510,15 @@ impl EngineHandle {
         name: ChannelName,
         limit: usize,
     ) -> Result<Vec<HistoryEvent>, EngineError> {
-        self.ask_owner(app, name, |key, reply| Command::ChannelHistory {
-            key,
-            limit,
-            reply,
-        })
-        .await
+        let raw = self
+            .ask_owner(app, name, |key, reply| Command::ChannelHistory {
+                key,
+                limit,
+                reply,
+            })
+            .await?;
+        // Decoded here, on the asking thread: the owner core only picked the frames.
+        Ok(raw.iter().filter_map(crate::history::decode).collect())
     }
 
     /// An app's recent events across channels (all cores), newest first, filtered by `q`.
@@ -526,7 +529,7 @@ impl EngineHandle {
         q: HistoryQuery,
     ) -> Result<(Vec<HistoryEvent>, bool), EngineError> {
         self.live_app(app)?;
-        let mut all: Vec<HistoryEvent> = match &q.channel {
+        let mut all: Vec<crate::history::RawEvent> = match &q.channel {
             // One channel lives on one owner.
             Some(c) => match ChannelName::parse(c) {
                 Ok(name) => {
@@ -554,7 +557,11 @@ impl EngineHandle {
         crate::history::sort_newest_first(&mut all);
         let more = all.len() > q.limit;
         all.truncate(q.limit);
-        Ok((all, more))
+        // Decoded here, on the asking thread: the cores only picked the frames.
+        Ok((
+            all.iter().filter_map(crate::history::decode).collect(),
+            more,
+        ))
     }
 
     /// Activity records of an app, newest first, merged over every core; `true` when more

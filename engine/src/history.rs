@@ -1,6 +1,9 @@
 //! Event history kept by a channel's owner core: a bounded ring of recent events per channel,
 //! each with a per-channel sequence number and a timestamp. Entries hold the event's encoded
-//! frame by reference (`Bytes`), so recording an event copies nothing; queries decode it.
+//! frame by reference (`Bytes`), so recording an event copies nothing. Queries never decode on
+//! the core: it filters by time and by event name (a byte comparison with the name's JSON
+//! literal at the start of the frame) and answers with [`RawEvent`]s (frames by reference);
+//! the asking thread decodes the at most `limit + 1` results ([`decode`]).
 //!
 //! Memory is bounded three ways: events per channel (`history_size`), age
 //! (`history_max_age_secs`), and a byte cap for the whole core (`history_max_bytes_per_core`)
@@ -44,6 +47,29 @@ struct Entry {
     seq: u64,
     time_ms: u64,
     frame: Bytes,
+}
+
+/// A history entry as a core answers a query: the frame by reference, not decoded.
+#[derive(Clone, Debug)]
+pub(crate) struct RawEvent {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub channel: ringcast_protocol::ChannelName,
+    pub frame: Bytes,
+}
+
+/// The JSON text `{"event":<name literal>` every event frame's payload starts with, to filter
+/// by event name without decoding.
+pub(crate) fn event_prefix(name: &str) -> Vec<u8> {
+    let mut p = b"{\"event\":".to_vec();
+    p.extend_from_slice(serde_json::Value::from(name).to_string().as_bytes());
+    p
+}
+
+fn has_event(frame: &[u8], prefix: &[u8]) -> bool {
+    frame_payload(frame).is_some_and(|p| {
+        p.starts_with(prefix) && matches!(p.get(prefix.len()), Some(b',') | Some(b'}'))
+    })
 }
 
 struct ChannelHistory {
@@ -164,8 +190,8 @@ impl History {
         self.enforce_cap();
     }
 
-    /// Newest first, at most `limit`, for one channel.
-    pub fn channel_events(&self, key: &ChanKey, limit: usize) -> Vec<HistoryEvent> {
+    /// Newest first, at most `limit`, for one channel (not decoded).
+    pub fn channel_events(&self, key: &ChanKey, limit: usize) -> Vec<RawEvent> {
         let Some(ch) = self.channels.get(key) else {
             return Vec::new();
         };
@@ -173,43 +199,57 @@ impl History {
             .iter()
             .rev()
             .take(limit)
-            .filter_map(|e| decode(key, e))
+            .map(|e| raw(key, e))
             .collect()
     }
 
-    /// Newest first, matching `q`, at most `q.limit + 1` (the caller detects "has more").
-    pub fn query(&self, app: AppIdx, q: &HistoryQuery) -> Vec<HistoryEvent> {
+    /// Newest first, matching `q`, at most `q.limit + 1` (the caller detects "has more"), not
+    /// decoded: the event-name filter compares bytes.
+    pub fn query(&self, app: AppIdx, q: &HistoryQuery) -> Vec<RawEvent> {
+        let prefix = q.event.as_deref().map(event_prefix);
+        let want = q.limit.saturating_add(1);
         let mut out = Vec::new();
         for (k, ch) in &self.channels {
             if k.app != app || q.channel.as_deref().is_some_and(|c| c != k.name.as_str()) {
                 continue;
             }
+            let mut taken = 0;
             for e in ch.events.iter().rev() {
                 if q.until_ms.is_some_and(|u| e.time_ms > u) {
                     continue;
                 }
-                if q.since_ms.is_some_and(|s| e.time_ms < s) {
+                if q.since_ms.is_some_and(|s| e.time_ms < s) || taken == want {
+                    // Newest first per channel: nothing older can make the global top `want`
+                    // once this channel has given `want`.
                     break;
                 }
-                if let Some(ev) = decode(k, e) {
-                    if q.event.as_deref().is_none_or(|n| n == ev.event) {
-                        out.push(ev);
-                    }
+                if prefix.as_deref().is_none_or(|p| has_event(&e.frame, p)) {
+                    out.push(raw(k, e));
+                    taken += 1;
                 }
             }
         }
         sort_newest_first(&mut out);
-        out.truncate(q.limit.saturating_add(1));
+        out.truncate(want);
         out
     }
 }
 
+fn raw(key: &ChanKey, e: &Entry) -> RawEvent {
+    RawEvent {
+        seq: e.seq,
+        time_ms: e.time_ms,
+        channel: key.name.clone(),
+        frame: e.frame.clone(),
+    }
+}
+
 /// Newest first; ties by channel and sequence so paging is stable.
-pub(crate) fn sort_newest_first(v: &mut [HistoryEvent]) {
+pub(crate) fn sort_newest_first(v: &mut [RawEvent]) {
     v.sort_by(|a, b| {
         b.time_ms
             .cmp(&a.time_ms)
-            .then(a.channel.cmp(&b.channel))
+            .then(a.channel.as_str().cmp(b.channel.as_str()))
             .then(b.seq.cmp(&a.seq))
     });
 }
@@ -236,12 +276,13 @@ pub(crate) fn frame_payload(frame: &[u8]) -> Option<&[u8]> {
     frame.get(start..)
 }
 
-fn decode(key: &ChanKey, e: &Entry) -> Option<HistoryEvent> {
+/// Decodes one answered event (on the asking thread, never on a core).
+pub(crate) fn decode(e: &RawEvent) -> Option<HistoryEvent> {
     let v: serde_json::Value = serde_json::from_slice(frame_payload(&e.frame)?).ok()?;
     Some(HistoryEvent {
         seq: e.seq,
         time_ms: e.time_ms,
-        channel: key.name.as_str().to_owned(),
+        channel: e.channel.as_str().to_owned(),
         event: v.get("event")?.as_str()?.to_owned(),
         data: v.get("data").cloned().unwrap_or(serde_json::Value::Null),
         user_id: v.get("user_id").and_then(|u| u.as_str()).map(str::to_owned),
@@ -271,7 +312,7 @@ mod tests {
         for i in 0..5 {
             h.record(&k, &ev("a", "e", &i.to_string()), 1000 + i, 3, HOUR);
         }
-        let got = h.channel_events(&k, 10);
+        let got: Vec<HistoryEvent> = h.channel_events(&k, 10).iter().filter_map(decode).collect();
         assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5, 4, 3]);
         assert_eq!(got[0].data, serde_json::json!("4"));
         assert_eq!(got[0].event, "e");
@@ -292,6 +333,61 @@ mod tests {
         let b = h.channel_events(&key(0, "b"), 10);
         assert_eq!(a.len() + b.len(), 4);
         assert!(a.iter().chain(&b).all(|e| e.time_ms >= 96));
+    }
+
+    /// The event filter compares bytes: names that are prefixes of others, or that need
+    /// escaping, match exactly; nothing is decoded on the core.
+    #[test]
+    fn event_filter_matches_the_exact_name_without_decoding() {
+        let mut h = History::new(1 << 20);
+        let k = key(0, "a");
+        for (i, name) in ["e", "e2", "quo\"te", "client-x"].iter().enumerate() {
+            h.record(&k, &ev("a", name, "1"), 1000 + i as u64, 10, HOUR);
+        }
+        h.record(
+            &k,
+            &pusher::client_event_frame("client-y", "a", Some("{}"), Some("u1")),
+            2000,
+            10,
+            HOUR,
+        );
+        let names = |event: &str| -> Vec<String> {
+            let q = HistoryQuery {
+                event: Some(event.into()),
+                limit: 10,
+                ..Default::default()
+            };
+            h.query(0, &q)
+                .iter()
+                .filter_map(decode)
+                .map(|e| e.event)
+                .collect()
+        };
+        assert_eq!(names("e"), ["e"]);
+        assert_eq!(names("e2"), ["e2"]);
+        assert_eq!(names("quo\"te"), ["quo\"te"]);
+        assert_eq!(names("client-y"), ["client-y"]);
+        assert!(names("client").is_empty());
+    }
+
+    /// A query returns at most `limit + 1` frames whatever the history holds (the caller
+    /// decodes only those).
+    #[test]
+    fn a_query_answers_at_most_limit_plus_one_frames() {
+        let mut h = History::new(1 << 30);
+        for c in 0..10 {
+            let name = format!("c{c}");
+            for i in 0..100u64 {
+                h.record(&key(0, &name), &ev(&name, "e", "x"), i, 1000, HOUR);
+            }
+        }
+        let q = HistoryQuery {
+            limit: 5,
+            ..Default::default()
+        };
+        let got = h.query(0, &q);
+        assert_eq!(got.len(), 6);
+        assert!(got.iter().all(|e| e.time_ms == 99));
     }
 
     #[test]
@@ -329,11 +425,15 @@ mod tests {
         assert_eq!(h.query(0, &q(Some("b"), None, None, None, 10)).len(), 1);
         assert_eq!(h.query(0, &q(None, Some("nope"), None, None, 10)).len(), 0);
         assert_eq!(
-            h.query(0, &q(None, None, Some(20_500), None, 10))[0].channel,
+            h.query(0, &q(None, None, Some(20_500), None, 10))[0]
+                .channel
+                .as_str(),
             "b"
         );
         assert_eq!(
-            h.query(0, &q(None, None, None, Some(20_500), 10))[0].channel,
+            h.query(0, &q(None, None, None, Some(20_500), 10))[0]
+                .channel
+                .as_str(),
             "a"
         );
         assert_eq!(

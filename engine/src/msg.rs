@@ -147,12 +147,12 @@ pub(crate) enum Command {
     ChannelHistory {
         key: ChanKey,
         limit: usize,
-        reply: oneshot::Sender<Vec<crate::history::HistoryEvent>>,
+        reply: oneshot::Sender<Vec<crate::history::RawEvent>>,
     },
     History {
         app: AppIdx,
         query: crate::history::HistoryQuery,
-        reply: oneshot::Sender<Vec<crate::history::HistoryEvent>>,
+        reply: oneshot::Sender<Vec<crate::history::RawEvent>>,
     },
     Activity {
         app: AppIdx,

@@ -27,10 +27,15 @@ struct Batch {
     due: Instant,
 }
 
-pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<QueuedEvent>) {
+pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<QueuedEvent>, spilled: Receiver<QueuedEvent>) {
     let mut held: Vec<Held> = Vec::new();
     let mut batches: Vec<Batch> = Vec::new();
     loop {
+        // Events a full queue refused on an engine core: recorded as failed, with their bodies
+        // logged, here rather than on the core.
+        while let Ok(ev) = spilled.try_recv() {
+            record_refused(&shared, ev);
+        }
         let now = Instant::now();
         let next = held
             .iter()
@@ -85,6 +90,20 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<QueuedEvent>) {
             }
             break;
         }
+    }
+}
+
+fn record_refused(shared: &Shared, ev: QueuedEvent) {
+    tracing::warn!(event = %ev.body, "webhook queue full: event recorded as failed");
+    let id = shared.next_delivery_id();
+    for &t in &shared.apps[ev.app].targets {
+        shared.log.insert_failed(
+            ev.app,
+            &id,
+            &shared.targets[t].target.url,
+            vec![ev.body.clone()],
+            "webhook queue full",
+        );
     }
 }
 

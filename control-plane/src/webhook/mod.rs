@@ -103,10 +103,19 @@ impl Shared {
     }
 }
 
+/// Refused events (queue full) waiting for the dispatcher to record them as failed.
+const SPILL_CAPACITY: usize = 4096;
+
 /// The webhook subsystem: an engine observer plus the threads that deliver.
 pub struct Webhooks {
     shared: Arc<Shared>,
     tx: SyncSender<QueuedEvent>,
+    /// Events the full queue refused, handed (never blocking) to the dispatcher thread, which
+    /// records them as failed and logs their bodies off the engine core. Bounded; past it an
+    /// event is only counted.
+    spilled: SyncSender<QueuedEvent>,
+    /// Unix ms of the last "queue full" warning (at most one a second, from the cores).
+    last_full_warning_ms: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -160,12 +169,13 @@ impl Webhooks {
             id_prefix: format!("{:x}", now_ms()),
         });
         let (tx, rx) = sync_channel(defaults::WEBHOOK_QUEUE_CAPACITY);
+        let (spilled, spilled_rx) = sync_channel(SPILL_CAPACITY);
         let mut threads = Vec::new();
         if !shared.targets.is_empty() {
             let s = shared.clone();
             if let Ok(t) = std::thread::Builder::new()
                 .name("ringcast-webhooks".into())
-                .spawn(move || dispatch::run(s, rx))
+                .spawn(move || dispatch::run(s, rx, spilled_rx))
             {
                 threads.push(t);
             }
@@ -182,6 +192,8 @@ impl Webhooks {
         Arc::new(Webhooks {
             shared,
             tx,
+            spilled,
+            last_full_warning_ms: AtomicU64::new(0),
             threads: Mutex::new(threads),
         })
     }
@@ -288,17 +300,20 @@ impl Webhooks {
                 self.shared.stats.events_queued.fetch_add(1, Relaxed);
             }
             Err(TrySendError::Full(ev)) | Err(TrySendError::Disconnected(ev)) => {
-                self.shared.stats.queue_full.fetch_add(1, Relaxed);
-                tracing::warn!(app = %app.id, event = %ev.body, "webhook queue full: event recorded as failed");
-                let id = self.shared.next_delivery_id();
-                for &t in &self.shared.apps[idx].targets {
-                    self.shared.log.insert_failed(
-                        idx,
-                        &id,
-                        &self.shared.targets[t].target.url,
-                        vec![ev.body.clone()],
-                        "webhook queue full",
-                    );
+                // On the engine core: count, hand the event to the dispatcher to be recorded
+                // as failed (and logged with its body) off the core, and warn at most once a
+                // second, without the body.
+                let n = self.shared.stats.queue_full.fetch_add(1, Relaxed) + 1;
+                let _ = self.spilled.try_send(ev);
+                let now = now_ms();
+                let last = self.last_full_warning_ms.load(Relaxed);
+                if now.saturating_sub(last) >= 1000
+                    && self
+                        .last_full_warning_ms
+                        .compare_exchange(last, now, Relaxed, Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(app = %app.id, refused_total = n, "webhook queue full: events recorded as failed");
                 }
             }
         }
