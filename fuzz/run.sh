@@ -29,5 +29,8 @@ for t in "${TARGETS[@]}"; do
   echo "==> $t for ${SECS}s"
   "$BIN/$t" "../corpus/$t" \
     -max_total_time="$SECS" -max_len=8192 -timeout=10 -rss_limit_mb=1024 \
-    -artifact_prefix="../artifacts/$t/" -print_final_stats=1 2>&1 | tail -25
+    -artifact_prefix="../artifacts/$t/" -print_final_stats=1 2>&1 \
+    | grep -E '^#[0-9]+ +DONE|^stat::|ERROR|panicked|SUMMARY|^==[0-9]+==' || true
+  # Coverage reached over the corpus now:
+  "$BIN/$t" "../corpus/$t" -runs=0 2>&1 | grep -oE 'INITED cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' || true
 done

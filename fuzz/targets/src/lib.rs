@@ -44,7 +44,8 @@ fn chunks(data: &[u8], seed: u8) -> Vec<&[u8]> {
     let mut rest = data;
     let mut i = 0usize;
     while !rest.is_empty() {
-        let n = (usize::from(seed.wrapping_add(i as u8 * 7)) % 17 + 1).min(rest.len());
+        let n =
+            (usize::from(seed.wrapping_add((i as u8).wrapping_mul(7))) % 17 + 1).min(rest.len());
         out.push(&rest[..n]);
         rest = &rest[n..];
         i += 1;
