@@ -59,6 +59,7 @@ case "$GRID" in
     CONNECT=(--connections 19000 --concurrency 256 --hold 5)
     REST=(--subscribers 10 --channels 1 --payload 100 --publishers 4 --rest-inflight 64
           --rates 1000,5000,10000,20000,30000,40000,60000,80000,100000 --duration 5 --stop-after 2)
+    PRESENCE=(--residents 20 --churners 40 --rate 100 --hold-ms 200 --duration 10)
     ;;
   quick)
     SWEEP=(--subscribers 100 --channels 1 --payload 100 --rates 10,20 --duration 1 --stop-after 2)
@@ -66,6 +67,7 @@ case "$GRID" in
     CONNECT=(--connections 300 --concurrency 64 --hold 0.5)
     REST=(--subscribers 10 --channels 1 --payload 100 --publishers 2 --rest-inflight 8
           --rates 100,200 --duration 1 --stop-after 2)
+    PRESENCE=(--residents 3 --churners 4 --rate 10 --hold-ms 100 --duration 2)
     ;;
   *) echo "--grid full|quick" >&2; exit 2 ;;
 esac
@@ -120,8 +122,9 @@ start_server() { # name
     sockudo)
       local bin="$PEERS/sockudo/bin/sockudo"
       [[ -x "$bin" ]] || { echo "sockudo missing at $bin (see loadtest/peers/README.md)" >&2; return 1; }
-      echo "${PIN[*]} $bin --config loadtest/peers/sockudo.json" >>"$COMMANDS"
-      "${PIN[@]}" "$bin" --config loadtest/peers/sockudo.json >"$log" 2>&1 &
+      # Sockudo logs every subscription at INFO by default; the others log nothing per event.
+      echo "RUST_LOG=warn ${PIN[*]} $bin --config loadtest/peers/sockudo.json" >>"$COMMANDS"
+      RUST_LOG=warn "${PIN[@]}" "$bin" --config loadtest/peers/sockudo.json >"$log" 2>&1 &
       SERVER_PID=$!
       ADDR=127.0.0.1:6003
       ;;
@@ -163,6 +166,7 @@ for srv in "${LIST[@]}"; do
   lt "$srv" fanout "${common[@]}" "${POINT[@]}" --json "$OUT/$srv/fanout.json"
   lt "$srv" connect "${common[@]}" "${CONNECT[@]}" --json "$OUT/$srv/connect.json"
   lt "$srv" sweep "${common[@]}" --publish rest "${REST[@]}" --out "$OUT/$srv/rest"
+  lt "$srv" presence --ws-url "ws://$ADDR" --label "$srv" --quiet "${GEN[@]}" "${PRESENCE[@]}" --json "$OUT/$srv/presence.json"
   stop_server
 done
 

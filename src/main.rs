@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use ringcast_cluster::{Bridge, ClusterConfig, ClusterOverrides};
 use ringcast_control_plane::webhook::Webhooks;
 use ringcast_control_plane::{ApiConfig, ApiServer, ControlPlane};
 use ringcast_engine::{Engine, HttpService, RawConfig};
@@ -33,6 +34,16 @@ struct Cli {
     /// Worker threads (one per core by default). Overrides `workers`.
     #[arg(long)]
     workers: Option<usize>,
+    /// Join a cluster over this broker: redis://host:port, redis-cluster://h:p,h:p or
+    /// nats://h:p[,nats://h:p]. Overrides `[cluster] url`.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// This node's id in the cluster (generated when absent). Overrides `[cluster] node_id`.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// A node silent this long is dead (ms, default 10000). Overrides `[cluster] lease_ms`.
+    #[arg(long)]
+    cluster_lease_ms: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +80,15 @@ fn main() -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     let api_config = ApiConfig::from_table(raw.api.take()).map_err(anyhow::Error::msg)?;
+    let cluster_config = ClusterConfig::resolve(
+        raw.cluster.take(),
+        &ClusterOverrides {
+            url: cli.cluster.clone(),
+            node_id: cli.node_id.clone(),
+            lease_ms: cli.cluster_lease_ms,
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
     let config = raw.resolve(cores)?;
     let grace = config.shutdown_grace;
     let api_listen = config.api_listen;
@@ -77,6 +97,12 @@ fn main() -> anyhow::Result<()> {
     let webhooks = Webhooks::start(&config.apps);
     let engine = Engine::bind(config, Some(webhooks.observer())).context("binding the listener")?;
     let addr = engine.local_addr();
+    // Clustered: the cores report to the link; the bridge starts once the engine runs.
+    let cluster_link = cluster_config.as_ref().map(|c| {
+        let link = ringcast_cluster::link_for(c, engine.handle().workers());
+        engine.attach_cluster(link.clone());
+        link
+    });
 
     // The control plane serves the HTTP API on the public port, or on its own listener with
     // --api-listen (the public port then answers only WebSocket upgrades and /health).
@@ -105,6 +131,28 @@ fn main() -> anyhow::Result<()> {
         println!("ringcast: HTTP API on {} (api_listen)", api.local_addr());
     }
     std::io::stdout().flush().ok();
+    let bridge = match (cluster_config, cluster_link) {
+        (Some(cfg), Some(link)) => {
+            let line = format!(
+                "ringcast: cluster {} node {}",
+                cfg.backend.name(),
+                cfg.node_id
+            );
+            Some(
+                Bridge::start(
+                    cfg,
+                    running.handle(),
+                    link,
+                    Box::new(move || {
+                        println!("{line}");
+                        std::io::stdout().flush().ok();
+                    }),
+                )
+                .context("starting the cluster bridge")?,
+            )
+        }
+        _ => None,
+    };
 
     let sig = signals.forever().next();
     tracing::info!(?sig, "shutting down: closing clients with 4200");
@@ -118,6 +166,11 @@ fn main() -> anyhow::Result<()> {
         api.shutdown();
     }
     running.shutdown_and_join();
+    // After the engine: the leaves of the closed connections are queued; then Bye, so the
+    // other nodes drop this node's share at once.
+    if let Some(b) = bridge {
+        b.stop();
+    }
     // After the engine: vacated/member_removed events of the closed connections are queued by
     // now; whatever cannot be sent is counted and logged with its body.
     webhooks.shutdown_graceful(Duration::from_secs(2));

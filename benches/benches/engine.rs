@@ -2,8 +2,9 @@
 //! 1, 100 and 10,000 subscribers (ns per delivery in user space; allocations per event from a
 //! counting global allocator).
 //!
-//! - `fanout_in_memory/{1,100,10000}`: the engine's per-core delivery loop (`Core::deliver` +
-//!   `Conn::push`, reproduced in `ringcast_benches::model`; the engine does not export it).
+//! - `fanout_in_memory/{1,100,10000}`: the engine's own per-core delivery loop
+//!   (`Core::deliver` and `Conn::push`, through the hidden `bench_support::LocalFanout` hook:
+//!   socket-less connections with parked writers on a real `Core`).
 //! - `publish_roundtrip/no_subscribers`: `EngineHandle::publish` into the owner core's injection
 //!   queue and back (the reply is sent after the owner fanned out).
 //! - `mesh_hop/{owner_is_subscriber_core,owner_is_other_core}`: in-process engine with 2 workers,
@@ -20,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast_benches::client::Sub;
-use ringcast_benches::model::Channel;
 use ringcast_benches::{allocations, CountingAlloc};
+use ringcast_engine::bench_support::LocalFanout;
 use ringcast_engine::{Engine, EngineHandle, Publish, RawConfig, RunningEngine};
 use ringcast_protocol::{pusher, ChannelName};
 
@@ -54,7 +55,7 @@ fn fanout_in_memory(c: &mut Criterion) {
     let frame = pusher::event_frame("my-event", "my-channel", &payload(), None);
     let mut g = c.benchmark_group("fanout_in_memory");
     for n in [1usize, 100, 10_000] {
-        let ch = Channel::new(n, 1 << 30);
+        let ch = LocalFanout::new(n, 1 << 30);
         // Warm the queues' capacity, then count allocations over many events.
         ch.deliver(&frame, None);
         ch.drain_all();

@@ -2,10 +2,8 @@
 //!
 //! - [`CountingAlloc`]: a global allocator wrapper that counts allocations, installed by the
 //!   bench binaries to report allocations per event.
-//! - [`model`]: a faithful copy of the engine's per-core delivery loop (`Core::deliver` +
-//!   `Conn::push`), used for the in-memory fan-out benchmark because the engine does not expose
-//!   that loop (see docs/benchmarks.md for the entry point that would let the bench call the
-//!   engine's own code).
+//! - The in-memory fan-out bench calls the engine's own delivery loop through
+//!   `ringcast_engine::bench_support::LocalFanout` (no copy of it lives here any more).
 //! - [`client`]: blocking loopback WebSocket subscribers for end-to-end benches against an
 //!   in-process engine.
 
@@ -88,111 +86,6 @@ unsafe impl GlobalAlloc for CountingAlloc {
 /// Allocations so far (all threads).
 pub fn allocations() -> u64 {
     ALLOCS.load(Relaxed)
-}
-
-pub mod model {
-    //! The engine's subscriber-side delivery, reproduced type for type from
-    //! engine/src/core.rs (`Core::deliver`) and engine/src/conn.rs (`Conn::push`): a channel's
-    //! local subscribers are an `IndexMap<u64, Rc<Conn>>`; delivering appends a clone of the
-    //! shared frame (`Bytes`, a reference-count increment) to each connection's outbound queue,
-    //! checks the byte budget, and wakes the connection's writer. Kept in sync by hand.
-
-    use std::cell::{Cell, RefCell};
-    use std::rc::Rc;
-    use std::task::Waker;
-
-    use bytes::Bytes;
-    use indexmap::IndexMap;
-
-    #[derive(Default)]
-    struct Outbound {
-        frames: Vec<Bytes>,
-        bytes: usize,
-        closing: bool,
-    }
-
-    pub struct Conn {
-        budget: usize,
-        out: RefCell<Outbound>,
-        writer_waker: Cell<Option<Waker>>,
-    }
-
-    impl Conn {
-        #[inline]
-        pub fn push(&self, frame: Bytes) {
-            let mut out = self.out.borrow_mut();
-            if out.closing {
-                return;
-            }
-            out.bytes += frame.len();
-            if out.bytes > self.budget {
-                out.frames.clear();
-                out.bytes = 0;
-                out.closing = true;
-                return;
-            }
-            out.frames.push(frame);
-            drop(out);
-            if let Some(w) = self.writer_waker.take() {
-                w.wake();
-            }
-        }
-
-        /// What the writer does after a write: release the queue (keeping its capacity).
-        pub fn drain(&self) -> usize {
-            let mut out = self.out.borrow_mut();
-            let n = out.frames.len();
-            out.frames.clear();
-            out.bytes = 0;
-            n
-        }
-    }
-
-    /// One channel's local subscribers on one core.
-    pub struct Channel {
-        subs: IndexMap<u64, Rc<Conn>>,
-    }
-
-    impl Channel {
-        pub fn new(n: usize, budget: usize) -> Channel {
-            let subs = (0..n as u64)
-                .map(|id| {
-                    (
-                        id * 2,
-                        Rc::new(Conn {
-                            budget,
-                            out: RefCell::new(Outbound::default()),
-                            // A parked writer, as in the engine (the wake is part of the cost).
-                            writer_waker: Cell::new(Some(Waker::noop().clone())),
-                        }),
-                    )
-                })
-                .collect();
-            Channel { subs }
-        }
-
-        /// `Core::deliver`: returns the number of deliveries.
-        #[inline]
-        pub fn deliver(&self, frame: &Bytes, except: Option<u64>) -> u64 {
-            let mut n = 0;
-            for (id, conn) in self.subs.iter() {
-                if Some(*id) == except {
-                    continue;
-                }
-                conn.push(frame.clone());
-                n += 1;
-            }
-            n
-        }
-
-        /// Every writer runs once (and parks again).
-        pub fn drain_all(&self) {
-            for c in self.subs.values() {
-                c.drain();
-                c.writer_waker.set(Some(Waker::noop().clone()));
-            }
-        }
-    }
 }
 
 pub mod client {
@@ -321,19 +214,5 @@ pub mod client {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::model::Channel;
-
-    #[test]
-    fn model_delivers_to_everyone_but_the_excluded_connection() {
-        let ch = Channel::new(10, 1 << 20);
-        let f = bytes::Bytes::from_static(b"frame");
-        assert_eq!(ch.deliver(&f, None), 10);
-        assert_eq!(ch.deliver(&f, Some(4)), 9);
-        ch.drain_all();
     }
 }

@@ -91,7 +91,7 @@ impl ApiError {
     /// shared code in upper case).
     pub fn to_lattestream_response(&self) -> Response {
         let code = match self.code {
-            "rate_limited" | "overloaded" => "RATE_LIMIT_EXCEEDED".to_owned(),
+            "rate_limited" => "RATE_LIMIT_EXCEEDED".to_owned(),
             "payload_too_large" | "event_too_large" => "PAYLOAD_TOO_LARGE".to_owned(),
             "too_many_channels" => "TOO_MANY_CHANNELS".to_owned(),
             "too_many_events" => "TOO_MANY_EVENTS".to_owned(),
@@ -141,6 +141,11 @@ impl From<EngineError> for ApiError {
             ),
             EngineError::Stopped => ApiError::new(503, "shutting_down", "server is shutting down"),
             EngineError::UnknownApp => ApiError::new(404, "unknown_app", "unknown app"),
+            EngineError::ClusterUnavailable => ApiError::new(
+                503,
+                "cluster_unavailable",
+                "the cluster broker is unavailable: the event cannot reach the other nodes, retry later",
+            ),
         }
     }
 }

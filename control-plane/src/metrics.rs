@@ -186,6 +186,91 @@ impl Out {
     }
 }
 
+/// Appends the cluster bridge's counters (`ringcast_cluster_*`).
+pub fn render_cluster(c: &ringcast_engine::ClusterLink, text: &mut String) {
+    use ringcast_engine::ClusterMetrics as M;
+    let m = &c.metrics;
+    let mut o = Out(std::mem::take(text));
+    for (name, help, v) in [
+        (
+            "ringcast_cluster_published_total",
+            "Messages published to the broker (events and control).",
+            M::get(&m.published),
+        ),
+        (
+            "ringcast_cluster_received_total",
+            "Messages from other nodes received and accepted.",
+            M::get(&m.received),
+        ),
+        (
+            "ringcast_cluster_bad_messages_total",
+            "Malformed or foreign messages on the cluster's subjects, ignored.",
+            M::get(&m.bad_messages),
+        ),
+        (
+            "ringcast_cluster_publish_failed_total",
+            "Broker publishes that failed or found the publish queue full.",
+            M::get(&m.publish_failed),
+        ),
+        (
+            "ringcast_cluster_undeliverable_total",
+            "Locally originated events and terminations not sent to the other nodes because the broker was unreachable.",
+            M::get(&m.undeliverable),
+        ),
+        (
+            "ringcast_cluster_outbound_dropped_total",
+            "Items a core could not queue for the bridge (queue full; bookkeeping is then re-sent as a snapshot).",
+            M::get(&m.outbound_dropped),
+        ),
+        (
+            "ringcast_cluster_inbound_dropped_total",
+            "Messages from the broker not handed to a core (queue full or the broker client lagged).",
+            M::get(&m.inbound_dropped),
+        ),
+        (
+            "ringcast_cluster_connects_total",
+            "Broker connections established (first and reconnects).",
+            M::get(&m.connects),
+        ),
+        (
+            "ringcast_cluster_snapshots_sent_total",
+            "Full snapshots of this node's share published.",
+            M::get(&m.snapshots_sent),
+        ),
+        (
+            "ringcast_cluster_sequence_gaps_total",
+            "Gaps in another node's delta sequence (each answered by a snapshot).",
+            M::get(&m.sequence_gaps),
+        ),
+        (
+            "ringcast_cluster_nodes_expired_total",
+            "Nodes whose lease ran out.",
+            M::get(&m.nodes_expired),
+        ),
+    ] {
+        o.single(name, "counter", help, v);
+    }
+    o.single(
+        "ringcast_cluster_nodes_alive",
+        "gauge",
+        "Live nodes in the cluster, this one included.",
+        M::get(&m.nodes_alive),
+    );
+    o.single(
+        "ringcast_cluster_connected",
+        "gauge",
+        "1 while the broker connection is up.",
+        u64::from(c.is_connected()),
+    );
+    o.single(
+        "ringcast_cluster_leader",
+        "gauge",
+        "1 on the webhook leader (the oldest live node).",
+        u64::from(c.is_leader()),
+    );
+    *text = o.0;
+}
+
 /// Renders everything in the Prometheus text exposition format (0.0.4).
 pub fn render(m: &MetricsSnapshot, stats: &Stats, rest: &RestMetrics, app_ids: &[&str]) -> String {
     let mut o = Out(String::with_capacity(4096));

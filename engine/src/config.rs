@@ -193,6 +193,9 @@ pub struct RawConfig {
     pub api: Option<toml::Table>,
     /// The `[admission]` table: connection caps, trusted proxies.
     pub admission: Option<RawAdmission>,
+    /// The `[cluster]` table (scale-out over Redis or NATS). Opaque to the engine; the
+    /// cluster crate resolves and validates it.
+    pub cluster: Option<toml::Table>,
     #[serde(default)]
     pub apps: Vec<RawApp>,
 }
@@ -235,6 +238,8 @@ pub struct RawApp {
     pub rate_limits: Option<std::collections::BTreeMap<String, RawRateLimit>>,
     /// Activity records kept per core for this app (0 = activity history off).
     pub activity_history_size: Option<usize>,
+    /// alrt user socket: a new `/ws` connection of a user closes the older ones with 4000.
+    pub single_connection_per_user: Option<bool>,
 }
 
 /// One `[apps.rate_limits]` entry, e.g. `events = { per_minute = 1000, burst_per_sec = 100 }`.
@@ -257,7 +262,7 @@ pub struct RateLimit {
 
 /// Endpoint labels `[apps.rate_limits]` accepts (the `endpoint` label of
 /// `ringcast_rest_requests_total`; `ls_*` are the LatteStream dialect's endpoints).
-pub const RATE_LIMIT_ENDPOINTS: [&str; 12] = [
+pub const RATE_LIMIT_ENDPOINTS: [&str; 14] = [
     "events",
     "batch_events",
     "events_batch",
@@ -270,6 +275,8 @@ pub const RATE_LIMIT_ENDPOINTS: [&str; 12] = [
     "ls_token",
     "ls_auth",
     "ls_channels",
+    "user_token",
+    "user_events",
 ];
 
 /// One `[[apps.webhooks]]` table.
@@ -299,7 +306,7 @@ pub struct WebhookTarget {
 }
 
 /// Webhook event names the server sends.
-pub const WEBHOOK_EVENT_TYPES: [&str; 7] = [
+pub const WEBHOOK_EVENT_TYPES: [&str; 8] = [
     "channel_occupied",
     "channel_vacated",
     "member_added",
@@ -307,6 +314,7 @@ pub const WEBHOOK_EVENT_TYPES: [&str; 7] = [
     "client_event",
     "cache_miss",
     "subscription_count",
+    "client_message",
 ];
 
 /// The resolved configuration: validated, immutable, shared by every core.
@@ -366,6 +374,8 @@ pub struct AppConfig {
     pub rate_limits: Vec<(String, RateLimit)>,
     /// Activity records (CONNECT, SUBSCRIBE, ...) kept per core; 0 = off.
     pub activity_history_size: usize,
+    /// `/ws` user sockets: one per user (a newer one closes the older with 4000).
+    pub single_connection_per_user: bool,
     /// Further key/secret pairs besides (`key`, `secrets`) (created through the management
     /// API). Each connection remembers the key it connected with; revoking a key closes them.
     pub extra_keys: Vec<AppKey>,
@@ -628,6 +638,7 @@ impl RawApp {
         }
         Ok(AppConfig {
             allowed_origins,
+            single_connection_per_user: self.single_connection_per_user.unwrap_or(false),
             activity_history_size,
             api_keys,
             rate_limits,
@@ -704,6 +715,7 @@ impl AppConfig {
             api_keys: Vec::new(),
             rate_limits: Vec::new(),
             activity_history_size: defaults::APP_ACTIVITY_HISTORY_SIZE,
+            single_connection_per_user: false,
             extra_keys: Vec::new(),
         }
     }

@@ -64,6 +64,13 @@ pub(crate) struct ConnState {
     read_only: bool,
 }
 
+impl ConnState {
+    /// Takes a token of the connection's client-event budget (user-socket messages too).
+    pub(crate) fn allow_client_message(&mut self) -> bool {
+        self.client_events.take()
+    }
+}
+
 struct Closing {
     code: u16,
     reason: String,
@@ -86,6 +93,8 @@ pub(crate) struct Conn {
     pub app: AppIdx,
     /// The app key this connection connected with (revoking it closes the connection).
     pub key: Box<str>,
+    /// An alrt user socket (`/ws`): plain JSON, not the Pusher protocol.
+    pub user_socket: bool,
     budget: usize,
     out: RefCell<Outbound>,
     writer_waker: Cell<Option<Waker>>,
@@ -175,6 +184,49 @@ impl Conn {
         unsafe {
             libc::shutdown(self.fd, libc::SHUT_RDWR);
         }
+    }
+}
+
+impl Conn {
+    /// A connection without a socket (its writer never runs): for the bench hook, which
+    /// measures `Core::deliver` + `Conn::push` themselves. The writer counts as parked.
+    pub(crate) fn detached(id: u64, socket_id: SocketId, app: AppIdx, budget: usize) -> Conn {
+        Conn {
+            id,
+            socket_id,
+            socket_id_str: socket_id.to_string().into_boxed_str(),
+            app,
+            key: "".into(),
+            budget,
+            out: RefCell::new(Outbound::default()),
+            writer_waker: Cell::new(Some(Waker::noop().clone())),
+            write_started: Cell::new(None),
+            last_read: Cell::new(Instant::now()),
+            ping_sent: Cell::new(None),
+            state: RefCell::new(ConnState {
+                subs: HashMap::new(),
+                user: None,
+                gen: 0,
+                client_events: TokenBucket::new(1),
+                control: TokenBucket::new(1),
+                read_only: false,
+            }),
+            fd: -1,
+            end_reason: Cell::new(None),
+            user_socket: false,
+        }
+    }
+
+    /// What the writer does after a write, without a socket: releases the queued frames
+    /// (keeping the queue's capacity) and parks again. Returns how many there were.
+    pub(crate) fn drain_detached(&self) -> usize {
+        let mut out = self.out.borrow_mut();
+        let n = out.frames.len();
+        out.frames.clear();
+        out.bytes = 0;
+        drop(out);
+        self.writer_waker.set(Some(Waker::noop().clone()));
+        n
     }
 }
 
@@ -476,7 +528,34 @@ async fn handshake<'a>(
         return None;
     }
     let leftover = head_buf.split_off(head.head_len.min(head_buf.len()));
-    let params = match ws::parse_connect(&head.path, &head.query) {
+    // `GET /ws?token=<jwt>`: the alrt user socket (plain JSON for one user; user_socket.rs).
+    let user_socket = head.path.trim_end_matches('/') == "/ws";
+    let user_claims = if user_socket {
+        match crate::user_socket::verify_token(&core.shared, &head.query) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                core.metrics().auth_failures.inc();
+                core.metrics().closed(CloseReason::Refused);
+                let frame = ws::close_frame(crate::user_socket::CLOSE_INVALID_TOKEN, &e);
+                let _ =
+                    monoio::time::timeout(Duration::from_secs(2), stream.write_all(frame)).await;
+                let _ = stream.shutdown().await;
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    let params = match user_claims.as_ref() {
+        Some((key, _)) => Ok(ws::ConnectParams {
+            app_key: key.to_string(),
+            protocol: 7,
+            client: None,
+            version: None,
+        }),
+        None => ws::parse_connect(&head.path, &head.query),
+    };
+    let params = match params {
         Ok(p) => p,
         Err(code) => {
             reject(
@@ -561,7 +640,10 @@ async fn handshake<'a>(
         return None;
     }
     // `?token=<jwt>` (a LatteStream access token): the connection is signed in from the start.
-    let token = verify_connect_token(&core.shared.apps().app(app_idx).config, &head.query);
+    let token = match user_claims {
+        Some((_, claims)) => Ok(Some(claims)),
+        None => verify_connect_token(&core.shared.apps().app(app_idx).config, &head.query),
+    };
     let token = match token {
         Ok(t) => t,
         Err(e) => {
@@ -667,6 +749,7 @@ async fn run(
         socket_id_str: socket_id.to_string().into_boxed_str(),
         app: app_idx,
         key,
+        user_socket: token.as_ref().is_some_and(|c| c.scope == "user"),
         budget: cfg.outbound_budget_bytes,
         out: RefCell::new(Outbound::default()),
         writer_waker: Cell::new(None),
@@ -691,11 +774,13 @@ async fn run(
 
     let (mut reader, writer) = stream.into_split();
     let writer_task = monoio::spawn(write_loop(core.clone(), conn.clone(), writer));
-    conn.push(pusher::connection_established_frame(
-        dialect,
-        &socket_id,
-        cfg.activity_timeout_secs,
-    ));
+    if !conn.user_socket {
+        conn.push(pusher::connection_established_frame(
+            dialect,
+            &socket_id,
+            cfg.activity_timeout_secs,
+        ));
+    }
     core.record_activity(
         app_idx,
         crate::activity::ActivityKind::Connect,
@@ -706,7 +791,11 @@ async fn run(
     );
     if let Some(claims) = token {
         let apps = shared.apps();
-        token_signin(&core, &conn, apps.app(app_idx), claims);
+        if conn.user_socket {
+            crate::user_socket::start(&core, &conn, apps.app(app_idx), claims);
+        } else {
+            token_signin(&core, &conn, apps.app(app_idx), claims);
+        }
     }
 
     let mut decoder = FrameDecoder::new(Role::Server, cfg.max_message_bytes);
@@ -783,6 +872,12 @@ async fn run(
 fn on_frame(core: &Core, conn: &Rc<Conn>, app: &App, msg: Message) -> bool {
     core.metrics().messages_in.inc();
     let d = app.config.dialect;
+    if conn.user_socket {
+        if let Message::Text(text) = &msg {
+            crate::user_socket::on_text(core, conn, app, &text[..]);
+            return true;
+        }
+    }
     match msg {
         Message::Text(text) => {
             // One JSON reading, borrowing from the frame: the message is not copied.
@@ -1033,7 +1128,7 @@ fn subscribe(
     start_subscription(core, conn, &mut st, app.idx, name, member, false);
 }
 
-fn start_subscription(
+pub(crate) fn start_subscription(
     core: &Core,
     conn: &Conn,
     st: &mut ConnState,
@@ -1174,7 +1269,7 @@ fn signin(core: &Core, conn: &Rc<Conn>, app: &App, auth: &str, user_data: &str) 
 
 /// Signs a connection in from its verified `?token=`, exactly as a `pusher:signin` would:
 /// the user's `#server-to-user-` channel is joined silently and `pusher:signin_success` sent.
-fn token_signin(core: &Core, conn: &Rc<Conn>, app: &App, claims: jwt::Claims) {
+pub(crate) fn token_signin(core: &Core, conn: &Rc<Conn>, app: &App, claims: jwt::Claims) {
     let Ok(name) = ChannelName::parse(&format!("#server-to-user-{}", claims.sub)) else {
         return; // verify_connect_token checked it
     };
@@ -1493,4 +1588,71 @@ fn http_json(status: u16, body: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monoio::buf::IoVecBuf;
+
+    fn batch(frames: &[&'static [u8]]) -> (FrameBatch, usize) {
+        let mut b = FrameBatch {
+            frames: frames.iter().map(|f| Bytes::from_static(f)).collect(),
+            ..FrameBatch::default()
+        };
+        let total = b.prepare();
+        (b, total)
+    }
+
+    /// The bytes the next `writev` would send, concatenated.
+    fn pending(b: &FrameBatch) -> Vec<u8> {
+        let n = b.read_iovec_len();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let v = &b.iov[b.start + i];
+            // iov[i] describes (the unwritten tail of) frames[i].
+            let frame = &b.frames[b.start + i];
+            let off = v.iov_base as usize - frame.as_ptr() as usize;
+            assert!(off + v.iov_len == frame.len(), "a tail of its frame");
+            out.extend_from_slice(&frame[off..]);
+        }
+        assert_eq!(n, b.iov.len() - b.start);
+        out
+    }
+
+    #[test]
+    fn advance_skips_written_bytes_at_every_split() {
+        let frames: [&'static [u8]; 3] = [b"abc", b"de", b"fghij"];
+        let all = b"abcdefghij";
+        for first in 0..=all.len() {
+            for second in 0..=all.len() - first {
+                let (mut b, total) = batch(&frames);
+                assert_eq!(total, all.len());
+                assert_eq!(pending(&b), all);
+                b.advance(first);
+                assert_eq!(pending(&b), &all[first..], "after {first}");
+                b.advance(second);
+                assert_eq!(
+                    pending(&b),
+                    &all[first + second..],
+                    "after {first} + {second}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn advance_past_the_end_leaves_nothing_and_clear_resets() {
+        let (mut b, total) = batch(&[b"xy", b"z"]);
+        b.advance(total);
+        assert_eq!(b.read_iovec_len(), 0);
+        b.advance(5);
+        assert_eq!(b.read_iovec_len(), 0);
+        b.clear();
+        assert!(b.frames.is_empty() && b.iov.is_empty() && b.start == 0);
+        // Reused for the next write: prepare starts from the first frame again.
+        b.frames.push(Bytes::from_static(b"next"));
+        assert_eq!(b.prepare(), 4);
+        assert_eq!(pending(&b), b"next");
+    }
 }

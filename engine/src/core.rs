@@ -22,6 +22,7 @@ use ringcast_protocol::{pusher, ChannelKind, PresenceSnapshot, SocketId};
 use std::time::{Duration, Instant};
 
 use crate::cache::Cache;
+use crate::cluster::{NodeId, Outbound, Remote, ShareChannel};
 use crate::config::defaults;
 use crate::conn::{Conn, SubState};
 use crate::history::History;
@@ -36,22 +37,106 @@ use crate::shared::Shared;
 /// Signed-in connections on a core: (app, user id) -> connection ids.
 type UserIndex = HashMap<(AppIdx, Arc<str>), Vec<u64>>;
 
-/// Authoritative state of a channel, held by its owner core.
+/// Authoritative state of a channel, held by its owner core. Clustered, it also holds the
+/// other nodes' shares, so every query is answered from the merged view without asking the
+/// broker; an entry stays while the channel is occupied anywhere in the cluster.
 pub(crate) struct OwnedChannel {
     /// Subscribed connections per core.
     per_core: Box<[u32]>,
     /// Presence channels: user id -> member (with the connections that joined as that user).
     members: Option<IndexMap<Arc<str>, Member>>,
+    /// Other nodes' shares of this channel (clustered only; a handful of entries).
+    remote: Vec<RemoteShare>,
+    /// Clustered: `subscription_succeeded` answers held until the broker subscription for
+    /// this channel's events is in place (`Some` while waiting), so the first event after a
+    /// subscription is never missed.
+    held_acks: Option<Vec<(usize, Msg)>>,
     /// Subscription-count broadcasts: when the last one went out, and whether one is owed.
     count_sent: Option<Instant>,
     count_dirty: bool,
 }
 
+/// One other node's share of a channel.
+struct RemoteShare {
+    node: NodeId,
+    count: u64,
+    /// user id -> user_info JSON
+    members: IndexMap<Arc<str>, Arc<str>>,
+}
+
 impl OwnedChannel {
-    /// Subscribed connections on all cores.
-    fn total(&self) -> u64 {
+    fn new(workers: usize, presence: bool) -> OwnedChannel {
+        OwnedChannel {
+            per_core: vec![0; workers].into_boxed_slice(),
+            members: presence.then(IndexMap::new),
+            remote: Vec::new(),
+            held_acks: None,
+            count_sent: None,
+            count_dirty: false,
+        }
+    }
+
+    /// Subscribed connections on this node's cores.
+    fn local_total(&self) -> u64 {
         self.per_core.iter().map(|&n| u64::from(n)).sum()
     }
+
+    /// Subscribed connections in the whole cluster.
+    fn total(&self) -> u64 {
+        self.local_total() + self.remote.iter().map(|r| r.count).sum::<u64>()
+    }
+
+    /// Whether `user` is a member anywhere in the cluster.
+    fn is_present(&self, user: &str) -> bool {
+        self.members.as_ref().is_some_and(|m| m.contains_key(user))
+            || self.remote.iter().any(|r| r.members.contains_key(user))
+    }
+
+    /// Members of the merged view: local ones first, then each remote user once.
+    fn merged_members(&self) -> Vec<(&str, &str)> {
+        let Some(local) = self.members.as_ref() else {
+            return Vec::new();
+        };
+        let mut out: Vec<(&str, &str)> =
+            local.iter().map(|(id, m)| (&**id, &*m.info_json)).collect();
+        if self.remote.is_empty() {
+            return out;
+        }
+        let mut seen: std::collections::HashSet<&str> = out.iter().map(|(id, _)| *id).collect();
+        for r in &self.remote {
+            for (id, info) in &r.members {
+                if seen.insert(id) {
+                    out.push((id, info));
+                }
+            }
+        }
+        out
+    }
+
+    /// Distinct users in the whole cluster (presence channels only).
+    fn user_count(&self) -> Option<u64> {
+        let local = self.members.as_ref()?;
+        if self.remote.is_empty() {
+            return Some(local.len() as u64);
+        }
+        Some(self.merged_members().len() as u64)
+    }
+
+    /// Nothing left anywhere: the owner drops the entry.
+    fn is_empty(&self) -> bool {
+        self.total() == 0
+            && self.members.as_ref().is_none_or(|m| m.is_empty())
+            && self.remote.iter().all(|r| r.members.is_empty())
+    }
+}
+
+/// A change to another node's share of a channel.
+enum ShareEdit {
+    Count(u64),
+    Join(Arc<str>, Arc<str>),
+    Leave(Arc<str>),
+    /// Full replacement (snapshot); `Replace(0, [])` removes the share.
+    Replace(u64, Vec<(Arc<str>, Arc<str>)>),
 }
 
 struct Member {
@@ -312,8 +397,9 @@ impl Core {
                 let owned = self.owned.borrow();
                 let list = owned
                     .iter()
-                    .filter(|(k, _)| {
-                        k.app == app
+                    .filter(|(k, ch)| {
+                        ch.total() > 0
+                            && k.app == app
                             && prefix
                                 .as_deref()
                                 .is_none_or(|p| k.name.as_str().starts_with(p))
@@ -330,12 +416,12 @@ impl Core {
                     .owned
                     .borrow()
                     .get(&key)
-                    .and_then(|ch| ch.members.as_ref())
-                    .map(|m| {
-                        m.iter()
-                            .map(|(id, mem)| PresenceUser {
+                    .map(|ch| {
+                        ch.merged_members()
+                            .into_iter()
+                            .map(|(id, info)| PresenceUser {
                                 id: id.to_string(),
-                                user_info_json: mem.info_json.to_string(),
+                                user_info_json: info.to_string(),
                             })
                             .collect()
                     })
@@ -361,25 +447,7 @@ impl Core {
                 code,
                 reply,
             } => {
-                let ids: Vec<u64> = self
-                    .users
-                    .borrow()
-                    .get(&(app, Arc::from(user_id.as_str())))
-                    .cloned()
-                    .unwrap_or_default();
-                let conns = self.conns.borrow();
-                let mut n = 0;
-                for id in ids {
-                    if let Some(c) = conns.get(&id) {
-                        c.close(
-                            code,
-                            "Connection terminated by the server",
-                            CloseReason::Terminated,
-                        );
-                        n += 1;
-                    }
-                }
-                let _ = reply.send(n);
+                let _ = reply.send(self.terminate_local(app, &user_id, code));
             }
             Command::ChannelCache { key, reply } => {
                 let _ = reply.send(self.cache.borrow_mut().describe(&key, Instant::now()));
@@ -391,8 +459,30 @@ impl Core {
                 // `query` returns newest first already.
                 let _ = reply.send(self.history.borrow().query(app, &query));
             }
+            Command::Remote(r) => self.on_remote(r),
+            Command::ClusterDump { reply } => {
+                let _ = reply.send(self.cluster_dump());
+            }
             Command::Activity { app, query, reply } => {
                 let _ = reply.send(self.activity.borrow().query(app, &query));
+            }
+            Command::ReplaceUserSocket { app, user_id, keep } => {
+                let ids: Vec<u64> = self
+                    .users
+                    .borrow()
+                    .get(&(app, Arc::from(user_id.as_str())))
+                    .cloned()
+                    .unwrap_or_default();
+                let conns = self.conns.borrow();
+                for id in ids.into_iter().filter(|id| *id != keep) {
+                    if let Some(c) = conns.get(&id).filter(|c| c.user_socket) {
+                        c.close(
+                            crate::user_socket::CLOSE_REPLACED,
+                            "Replaced by a newer connection of the same user",
+                            CloseReason::Terminated,
+                        );
+                    }
+                }
             }
             Command::Shutdown => return true,
             Command::InjectPanic => panic!("injected panic on core {} (test hook)", self.idx),
@@ -403,6 +493,290 @@ impl Core {
             }
         }
         false
+    }
+
+    /// Closes the local connections signed in as `user_id`; returns how many.
+    fn terminate_local(&self, app: AppIdx, user_id: &str, code: u16) -> usize {
+        let ids: Vec<u64> = self
+            .users
+            .borrow()
+            .get(&(app, Arc::from(user_id)))
+            .cloned()
+            .unwrap_or_default();
+        let conns = self.conns.borrow();
+        let mut n = 0;
+        for id in ids {
+            if let Some(c) = conns.get(&id) {
+                c.close(
+                    code,
+                    "Connection terminated by the server",
+                    CloseReason::Terminated,
+                );
+                n += 1;
+            }
+        }
+        n
+    }
+
+    // ---------------------------------------------------------------- cluster
+
+    /// Queues an item for the cluster bridge (when clustered).
+    fn to_cluster(&self, item: impl FnOnce() -> Outbound) {
+        if let Some(c) = self.shared.cluster() {
+            c.push(self.idx, item());
+        }
+    }
+
+    fn on_remote(&self, r: Remote) {
+        match r {
+            Remote::Event {
+                app,
+                channel,
+                frame,
+                except,
+            } => {
+                if self.shared.apps().get(app).is_some() {
+                    let key = ChanKey { app, name: channel };
+                    self.metrics().events_published.inc();
+                    self.fan_out(&key, frame, except);
+                }
+            }
+            Remote::Count {
+                node,
+                app,
+                channel,
+                count,
+            } => self.apply_share(
+                ChanKey { app, name: channel },
+                &node,
+                ShareEdit::Count(count),
+            ),
+            Remote::Join {
+                node,
+                app,
+                channel,
+                user,
+                info,
+            } => self.apply_share(
+                ChanKey { app, name: channel },
+                &node,
+                ShareEdit::Join(user, info),
+            ),
+            Remote::Leave {
+                node,
+                app,
+                channel,
+                user,
+            } => self.apply_share(
+                ChanKey { app, name: channel },
+                &node,
+                ShareEdit::Leave(user),
+            ),
+            Remote::Snapshot { node, channels } => {
+                let mut gone: std::collections::HashSet<ChanKey> = self
+                    .owned
+                    .borrow()
+                    .iter()
+                    .filter(|(_, ch)| ch.remote.iter().any(|r| r.node == node))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for c in channels {
+                    let key = ChanKey {
+                        app: c.app,
+                        name: c.channel,
+                    };
+                    gone.remove(&key);
+                    self.apply_share(key, &node, ShareEdit::Replace(c.count, c.members));
+                }
+                for key in gone {
+                    self.apply_share(key, &node, ShareEdit::Replace(0, Vec::new()));
+                }
+            }
+            Remote::NodeGone { node } => {
+                let keys: Vec<ChanKey> = self
+                    .owned
+                    .borrow()
+                    .iter()
+                    .filter(|(_, ch)| ch.remote.iter().any(|r| r.node == node))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in keys {
+                    self.apply_share(key, &node, ShareEdit::Replace(0, Vec::new()));
+                }
+            }
+            Remote::InterestReady { app, channel } => {
+                let key = ChanKey { app, name: channel };
+                let held = self
+                    .owned
+                    .borrow_mut()
+                    .get_mut(&key)
+                    .and_then(|ch| ch.held_acks.take());
+                if let Some(held) = held {
+                    for (to, msg) in held {
+                        self.ack(to, msg);
+                    }
+                    self.count_changed(&key);
+                }
+            }
+            Remote::Terminate { app, user_id, code } => {
+                if self.shared.apps().get(app).is_some() {
+                    self.terminate_local(app, &user_id, code);
+                }
+            }
+        }
+    }
+
+    /// This core's share of its owned channels: local counts and local members.
+    fn cluster_dump(&self) -> Vec<ShareChannel> {
+        self.owned
+            .borrow()
+            .iter()
+            .filter(|(_, ch)| ch.local_total() > 0)
+            .map(|(k, ch)| ShareChannel {
+                app: k.app,
+                channel: k.name.clone(),
+                count: ch.local_total(),
+                members: ch
+                    .members
+                    .as_ref()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(id, mem)| (id.clone(), mem.info_json.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Applies a change to another node's share of a channel and tells the local
+    /// subscribers (and, on the webhook leader, the observer) what changed in the merged view:
+    /// members that appeared or vanished cluster-wide, the count, occupied/vacated.
+    fn apply_share(&self, key: ChanKey, node: &NodeId, edit: ShareEdit) {
+        let apps = self.shared.apps();
+        let Some(app) = apps.get(key.app) else {
+            return;
+        };
+        let mut owned = self.owned.borrow_mut();
+        if !owned.contains_key(&key) {
+            let nothing = match &edit {
+                ShareEdit::Count(n) => *n == 0,
+                ShareEdit::Join(..) => false,
+                ShareEdit::Leave(_) => true,
+                ShareEdit::Replace(n, m) => *n == 0 && m.is_empty(),
+            };
+            if nothing {
+                return;
+            }
+            let presence = key.name.kind() == ChannelKind::Presence;
+            owned.insert(key.clone(), OwnedChannel::new(self.workers(), presence));
+            self.metrics().channels_owned.inc();
+        }
+        let Some(ch) = owned.get_mut(&key) else {
+            return;
+        };
+        let was_occupied = ch.total() > 0;
+        let before_count = ch.total();
+        let idx = match ch.remote.iter().position(|r| &r.node == node) {
+            Some(i) => i,
+            None => {
+                ch.remote.push(RemoteShare {
+                    node: node.clone(),
+                    count: 0,
+                    members: IndexMap::new(),
+                });
+                ch.remote.len() - 1
+            }
+        };
+        let presence = ch.members.is_some();
+        let mut added: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+        let mut removed: Vec<Arc<str>> = Vec::new();
+        match edit {
+            ShareEdit::Count(n) => ch.remote[idx].count = n,
+            ShareEdit::Join(user, info) => {
+                if presence {
+                    let present = ch.is_present(&user);
+                    ch.remote[idx].members.insert(user.clone(), info.clone());
+                    if !present {
+                        added.push((user, info));
+                    }
+                }
+            }
+            ShareEdit::Leave(user) => {
+                if ch.remote[idx].members.shift_remove(&user).is_some() && !ch.is_present(&user) {
+                    removed.push(user);
+                }
+            }
+            ShareEdit::Replace(n, members) => {
+                ch.remote[idx].count = n;
+                if presence {
+                    // With this share emptied, `is_present` answers "elsewhere".
+                    let old = std::mem::take(&mut ch.remote[idx].members);
+                    let new: IndexMap<Arc<str>, Arc<str>> = members.into_iter().collect();
+                    for (user, info) in &new {
+                        if !old.contains_key(user) && !ch.is_present(user) {
+                            added.push((user.clone(), info.clone()));
+                        }
+                    }
+                    for user in old.keys() {
+                        if !new.contains_key(user) && !ch.is_present(user) {
+                            removed.push(user.clone());
+                        }
+                    }
+                    ch.remote[idx].members = new;
+                }
+            }
+        }
+        if ch.remote[idx].count == 0 && ch.remote[idx].members.is_empty() {
+            ch.remote.swap_remove(idx);
+        }
+        let now_occupied = ch.total() > 0;
+        let count_moved = ch.total() != before_count;
+        let empty = ch.is_empty();
+        let targets = targets_of(ch);
+        if empty {
+            owned.remove(&key);
+        }
+        drop(owned);
+        if empty {
+            let m = self.metrics();
+            m.channels_owned
+                .set(m.channels_owned.get().saturating_sub(1));
+        }
+        let lifecycle = self.shared.sends_lifecycle();
+        let obs = self.shared.observer.as_ref().filter(|_| lifecycle);
+        if !was_occupied && now_occupied {
+            if let Some(obs) = obs {
+                obs.channel_occupied(&app.config, &key.name);
+            }
+        }
+        for (user, info) in added {
+            let frame =
+                pusher::member_added_frame(app.config.dialect, key.name.as_str(), &user, &info);
+            for c in &targets {
+                self.send_deliver(*c, &key, &frame, None);
+            }
+            if let Some(obs) = obs {
+                obs.member_added(&app.config, &key.name, &user);
+            }
+        }
+        for user in removed {
+            let frame = pusher::member_removed_frame(app.config.dialect, key.name.as_str(), &user);
+            for c in &targets {
+                self.send_deliver(*c, &key, &frame, None);
+            }
+            if let Some(obs) = obs {
+                obs.member_removed(&app.config, &key.name, &user);
+            }
+        }
+        if count_moved && !empty {
+            self.count_changed(&key);
+        }
+        if was_occupied && !now_occupied {
+            if let Some(obs) = obs {
+                obs.channel_vacated(&app.config, &key.name);
+            }
+        }
     }
 
     /// Liveness and write deadlines for every connection of this core, once a second (instead
@@ -435,9 +809,14 @@ impl Core {
                 }
                 None if now.saturating_duration_since(conn.last_read.get()) >= activity => {
                     conn.ping_sent.set(Some(now));
-                    conn.push(pusher::ping_frame(
-                        self.shared.apps().app(conn.app).config.dialect,
-                    ));
+                    if conn.user_socket {
+                        // Plain JSON clients answer a WebSocket ping (any frame counts).
+                        conn.push(ringcast_protocol::ws::ping_frame(b""));
+                    } else {
+                        conn.push(pusher::ping_frame(
+                            self.shared.apps().app(conn.app).config.dialect,
+                        ));
+                    }
                 }
                 _ => {}
             }
@@ -478,18 +857,24 @@ impl Core {
         let new_channel = !owned.contains_key(&key);
         let is_presence = key.name.kind() == ChannelKind::Presence;
         let workers = self.workers();
-        let ch = owned.entry(key.clone()).or_insert_with(|| OwnedChannel {
-            per_core: vec![0; workers].into_boxed_slice(),
-            members: is_presence.then(IndexMap::new),
-            count_sent: None,
-            count_dirty: false,
-        });
-        let mut added_member: Option<MemberInfo> = None;
+        let ch = owned
+            .entry(key.clone())
+            .or_insert_with(|| OwnedChannel::new(workers, is_presence));
+        let was_occupied = ch.total() > 0;
+        let local_before = ch.local_total();
+        // A user's first connection on this node (told to the other nodes) and, when the user
+        // is not present elsewhere either, a new member of the merged view (member_added).
+        let mut local_join: Option<MemberInfo> = None;
+        let mut added_member = false;
+        let remote_present = member
+            .as_ref()
+            .is_some_and(|m| ch.remote.iter().any(|r| r.members.contains_key(&m.user_id)));
+        let members_now = ch.user_count().unwrap_or(0) as usize;
         if let (Some(members), Some(m)) = (ch.members.as_mut(), member.as_ref()) {
-            let full = members.len() >= app.config.max_presence_members;
+            let full = members_now >= app.config.max_presence_members;
             match members.get_mut(&m.user_id) {
                 Some(existing) => existing.conns.push(conn),
-                None if full => {
+                None if full && !remote_present => {
                     let frames = vec![
                         pusher::subscription_error_frame(
                             app.config.dialect,
@@ -530,42 +915,20 @@ impl Core {
                             conns: vec![conn],
                         },
                     );
-                    added_member = Some(m.clone());
+                    local_join = Some(m.clone());
+                    added_member = !remote_present;
                 }
             }
         }
         ch.per_core[from] += 1;
-        let snapshot = ch.members.as_ref().map(|members| {
+        let local_total = ch.local_total();
+        let snapshot = ch.members.as_ref().map(|_| {
             let snap = PresenceSnapshot {
-                members: members
-                    .iter()
-                    .map(|(id, m)| (&**id, &*m.info_json))
-                    .collect(),
+                members: ch.merged_members(),
             };
             pusher::subscription_succeeded_frame(app.config.dialect, key.name.as_str(), Some(&snap))
         });
         let targets: Vec<usize> = targets_of(ch);
-        drop(owned);
-        if new_channel {
-            self.metrics().channels_owned.inc();
-            if let Some(obs) = &self.shared.observer {
-                obs.channel_occupied(&app.config, &key.name);
-            }
-        }
-        if let Some(m) = added_member {
-            let frame = pusher::member_added_frame(
-                app.config.dialect,
-                key.name.as_str(),
-                &m.user_id,
-                &m.info_json,
-            );
-            for c in &targets {
-                self.send_deliver(*c, &key, &frame, Some(socket));
-            }
-            if let Some(obs) = &self.shared.observer {
-                obs.member_added(&app.config, &key.name, &m.user_id);
-            }
-        }
         let then = if key.name.is_cache() {
             match self.cache.borrow_mut().get(&key, Instant::now()) {
                 Some((frame, _)) => Some(frame),
@@ -582,15 +945,73 @@ impl Core {
         } else {
             None
         };
-        self.ack(
-            from,
-            Msg::SubAck {
-                key: key.clone(),
-                conn,
-                gen,
-                outcome: SubOutcome::Ok { snapshot, then },
-            },
-        );
+        let ack = Msg::SubAck {
+            key: key.clone(),
+            conn,
+            gen,
+            outcome: SubOutcome::Ok { snapshot, then },
+        };
+        // Clustered: the node's first subscriber of a channel waits for the broker
+        // subscription of its events (the bridge answers InterestReady).
+        let clustered = self.shared.cluster().is_some();
+        let ack = if clustered && (local_before == 0 || ch.held_acks.is_some()) {
+            ch.held_acks.get_or_insert_with(Vec::new).push((from, ack));
+            None
+        } else {
+            Some(ack)
+        };
+        drop(owned);
+        if new_channel {
+            self.metrics().channels_owned.inc();
+        }
+        if clustered {
+            let (app_idx, name) = (key.app, &key.name);
+            if local_before == 0 {
+                self.to_cluster(|| Outbound::Interest {
+                    app: app_idx,
+                    channel: name.clone(),
+                    on: true,
+                });
+            }
+            if let Some(m) = &local_join {
+                self.to_cluster(|| Outbound::Join {
+                    app: app_idx,
+                    channel: name.clone(),
+                    user: m.user_id.clone(),
+                    info: m.info_json.clone(),
+                });
+            }
+            self.to_cluster(|| Outbound::Count {
+                app: app_idx,
+                channel: name.clone(),
+                local: local_total,
+            });
+        }
+        let lifecycle = self.shared.sends_lifecycle();
+        if !was_occupied && lifecycle {
+            if let Some(obs) = &self.shared.observer {
+                obs.channel_occupied(&app.config, &key.name);
+            }
+        }
+        if let (true, Some(m)) = (added_member, local_join) {
+            let frame = pusher::member_added_frame(
+                app.config.dialect,
+                key.name.as_str(),
+                &m.user_id,
+                &m.info_json,
+            );
+            for c in &targets {
+                self.send_deliver(*c, &key, &frame, Some(socket));
+            }
+            if lifecycle {
+                if let Some(obs) = &self.shared.observer {
+                    obs.member_added(&app.config, &key.name, &m.user_id);
+                }
+            }
+        }
+        if let Some(ack) = ack {
+            self.ack(from, ack);
+        }
         // After the ack, so the new subscriber (now in its core's index) gets the count too.
         self.count_changed(&key);
     }
@@ -627,7 +1048,12 @@ impl Core {
         for c in targets {
             self.send_deliver(c, key, &frame, None);
         }
-        if let Some(obs) = &self.shared.observer {
+        if let Some(obs) = self
+            .shared
+            .observer
+            .as_ref()
+            .filter(|_| self.shared.sends_lifecycle())
+        {
             obs.subscription_count(&app.config, &key.name, total);
         }
     }
@@ -683,7 +1109,9 @@ impl Core {
         let Some(ch) = owned.get_mut(&key) else {
             return;
         };
-        let mut removed_member: Option<Arc<str>> = None;
+        let was_occupied = ch.total() > 0;
+        let mut local_leave: Option<Arc<str>> = None;
+        let mut removed_member = false;
         if let Some(members) = ch.members.as_mut() {
             // Presence: only connections the owner actually counted are uncounted (a refused
             // subscription is followed by an unsubscribe that must change nothing).
@@ -697,40 +1125,91 @@ impl Core {
             m.conns.swap_remove(pos);
             if m.conns.is_empty() {
                 members.shift_remove(&uid);
-                removed_member = Some(uid);
+                removed_member = !ch.remote.iter().any(|r| r.members.contains_key(&uid));
+                local_leave = Some(uid);
             }
         }
-        ch.per_core[from] = ch.per_core[from].saturating_sub(1);
-        let vacated = ch.total() == 0;
+        if ch.per_core[from] == 0 {
+            return;
+        }
+        ch.per_core[from] -= 1;
+        let local_total = ch.local_total();
+        let now_occupied = ch.total() > 0;
+        let empty = ch.is_empty();
         let targets = targets_of(ch);
-        if vacated {
+        if empty {
             owned.remove(&key);
         }
         drop(owned);
-        if let Some(uid) = removed_member {
+        if self.shared.cluster().is_some() {
+            let (app_idx, name) = (key.app, &key.name);
+            if let Some(uid) = &local_leave {
+                self.to_cluster(|| Outbound::Leave {
+                    app: app_idx,
+                    channel: name.clone(),
+                    user: uid.clone(),
+                });
+            }
+            self.to_cluster(|| Outbound::Count {
+                app: app_idx,
+                channel: name.clone(),
+                local: local_total,
+            });
+            if local_total == 0 {
+                self.to_cluster(|| Outbound::Interest {
+                    app: app_idx,
+                    channel: name.clone(),
+                    on: false,
+                });
+            }
+        }
+        let lifecycle = self.shared.sends_lifecycle();
+        if let (true, Some(uid)) = (removed_member, local_leave) {
             let frame = pusher::member_removed_frame(app.config.dialect, key.name.as_str(), &uid);
             for c in &targets {
                 self.send_deliver(*c, &key, &frame, None);
             }
-            if let Some(obs) = &self.shared.observer {
-                obs.member_removed(&app.config, &key.name, &uid);
+            if lifecycle {
+                if let Some(obs) = &self.shared.observer {
+                    obs.member_removed(&app.config, &key.name, &uid);
+                }
             }
         }
-        if !vacated {
+        if !empty {
             self.count_changed(&key);
         }
-        if vacated {
+        if empty {
             self.metrics()
                 .channels_owned
                 .set(self.metrics().channels_owned.get().saturating_sub(1));
+        }
+        if was_occupied && !now_occupied && lifecycle {
             if let Some(obs) = &self.shared.observer {
                 obs.channel_vacated(&app.config, &key.name);
             }
         }
     }
 
-    /// Forwards `frame` to every core holding subscribers of `key`.
+    /// A locally originated event (REST on this node, a client event of a local connection):
+    /// fanned out here and, clustered, handed to the bridge for the other nodes.
     fn on_publish(&self, key: &ChanKey, frame: Bytes, except: Option<SocketId>) -> ChannelCounts {
+        if let Some(c) = self.shared.cluster() {
+            c.push(
+                self.idx,
+                Outbound::Publish {
+                    app: key.app,
+                    channel: key.name.clone(),
+                    frame: frame.clone(),
+                    except,
+                },
+            );
+        }
+        self.fan_out(key, frame, except)
+    }
+
+    /// Records the event (cache, history) and forwards `frame` to every core of this node
+    /// holding subscribers of `key`. Returns the cluster-wide counts.
+    fn fan_out(&self, key: &ChanKey, frame: Bytes, except: Option<SocketId>) -> ChannelCounts {
         let apps = self.shared.apps();
         let app = &*apps.app(key.app).config;
         if key.name.is_cache() {
@@ -753,7 +1232,7 @@ impl Core {
         };
         let counts = ChannelCounts {
             subscription_count: ch.total(),
-            user_count: ch.members.as_ref().map(|m| m.len() as u64),
+            user_count: ch.user_count(),
         };
         let targets = targets_of(ch);
         drop(owned);
@@ -838,6 +1317,7 @@ impl Core {
         let subs = self.subs.borrow();
         let Some(list) = subs.get(key) else { return };
         let mut n = 0u64;
+        let mut alt: Option<Option<Bytes>> = None;
         for (id, conn) in list.iter() {
             // The connection id is the socket id's low half, so the cheap compare comes first;
             // the exclusion holds only when the whole socket id matches.
@@ -845,6 +1325,17 @@ impl Core {
                 if ex.lo == *id && conn.socket_id == ex {
                     continue;
                 }
+            }
+            if conn.user_socket {
+                // The alrt user socket's JSON form, encoded once per delivery on this core.
+                if alt.is_none() {
+                    alt = Some(crate::user_socket::notification_frame(frame));
+                }
+                if let Some(Some(f)) = &alt {
+                    conn.push(f.clone());
+                    n += 1;
+                }
+                continue;
             }
             conn.push(frame.clone());
             n += 1;
@@ -933,6 +1424,16 @@ impl Core {
         }
     }
 
+    /// Puts a connection in the local index of `key` directly (the bench hook; the engine
+    /// itself does this on a `SubAck`).
+    pub(crate) fn add_local_sub(&self, key: &ChanKey, conn: Rc<Conn>) {
+        self.subs
+            .borrow_mut()
+            .entry(key.clone())
+            .or_default()
+            .insert(conn.id, conn);
+    }
+
     /// Removes a connection's active subscription from the local index.
     pub(crate) fn remove_local_sub(&self, key: &ChanKey, conn: u64) {
         let mut subs = self.subs.borrow_mut();
@@ -1007,7 +1508,7 @@ fn summary(key: &ChanKey, ch: Option<&OwnedChannel>) -> ChannelSummary {
             name: key.name.clone(),
             occupied: ch.total() > 0,
             subscription_count: ch.total(),
-            user_count: ch.members.as_ref().map(|m| m.len() as u64),
+            user_count: ch.user_count(),
         },
         None => ChannelSummary {
             name: key.name.clone(),

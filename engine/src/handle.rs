@@ -26,6 +26,8 @@ pub enum EngineError {
     Stopped,
     /// No such app.
     UnknownApp,
+    /// Clustered and the broker is unreachable: an event could not reach the other nodes.
+    ClusterUnavailable,
 }
 
 impl std::fmt::Display for EngineError {
@@ -34,6 +36,9 @@ impl std::fmt::Display for EngineError {
             EngineError::Overloaded => "server overloaded, retry later",
             EngineError::Stopped => "server is shutting down",
             EngineError::UnknownApp => "unknown app",
+            EngineError::ClusterUnavailable => {
+                "the cluster broker is unavailable: the event cannot reach the other nodes"
+            }
         })
     }
 }
@@ -315,6 +320,50 @@ impl EngineHandle {
         }
     }
 
+    /// Clustered with the broker unreachable: publishing is refused (never accepted for an
+    /// event that cannot reach the cluster).
+    fn cluster_up(&self) -> Result<(), EngineError> {
+        match self.shared.cluster() {
+            Some(c) if !c.is_connected() => Err(EngineError::ClusterUnavailable),
+            _ => Ok(()),
+        }
+    }
+
+    /// The cluster seam, when clustered.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterLink>> {
+        self.shared.cluster()
+    }
+
+    /// Worker cores.
+    pub fn workers(&self) -> usize {
+        self.shared.config.workers
+    }
+
+    /// For the cluster bridge: hands a remote update to a core without waiting; gives it back
+    /// when that core's injection queue is full.
+    pub fn cluster_send(
+        &self,
+        core: usize,
+        r: crate::cluster::Remote,
+    ) -> Result<(), crate::cluster::Remote> {
+        match self.shared.mesh.inject(core, Command::Remote(r)) {
+            Ok(()) => Ok(()),
+            Err(Command::Remote(r)) => Err(r),
+            Err(_) => unreachable!("inject gives back the command it was given"),
+        }
+    }
+
+    /// For the cluster bridge: this node's share of every channel (local counts and
+    /// members), from every core.
+    pub async fn cluster_dump(&self) -> Result<Vec<crate::cluster::ShareChannel>, EngineError> {
+        Ok(self
+            .ask_all(|reply| Command::ClusterDump { reply })
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
     /// Push-back for publishes: refused while the owner's mesh is congested, before anything
     /// would have to be dropped.
     fn admit_publish(&self, owner: usize) -> Result<(), EngineError> {
@@ -375,6 +424,7 @@ impl EngineHandle {
     /// already have been published.
     pub async fn publish(&self, p: Publish) -> Result<Vec<ChannelCounts>, EngineError> {
         self.live()?;
+        self.cluster_up()?;
         // The whole socket id: a connection is excluded only if both halves match.
         let except = p.except;
         let mut replies = Vec::with_capacity(p.channels.len());
@@ -408,6 +458,7 @@ impl EngineHandle {
     /// channel is the same as `publish`'s (each owner's queue is FIFO).
     pub fn publish_queued(&self, p: Publish) -> Result<(), EngineError> {
         self.live()?;
+        self.cluster_up()?;
         // The whole socket id: a connection is excluded only if both halves match.
         let except = p.except;
         for name in p.channels {
@@ -482,6 +533,17 @@ impl EngineHandle {
         user_id: &str,
         close_code: u16,
     ) -> Result<usize, EngineError> {
+        if let Some(c) = self.shared.cluster() {
+            // The other nodes close theirs too.
+            c.push(
+                0,
+                crate::cluster::Outbound::Terminate {
+                    app,
+                    user_id: Arc::from(user_id),
+                    code: close_code,
+                },
+            );
+        }
         let per_core = self
             .ask_all(|reply| Command::TerminateUser {
                 app,

@@ -23,7 +23,10 @@
 
 mod activity;
 mod admission;
+#[doc(hidden)]
+pub mod bench_support;
 mod cache;
+mod cluster;
 mod config;
 mod conn;
 mod core;
@@ -34,10 +37,12 @@ mod metrics;
 mod msg;
 mod server;
 mod shared;
+mod user_socket;
 
 pub use crate::activity::{ActivityKind, ActivityQuery, ActivityRecord};
 pub use crate::admission::{origin_allowed, AdmissionConfig, OriginPattern, Refusal};
 pub use crate::cache::CachedEvent;
+pub use crate::cluster::{ClusterLink, ClusterMetrics, NodeId, Outbound, Remote, ShareChannel};
 pub use crate::config::{
     defaults, AppConfig, AppKey, Config, ConfigError, RateLimit, RawAdmission, RawApp, RawConfig,
     RawRateLimit, RawWebhook, WebhookTarget, RATE_LIMIT_ENDPOINTS, WEBHOOK_EVENT_TYPES,

@@ -154,10 +154,23 @@ pub(crate) enum Command {
         query: crate::history::HistoryQuery,
         reply: oneshot::Sender<Vec<crate::history::RawEvent>>,
     },
+    /// From the cluster bridge: another node's event or share, or a node's departure.
+    Remote(crate::cluster::Remote),
+    /// For the cluster bridge: this core's share (local counts and members of owned channels).
+    ClusterDump {
+        reply: oneshot::Sender<Vec<crate::cluster::ShareChannel>>,
+    },
     Activity {
         app: AppIdx,
         query: crate::activity::ActivityQuery,
         reply: oneshot::Sender<Vec<crate::activity::ActivityRecord>>,
+    },
+    /// Close the user's other `/ws` user sockets on this core with 4000 (apps with
+    /// `single_connection_per_user`); `keep` is the new connection.
+    ReplaceUserSocket {
+        app: AppIdx,
+        user_id: String,
+        keep: u64,
     },
     Shutdown,
     /// Test hook: the core panics while handling this (proves the panic policy).

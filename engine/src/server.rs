@@ -116,6 +116,12 @@ impl Engine {
         self.local_addr
     }
 
+    /// Attaches the cluster seam (before `start`): the cores then report their channel shares
+    /// and locally originated events to it, and accept remote updates.
+    pub fn attach_cluster(&self, link: Arc<crate::cluster::ClusterLink>) {
+        let _ = self.shared.cluster.set(link);
+    }
+
     /// Spawns the worker threads. `http` serves non-WebSocket requests on the public port
     /// (without one, only `/health` is answered there).
     pub fn start(self, http: Option<Arc<dyn HttpService>>) -> std::io::Result<RunningEngine> {

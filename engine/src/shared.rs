@@ -111,6 +111,9 @@ pub trait EngineObserver: Send + Sync + 'static {
     /// The subscription count of a non-presence channel changed (apps with
     /// `subscription_count` on; throttled like the client-side event).
     fn subscription_count(&self, app: &AppConfig, channel: &ChannelName, count: u64) {}
+    /// A message from an alrt user socket (`/ws`) other than ping: `message_json` is the
+    /// client's JSON text as received.
+    fn client_message(&self, app: &AppConfig, user_id: &str, message_json: &str) {}
     fn client_event(
         &self,
         app: &AppConfig,
@@ -140,6 +143,8 @@ pub(crate) struct Shared {
     /// hook turns this off, to observe a stopped core (`EngineHandle::set_abort_on_panic`).
     pub abort_on_panic: AtomicBool,
     pub http: std::sync::OnceLock<Arc<dyn crate::HttpService>>,
+    /// The cluster seam, when `[cluster]` is configured (attached before start).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterLink>>,
     /// Keyed channel placement, shared by every core of the process (so all agree on owners).
     placement: Placement,
 }
@@ -213,6 +218,7 @@ impl Shared {
             core_stopped: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             abort_on_panic: AtomicBool::new(true),
             http: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
             placement,
         }
     }
@@ -242,6 +248,18 @@ impl Shared {
     /// Publishes a new table (callers hold `apps_writer`).
     pub fn store_apps(&self, table: AppsTable) {
         self.apps.store(Arc::new(table));
+    }
+
+    #[inline]
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterLink>> {
+        self.cluster.get()
+    }
+
+    /// Lifecycle webhooks (occupied/vacated, member added/removed, subscription count) are
+    /// sent by one node only: the cluster's webhook leader, or this node when alone.
+    #[inline]
+    pub fn sends_lifecycle(&self) -> bool {
+        self.cluster().is_none_or(|c| c.is_leader())
     }
 
     /// The core owning `key`: the keyed placement hash of (app, channel name) modulo the worker

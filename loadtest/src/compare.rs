@@ -10,6 +10,7 @@
 //! | `DIR/S/fanout.json` | one fan-out point: latency percentiles, CPU per delivery |
 //! | `DIR/S/connect.json` | idle connections: memory per connection, setup rate |
 //! | `DIR/S/rest/sweep.json` | REST publishing sweep: triggers/s at the knee |
+//! | `DIR/S/presence.json` | presence churn: every join/leave seen exactly once, latency |
 //!
 //! Output: `DIR/report.md` (machine, versions, commands, a Markdown table, every failure by
 //! whose fault it was) and SVG charts beside it: `knee.svg`, `latency.svg`, `cpu.svg`,
@@ -39,6 +40,7 @@ struct Column {
     fanout: Option<Value>,
     connect: Option<Value>,
     rest: Option<Value>,
+    presence: Option<Value>,
 }
 
 impl Column {
@@ -48,6 +50,10 @@ impl Column {
 
     fn connect_point(&self) -> Option<&Value> {
         self.connect.as_ref()?.pointer("/results/0")
+    }
+
+    fn presence_point(&self) -> Option<&Value> {
+        self.presence.as_ref()?.pointer("/results/0")
     }
 
     /// Knee of a sweep document (the first knee entry of this server).
@@ -225,6 +231,7 @@ pub fn write(dir: &Path, p99_budget_ms: f64) -> anyhow::Result<String> {
                 fanout: read(&d.join("fanout.json")),
                 connect: read(&d.join("connect.json")),
                 rest: read(&d.join("rest").join("sweep.json")),
+                presence: read(&d.join("presence.json")),
             }
         })
         .collect();
@@ -253,6 +260,7 @@ pub fn write(dir: &Path, p99_budget_ms: f64) -> anyhow::Result<String> {
     };
     let fp = |c: &Column, p: &str| num(c.fanout_point(), p);
     let cp = |c: &Column, p: &str| num(c.connect_point(), p);
+    let pp = |c: &Column, p: &str| num(c.presence_point(), p);
     let point = cols
         .iter()
         .find_map(|c| c.fanout_point())
@@ -432,6 +440,20 @@ pub fn write(dir: &Path, p99_budget_ms: f64) -> anyhow::Result<String> {
             Box::new(|c: &Column| cell(Column::knee(c.rest.as_ref(), "knee_rate"), rate)),
         ),
         (
+            "presence: every join and leave seen exactly once".into(),
+            Box::new(
+                |c: &Column| match c.presence_point().and_then(|r| r.get("correct")) {
+                    Some(Value::Bool(true)) => "yes".into(),
+                    Some(Value::Bool(false)) => "NO".into(),
+                    _ => "-".into(),
+                },
+            ),
+        ),
+        (
+            "presence member_added p99 ms".into(),
+            Box::new(move |c: &Column| cell(pp(c, "/member_added_latency/p99_ms"), ms)),
+        ),
+        (
             "REST requests per connection".into(),
             Box::new(|c: &Column| {
                 let rows = Column::rows(c.rest.as_ref());
@@ -492,6 +514,21 @@ pub fn write(dir: &Path, p99_budget_ms: f64) -> anyhow::Result<String> {
                 }
             }
         }
+        if let Some(r) = c.presence_point() {
+            if r.get("correct") == Some(&Value::Bool(false)) {
+                any = true;
+                let _ = writeln!(
+                    md,
+                    "- **{}** presence, server: member_added missing {} / duplicates {}, member_removed missing {} / duplicates {}, join errors {}",
+                    c.server,
+                    r["added_missing"],
+                    r["added_duplicates"],
+                    r["removed_missing"],
+                    r["removed_duplicates"],
+                    r["join_errors"]
+                );
+            }
+        }
         if let Some(e) = c
             .connect_point()
             .and_then(|r| r.get("failed"))
@@ -520,6 +557,55 @@ pub fn write(dir: &Path, p99_budget_ms: f64) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_report_has_a_column_per_server_every_chart_and_the_failures() {
+        let dir = std::env::temp_dir().join(format!("ringcast-compare-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (srv, p99, correct) in [("alpha", 1.5, true), ("beta", 7.25, false)] {
+            let d = dir.join(srv);
+            std::fs::create_dir_all(&d).unwrap();
+            let fan = serde_json::json!({"scenario": "fanout", "results": [{
+                "server": srv, "subscribers": 100, "rate": 50.0, "payload": 100,
+                "latency": {"p50_ms": 1.0, "p90_ms": 1.2, "p99_ms": p99, "p999_ms": 9.0},
+                "loss": {"expected": 10, "delivered": 10},
+                "server_cpu_us_per_delivery": 2.0, "gen_cpu_us_per_delivery": 0.5,
+                "machine_sharing": "2 CPUs; separate cores"}]});
+            std::fs::write(d.join("fanout.json"), fan.to_string()).unwrap();
+            let con = serde_json::json!({"scenario": "connect", "results": [{
+                "server": srv, "established": 300, "failed": 0, "rate_achieved": 1234.0,
+                "server_rss_per_conn": 2048.0, "latency": {"p99_ms": 3.0}}]});
+            std::fs::write(d.join("connect.json"), con.to_string()).unwrap();
+            let pre = serde_json::json!({"scenario": "presence", "results": [{
+                "server": srv, "correct": correct, "added_missing": 2, "added_duplicates": 0,
+                "removed_missing": 0, "removed_duplicates": 0, "join_errors": 0,
+                "member_added_latency": {"p99_ms": 4.0}}]});
+            std::fs::write(d.join("presence.json"), pre.to_string()).unwrap();
+        }
+        let meta = serde_json::json!({"servers": ["alpha", "beta"], "grid": "quick",
+            "machine": {"CPU": "2 x test"}, "versions": {"alpha": "1"},
+            "commands": ["ringcast-loadtest fanout --label alpha"]});
+        std::fs::write(dir.join("meta.json"), meta.to_string()).unwrap();
+        let md = write(&dir, 200.0).unwrap();
+        assert!(md.contains("| Measure | alpha | beta |"), "{md}");
+        let p99 = md
+            .lines()
+            .find(|l| l.starts_with("| latency p99 ms"))
+            .unwrap();
+        assert!(p99.contains("1.50") && p99.contains("7.25"), "{p99}");
+        assert!(md.contains("2 CPUs; separate cores"));
+        assert!(
+            md.contains("**beta** presence, server: member_added missing 2"),
+            "{md}"
+        );
+        assert!(!md.contains("**alpha** presence"));
+        assert!(md.contains("ringcast-loadtest fanout --label alpha"));
+        for chart in ["latency", "cpu", "memory", "setup", "rest"] {
+            let svg = std::fs::read_to_string(dir.join(format!("{chart}.svg"))).unwrap();
+            assert!(svg.contains("alpha") && svg.contains("beta"), "{chart}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn bars_draw_every_value_and_mark_missing_ones() {

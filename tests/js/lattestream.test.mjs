@@ -85,11 +85,16 @@ function wsClient(server, path) {
         const m = queue.length
           ? queue.shift()
           : await new Promise((resolve, reject) => {
-              const t = setTimeout(() => reject(new Error(`timed out waiting for ${event}`)), left);
-              waiters.push((x) => {
+              const w = (x) => {
                 clearTimeout(t);
                 resolve(x);
-              });
+              };
+              const t = setTimeout(() => {
+                // A timed-out waiter must not swallow a later message.
+                waiters.splice(waiters.indexOf(w), 1);
+                reject(new Error(`timed out waiting for ${event}`));
+              }, left);
+              waiters.push(w);
             });
         if (m.event === event) return m;
       }

@@ -255,7 +255,7 @@ impl Api {
             (Route::Health, _) => {
                 let stopped = self.engine.stopped_cores();
                 if stopped.is_empty() {
-                    Ok(Response::json(200, &json!({"ok": true})))
+                    Ok(Response::json(200, &self.health()))
                 } else {
                     Ok(Response::json(
                         503,
@@ -308,11 +308,36 @@ impl Api {
             }
             (Route::EventLog { .. }, Some(ctx)) => self.event_log(ctx).await,
             (Route::History { .. }, Some(ctx)) => self.history(ctx, req).await,
+            (Route::UserToken { user, .. }, Some(ctx)) => self.user_token(ctx, req, user),
+            (Route::UserEvents { user, .. }, Some(ctx)) => self.user_events(ctx, req, user).await,
             (Route::Auth { .. }, Some(ctx)) => Body::json_or_form(req)
                 .and_then(|b| relay::server_auth(&ctx.app, &b))
                 .map(|v| Response::json(200, &v)),
         };
         (endpoint, idx, result)
+    }
+
+    /// `/health`: `status` is `ok`, or `degraded` when clustered and the broker is unreachable
+    /// (still HTTP 200: the node serves its own clients and delivers locally; a load balancer
+    /// must not take every node out at once because the shared broker is down).
+    fn health(&self) -> serde_json::Value {
+        match self.engine.cluster() {
+            // Single node: unchanged from before clustering existed.
+            None => json!({"ok": true}),
+            Some(c) if c.is_connected() => json!({
+                "ok": true,
+                "status": "ok",
+                "cluster": "connected",
+                "node": &**c.node_id(),
+            }),
+            Some(c) => json!({
+                "ok": true,
+                "status": "degraded",
+                "cluster": "disconnected",
+                "node": &**c.node_id(),
+                "reason": "the cluster broker is unreachable: local delivery continues, REST publishing answers 503",
+            }),
+        }
     }
 
     fn metrics_response(&self) -> Response {
@@ -331,6 +356,9 @@ impl Api {
             &self.engine.admission_refusals(),
             self.engine.admission_in_use(),
         );
+        if let Some(c) = self.engine.cluster() {
+            metrics::render_cluster(c, &mut text);
+        }
         if let Some(w) = self.webhooks.get() {
             w.stats().render_prometheus(&mut text);
         }

@@ -29,12 +29,15 @@ pub enum Endpoint {
     LsToken,
     LsAuth,
     LsChannels,
+    /// alrt user socket dialect: `POST /apps/{id}/users/{user}/token` and `.../events`.
+    UserToken,
+    UserEvents,
     /// No route matched, or the HTTP layer refused the request before routing.
     Other,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 22] = [
+    pub const ALL: [Endpoint; 24] = [
         Endpoint::Health,
         Endpoint::Stats,
         Endpoint::Metrics,
@@ -56,6 +59,8 @@ impl Endpoint {
         Endpoint::LsToken,
         Endpoint::LsAuth,
         Endpoint::LsChannels,
+        Endpoint::UserToken,
+        Endpoint::UserEvents,
         Endpoint::Other,
     ];
 
@@ -83,6 +88,8 @@ impl Endpoint {
             Endpoint::LsToken => "ls_token",
             Endpoint::LsAuth => "ls_auth",
             Endpoint::LsChannels => "ls_channels",
+            Endpoint::UserToken => "user_token",
+            Endpoint::UserEvents => "user_events",
             Endpoint::Other => "other",
         }
     }
@@ -177,6 +184,16 @@ pub enum Route {
     LsAuth,
     /// LatteStream `GET /channels`
     LsChannels,
+    /// `POST /apps/{app}/users/{user}/token` (alrt user token)
+    UserToken {
+        app: String,
+        user: String,
+    },
+    /// `POST /apps/{app}/users/{user}/events` (an event to one user)
+    UserEvents {
+        app: String,
+        user: String,
+    },
 }
 
 impl Route {
@@ -195,6 +212,8 @@ impl Route {
             | Route::ChannelEvents { app, .. }
             | Route::EventLog { app }
             | Route::History { app }
+            | Route::UserToken { app, .. }
+            | Route::UserEvents { app, .. }
             | Route::TerminateConnections { app: Some(app), .. } => Some(app.as_str()),
             _ => None,
         }
@@ -223,6 +242,8 @@ impl Route {
             Route::LsToken => Endpoint::LsToken,
             Route::LsAuth => Endpoint::LsAuth,
             Route::LsChannels => Endpoint::LsChannels,
+            Route::UserToken { .. } => Endpoint::UserToken,
+            Route::UserEvents { .. } => Endpoint::UserEvents,
         }
     }
 }
@@ -364,6 +385,22 @@ pub fn route(method: &str, path: &str) -> Result<Route, RouteError> {
             "POST",
         ),
         ["apps", _, "auth"] => need(post, Route::Auth { app: app(1) }, "POST"),
+        ["apps", _, "users", user, "token"] => need(
+            post,
+            Route::UserToken {
+                app: app(1),
+                user: (*user).to_owned(),
+            },
+            "POST",
+        ),
+        ["apps", _, "users", user, "events"] => need(
+            post,
+            Route::UserEvents {
+                app: app(1),
+                user: (*user).to_owned(),
+            },
+            "POST",
+        ),
         ["apps", _, "webhooks"] => need(get, Route::Webhooks { app: app(1) }, "GET"),
         ["apps", _, "webhooks", "redeliver"] => {
             need(post, Route::Redeliver { app: app(1) }, "POST")

@@ -361,6 +361,17 @@ impl EngineObserver for Observer {
             || json!({"subscription_count": count}),
         );
     }
+    fn client_message(&self, app: &AppConfig, user_id: &str, message_json: &str) {
+        let Ok(channel) = ChannelName::parse(&format!("#server-to-user-{user_id}")) else {
+            return;
+        };
+        self.0
+            .emit(app, "client_message", &channel, Some(user_id), || {
+                let message = serde_json::from_str::<Value>(message_json).unwrap_or(Value::Null);
+                json!({"user_id": user_id, "message": message})
+            });
+    }
+
     fn client_event(
         &self,
         app: &AppConfig,
