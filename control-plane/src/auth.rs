@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use ringcast_engine::{AppConfig, AppIdx};
-use ringcast_protocol::{parse_query, verify_rest};
+use ringcast_protocol::{parse_query, verify_rest, verify_rest_head};
 
 use crate::error::ApiError;
-use crate::http::Request;
+use crate::http::{Request, RequestHead};
 
 /// How a request proved it may act for an app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,11 +24,22 @@ pub enum Credential {
 
 /// The token of an `Authorization: Bearer` header, if the request has one.
 pub fn bearer_token(req: &Request) -> Option<&str> {
-    let v = req.header("authorization")?;
+    bearer_in(&req.headers)
+}
+
+fn bearer_in(headers: &[(String, String)]) -> Option<&str> {
+    let v = header(headers, "authorization")?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
         .then_some(token.trim())
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Constant-time equality (the length is not secret).
@@ -40,6 +51,15 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// What of the body an authentication may look at.
+#[derive(Clone, Copy)]
+enum BodySeen<'b> {
+    /// The whole body: `body_md5` is checked against it.
+    Whole(&'b [u8]),
+    /// Only its announced length (admission, before the body is read).
+    Announced(usize),
+}
+
 /// Authenticates a request addressed to `app` (`/apps/{id}/...`): Bearer when the header is
 /// present, else the Pusher signature. `now_unix` is the server clock in seconds.
 pub fn authenticate_app(
@@ -47,7 +67,46 @@ pub fn authenticate_app(
     app: &AppConfig,
     now_unix: u64,
 ) -> Result<Credential, ApiError> {
-    if let Some(token) = bearer_token(req) {
+    authenticate(
+        &req.method,
+        &req.path,
+        &req.query,
+        &req.headers,
+        BodySeen::Whole(&req.body),
+        app,
+        now_unix,
+    )
+}
+
+/// Admission: everything [`authenticate_app`] checks except `body_md5` against the body, from
+/// the request head alone, so a request without a valid key, timestamp and signature is
+/// refused before its body is read.
+pub fn authenticate_app_head(
+    head: &RequestHead,
+    app: &AppConfig,
+    now_unix: u64,
+) -> Result<Credential, ApiError> {
+    authenticate(
+        &head.method,
+        &head.path,
+        &head.query,
+        &head.headers,
+        BodySeen::Announced(head.content_length),
+        app,
+        now_unix,
+    )
+}
+
+fn authenticate(
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &[(String, String)],
+    body: BodySeen<'_>,
+    app: &AppConfig,
+    now_unix: u64,
+) -> Result<Credential, ApiError> {
+    if let Some(token) = bearer_in(headers) {
         // Every secret is compared (rotation), without stopping at the first match.
         let ok = app
             .secrets
@@ -62,7 +121,7 @@ pub fn authenticate_app(
             ))
         };
     }
-    if let Some((_, key)) = parse_query(&req.query)
+    if let Some((_, key)) = parse_query(query)
         .into_iter()
         .find(|(k, _)| k == "auth_key")
     {
@@ -72,22 +131,53 @@ pub fn authenticate_app(
                 format!("auth_key {key:?} is not the key of app {:?}", app.id),
             ));
         }
-    } else if req.query.is_empty() && req.header("authorization").is_none() {
+    } else if query.is_empty() && header(headers, "authorization").is_none() {
         return Err(ApiError::unauthorized(
             "unauthenticated",
             "this endpoint needs a Pusher signature (auth_key, auth_timestamp, auth_version, \
              body_md5, auth_signature) or an Authorization: Bearer <app secret> header",
         ));
     }
-    verify_rest(
-        &req.method,
-        &req.path,
-        &req.query,
-        &req.body,
-        now_unix,
-        |k| app.secrets_for(k),
-    )?;
+    let secrets = |k: &str| app.secrets_for(k);
+    match body {
+        BodySeen::Whole(b) => verify_rest(method, path, query, b, now_unix, secrets)?,
+        BodySeen::Announced(n) => verify_rest_head(method, path, query, n, now_unix, secrets)?,
+    };
     Ok(Credential::Signature)
+}
+
+/// Admission for a path that names no app: the signature must verify for the app whose key
+/// signed it (see [`authenticate_by_key`]).
+pub fn authenticate_by_key_head(
+    head: &RequestHead,
+    now_unix: u64,
+    app_by_key: impl Fn(&str) -> Option<(AppIdx, Arc<AppConfig>)>,
+) -> Result<(), ApiError> {
+    if bearer_in(&head.headers).is_some() {
+        return Err(signature_required());
+    }
+    let found = parse_query(&head.query)
+        .into_iter()
+        .find(|(k, _)| k == "auth_key")
+        .and_then(|(_, key)| app_by_key(&key));
+    verify_rest_head(
+        &head.method,
+        &head.path,
+        &head.query,
+        head.content_length,
+        now_unix,
+        |k| found.as_ref().and_then(|(_, a)| a.secrets_for(k)),
+    )?;
+    Ok(())
+}
+
+fn signature_required() -> ApiError {
+    ApiError::unauthorized(
+        "signature_required",
+        "this path names no app, so only a Pusher signature (whose auth_key names the app) \
+         can authenticate it; use /apps/{app_id}/users/{user_id}/terminate_connections \
+         with a Bearer token",
+    )
 }
 
 /// Authenticates a request whose path names no app (the Python SDK's
@@ -98,12 +188,7 @@ pub fn authenticate_by_key(
     app_by_key: impl Fn(&str) -> Option<(AppIdx, Arc<AppConfig>)>,
 ) -> Result<(AppIdx, Arc<AppConfig>), ApiError> {
     if bearer_token(req).is_some() {
-        return Err(ApiError::unauthorized(
-            "signature_required",
-            "this path names no app, so only a Pusher signature (whose auth_key names the app) \
-             can authenticate it; use /apps/{app_id}/users/{user_id}/terminate_connections \
-             with a Bearer token",
-        ));
+        return Err(signature_required());
     }
     // The app is looked up once, by the auth_key the request names; verify_rest then checks
     // the key again and the signature against that key's secrets.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use ringcast_protocol::client_addr::IpCidr;
 use ringcast_protocol::{close, limits};
 
 use crate::http::{Limits, Timeouts};
@@ -38,6 +39,15 @@ pub mod defaults {
     /// (kicked, banned, logged-out) user stays disconnected until the app calls
     /// `pusher.connect()` again; Soketi sends the same code. See docs/api.md.
     pub const TERMINATE_CLOSE_CODE: u16 = close::UNAUTHORIZED;
+    /// Process-wide cap on request body bytes being received at once (503 past it). 64 bodies
+    /// of the largest size; only requests whose signature already verified from their head
+    /// get this far.
+    pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 << 20;
+    /// Who may read `/metrics` and `/stats` on the public port: loopback only. On a separate
+    /// API listener (`--api-listen`) they are served to whoever reaches it.
+    pub fn metrics_allow() -> Vec<super::IpCidr> {
+        super::IpCidr::loopback().to_vec()
+    }
 }
 
 /// Limits and timeouts of the HTTP API.
@@ -53,6 +63,9 @@ pub struct ApiConfig {
     pub handler_timeout: Duration,
     pub write_timeout: Duration,
     pub terminate_close_code: u16,
+    pub max_body_bytes_in_flight: usize,
+    /// Addresses allowed `/metrics` and `/stats` on the public port.
+    pub metrics_allow: Vec<IpCidr>,
 }
 
 impl Default for ApiConfig {
@@ -68,6 +81,8 @@ impl Default for ApiConfig {
             handler_timeout: Duration::from_millis(defaults::HANDLER_TIMEOUT_MS),
             write_timeout: Duration::from_millis(defaults::WRITE_TIMEOUT_MS),
             terminate_close_code: defaults::TERMINATE_CLOSE_CODE,
+            max_body_bytes_in_flight: defaults::MAX_BODY_BYTES_IN_FLIGHT,
+            metrics_allow: defaults::metrics_allow(),
         }
     }
 }
@@ -87,6 +102,8 @@ pub struct RawApiConfig {
     pub handler_timeout_ms: Option<u64>,
     pub write_timeout_ms: Option<u64>,
     pub terminate_close_code: Option<u16>,
+    pub max_body_bytes_in_flight: Option<usize>,
+    pub metrics_allow: Option<Vec<String>>,
 }
 
 impl ApiConfig {
@@ -115,7 +132,25 @@ impl ApiConfig {
             handler_timeout: ms(raw.handler_timeout_ms, d.handler_timeout),
             write_timeout: ms(raw.write_timeout_ms, d.write_timeout),
             terminate_close_code: raw.terminate_close_code.unwrap_or(d.terminate_close_code),
+            max_body_bytes_in_flight: raw
+                .max_body_bytes_in_flight
+                .unwrap_or(d.max_body_bytes_in_flight),
+            metrics_allow: match raw.metrics_allow {
+                Some(list) => list
+                    .iter()
+                    .map(|s| s.parse::<IpCidr>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("[api] metrics_allow: {e}"))?,
+                None => d.metrics_allow,
+            },
         };
+        if cfg.max_body_bytes_in_flight < cfg.max_body_bytes {
+            return Err(
+                "[api] max_body_bytes_in_flight must be at least max_body_bytes (else no \
+                 largest request could ever be read)"
+                    .into(),
+            );
+        }
         if cfg.max_head_bytes < 1024 || cfg.max_body_bytes < 1024 {
             return Err("[api] max_head_bytes and max_body_bytes must be at least 1024".into());
         }
@@ -165,5 +200,11 @@ mod tests {
         assert!(bad("max_batch_event = 3"));
         assert!(bad("max_batch_events = 0"));
         assert!(bad("terminate_close_code = 1000"));
+        assert!(bad("metrics_allow = [\"10.0.0.0/40\"]"));
+        assert!(bad("max_body_bytes_in_flight = 2048"));
+        let t: toml::Table = toml::from_str("metrics_allow = [\"10.0.0.0/8\"]").unwrap();
+        let c = ApiConfig::from_table(Some(t)).unwrap();
+        assert!(c.metrics_allow[0].contains("10.9.9.9".parse().unwrap()));
+        assert_eq!(c.metrics_allow.len(), 1);
     }
 }

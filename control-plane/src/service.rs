@@ -90,6 +90,10 @@ struct Serving {
 }
 
 impl http::Handler for Serving {
+    fn admit(&self, head: &http::RequestHead) -> Result<Option<http::BodyPermit>, Response> {
+        self.api.admit(head, self.scope)
+    }
+
     fn handle(&self, req: &Request) -> impl Future<Output = Response> {
         self.api.handle(req, self.scope)
     }
@@ -106,8 +110,14 @@ impl HttpService for ControlPlane {
         &self,
         stream: monoio::net::TcpStream,
         buffered: Vec<u8>,
+        client: Option<std::net::IpAddr>,
     ) -> Pin<Box<dyn Future<Output = ()>>> {
-        Box::pin(serve(self.api.clone(), stream, buffered, Scope::Full))
+        Box::pin(serve(
+            self.api.clone(),
+            stream,
+            buffered,
+            Scope::Public { peer: client },
+        ))
     }
 }
 
@@ -121,6 +131,7 @@ impl HttpService for HealthOnly {
         &self,
         stream: monoio::net::TcpStream,
         buffered: Vec<u8>,
+        _client: Option<std::net::IpAddr>,
     ) -> Pin<Box<dyn Future<Output = ()>>> {
         Box::pin(serve(self.api.clone(), stream, buffered, Scope::HealthOnly))
     }

@@ -158,10 +158,12 @@ fn slow_head_and_slow_body_get_408() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert!(c.closed_by_server());
 
-    // Slow body.
+    // Slow body (signed: an unsigned one is refused from its head, see tests/admission.rs).
     let mut c = HttpConn::open(s.api_addr);
     assert_eq!(c.request("GET", "/health", &[], b"").status, 200);
-    c.send_raw(b"POST /apps/app-id/events HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"na");
+    let body = [b'x'; 50];
+    let t = signed_target("POST", "/apps/app-id/events", &body);
+    c.send_raw(format!("POST {t} HTTP/1.1\r\nContent-Length: 50\r\n\r\n{{\"na").as_bytes());
     let r = c.read_response();
     let msg = r.expect_error(408, "request_timeout");
     assert!(msg.contains("body"), "{msg}");

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use ringcast_protocol::client_addr::IpCidr;
 use ringcast_protocol::{limits, Dialect};
+
+use crate::admission::{AdmissionConfig, OriginPattern};
 use serde::Deserialize;
 
 /// Every default value, documented in one place (the README's config reference mirrors it).
@@ -97,6 +100,71 @@ pub mod defaults {
     pub const WEBHOOK_QUEUE_CAPACITY: usize = 65_536;
     /// Deliveries kept per app in the delivery log (`GET /apps/{id}/webhooks`).
     pub const WEBHOOK_LOG_ENTRIES: usize = 1_000;
+
+    /// `[admission]`: open connections (WebSocket + HTTP) on the public port; 0 = unlimited
+    /// (the open-file limit rules).
+    pub const MAX_CONNECTIONS: usize = 0;
+    /// `[admission]`: connections whose request head has not arrived yet (slow-loris bound).
+    pub const MAX_HANDSHAKES_IN_FLIGHT: usize = 4_096;
+    /// `[admission]`: open connections per client address (IPv6: per /64).
+    pub const MAX_CONNECTIONS_PER_IP: u32 = 1_000;
+    /// `[admission]`: new connections per client address per second.
+    pub const NEW_CONNECTIONS_PER_IP_PER_SEC: u32 = 50;
+    /// `[admission]`: addresses the per-address limits skip: loopback (the operator's own
+    /// machine: load tests, a local proxy that is not declared in `trusted_proxies`).
+    pub const LIMIT_EXEMPT: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+}
+
+/// The `[admission]` table as read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmission {
+    pub max_connections: Option<usize>,
+    pub max_handshakes_in_flight: Option<usize>,
+    pub max_connections_per_ip: Option<u32>,
+    pub new_connections_per_ip_per_sec: Option<u32>,
+    pub limit_exempt: Option<Vec<String>>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub proxy_protocol: Option<bool>,
+}
+
+fn cidrs(list: &[String], what: &str) -> Result<Vec<IpCidr>, ConfigError> {
+    list.iter()
+        .map(|s| {
+            s.parse::<IpCidr>()
+                .map_err(|e| ConfigError(format!("[admission] {what}: {e}")))
+        })
+        .collect()
+}
+
+impl RawAdmission {
+    fn resolve(self) -> Result<AdmissionConfig, ConfigError> {
+        let exempt: Vec<String> = self.limit_exempt.unwrap_or_else(|| {
+            defaults::LIMIT_EXEMPT
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        });
+        let cfg = AdmissionConfig {
+            max_connections: self.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+            max_handshakes_in_flight: self
+                .max_handshakes_in_flight
+                .unwrap_or(defaults::MAX_HANDSHAKES_IN_FLIGHT),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(defaults::MAX_CONNECTIONS_PER_IP),
+            new_connections_per_ip_per_sec: self
+                .new_connections_per_ip_per_sec
+                .unwrap_or(defaults::NEW_CONNECTIONS_PER_IP_PER_SEC),
+            limit_exempt: cidrs(&exempt, "limit_exempt")?,
+            trusted_proxies: cidrs(&self.trusted_proxies.unwrap_or_default(), "trusted_proxies")?,
+            proxy_protocol: self.proxy_protocol.unwrap_or(false),
+        };
+        if cfg.proxy_protocol && cfg.trusted_proxies.is_empty() {
+            return err("[admission] proxy_protocol = true needs trusted_proxies (the peers that send the header)");
+        }
+        Ok(cfg)
+    }
 }
 
 /// The TOML file as read. Unknown keys are an error (a typo must not silently fall back to a
@@ -126,6 +194,8 @@ pub struct RawConfig {
     /// The `[management]` table (data dir, admin token). Opaque to the engine; the control
     /// plane resolves it.
     pub management: Option<toml::Table>,
+    /// The `[admission]` table: connection caps, trusted proxies.
+    pub admission: Option<RawAdmission>,
     /// The `[cluster]` table (scale-out over Redis or NATS). Opaque to the engine; the
     /// cluster crate resolves and validates it.
     pub cluster: Option<toml::Table>,
@@ -161,6 +231,9 @@ pub struct RawApp {
     pub webhook_retry_budget_secs: Option<u64>,
     pub history_size: Option<usize>,
     pub history_max_age_secs: Option<u64>,
+    /// Origins allowed to open WebSocket connections (`*`, `https://host`, `host`,
+    /// `*.domain`); empty or absent = any.
+    pub allowed_origins: Option<Vec<String>>,
     /// LatteStream private API keys (`lsk_...`) that identify this app on the LatteStream REST
     /// dialect.
     pub api_keys: Option<Vec<String>>,
@@ -266,6 +339,7 @@ pub struct Config {
     pub mesh_overflow_limit: usize,
     pub history_max_bytes_per_core: usize,
     pub cache_max_entries_per_core: usize,
+    pub admission: AdmissionConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -294,6 +368,8 @@ pub struct AppConfig {
     pub history_max_age: Duration,
     pub webhooks: Vec<WebhookTarget>,
     pub webhook_retry_budget: Duration,
+    /// Origins allowed to connect (empty = any); others are closed with 4009 after the upgrade.
+    pub allowed_origins: Vec<OriginPattern>,
     /// LatteStream private API keys (`lsk_...`), unique over all apps.
     pub api_keys: Vec<String>,
     /// Per-endpoint rate limits configured for this app (endpoint label, limit); the control
@@ -455,6 +531,7 @@ impl RawConfig {
             cache_max_entries_per_core: self
                 .cache_max_entries_per_core
                 .unwrap_or(defaults::CACHE_MAX_ENTRIES_PER_CORE),
+            admission: self.admission.unwrap_or_default().resolve()?,
             apps,
         })
     }
@@ -516,6 +593,13 @@ impl RawApp {
                 debounce: w.debounce.unwrap_or(false),
             });
         }
+        let allowed_origins = self
+            .allowed_origins
+            .unwrap_or_default()
+            .iter()
+            .map(|o| o.parse::<OriginPattern>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError(format!("app {:?}: {e}", self.id)))?;
         let api_keys = self.api_keys.unwrap_or_default();
         if let Some(bad) = api_keys
             .iter()
@@ -561,6 +645,7 @@ impl RawApp {
             ));
         }
         Ok(AppConfig {
+            allowed_origins,
             single_connection_per_user: self.single_connection_per_user.unwrap_or(false),
             activity_history_size,
             api_keys,
@@ -635,6 +720,7 @@ impl AppConfig {
             history_max_age: Duration::from_secs(defaults::APP_HISTORY_MAX_AGE_SECS),
             webhooks: Vec::new(),
             webhook_retry_budget: Duration::from_secs(defaults::WEBHOOK_RETRY_BUDGET_SECS),
+            allowed_origins: Vec::new(),
             api_keys: Vec::new(),
             rate_limits: Vec::new(),
             activity_history_size: defaults::APP_ACTIVITY_HISTORY_SIZE,

@@ -17,12 +17,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
+use ringcast_protocol::client_addr::{client_from_forwarded_for, parse_proxy_header};
 use ringcast_protocol::{
     close, jwt, limits, pusher, ws, ChannelKind, ChannelName, ClientMessage, Dialect, FrameDecoder,
     Message, Role, SocketId,
 };
 use std::time::Instant;
 
+use crate::admission::{origin_allowed, Admission, HandshakePermit, IpPermit, Refusal};
 use crate::core::Core;
 use crate::metrics::CloseReason;
 use crate::msg::{AppIdx, ChanKey, MemberInfo, Msg};
@@ -347,29 +349,81 @@ async fn write_all(w: &mut OwnedWriteHalf<TcpStream>, data: Bytes) -> std::io::R
 
 /// Entry point for an accepted socket.
 pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
+    // Admission (crate::admission): process-wide caps first, then, for a client that is not
+    // behind a trusted proxy, its per-address limits, all before a byte is read. A refused
+    // socket is simply closed. The permits are held for the connection's lifetime (the
+    // handshake permit until the request head is in).
+    let shared = core.shared.clone();
+    let adm = &shared.admission;
+    let (_conn_permit, handshake_permit) = match adm.accept() {
+        Ok(p) => p,
+        Err(r) => {
+            adm.refuse(r);
+            return;
+        }
+    };
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let proxied = peer.is_some_and(|p| adm.is_trusted_proxy(p));
+    let mut ip_permit = None;
+    if let (Some(p), false) = (peer, proxied) {
+        match adm.admit_ip(p) {
+            Ok(permit) => ip_permit = permit,
+            Err(r) => {
+                adm.refuse(r);
+                return;
+            }
+        }
+    }
     // The handshake's state (read buffers, the parsed request head) lives in its own boxed
     // future and is freed before the connection's long-lived loop starts: an idle
     // connection keeps only what `run` needs.
-    let accepted = Box::pin(handshake(core.clone(), stream)).await;
+    let accepted = Box::pin(handshake(
+        core.clone(),
+        stream,
+        Peer {
+            addr: peer,
+            proxied,
+        },
+        adm,
+        handshake_permit,
+        &mut ip_permit,
+    ))
+    .await;
     if let Some((app, key, stream, leftover, token)) = accepted {
         run(core, app, key, stream, leftover, token).await;
     }
 }
 
+/// The TCP peer of a connection and whether it is a trusted proxy.
+#[derive(Clone, Copy)]
+struct Peer {
+    addr: Option<std::net::IpAddr>,
+    proxied: bool,
+}
+
 /// Reads and answers the HTTP request head. Returns the accepted WebSocket connection (its
 /// app, the key it connected with, the stream, bytes already read past the head, the verified
 /// `?token=` claims), or `None` when the request was answered otherwise (plain HTTP, refused,
-/// failed).
-async fn handshake(
+/// failed). For a connection from a trusted proxy the client address comes from the PROXY
+/// header or `X-Forwarded-For`, and its per-address permit is taken here (into `ip_permit`).
+async fn handshake<'a>(
     core: Rc<Core>,
     mut stream: TcpStream,
+    peer: Peer,
+    adm: &'a Admission,
+    handshake_permit: HandshakePermit<'a>,
+    ip_permit: &mut Option<IpPermit<'a>>,
 ) -> Option<(AppIdx, Box<str>, TcpStream, Vec<u8>, Option<jwt::Claims>)> {
     let _ = stream.set_nodelay(true);
-    let cfg = &core.shared.config;
+    let shared = core.shared.clone();
+    let cfg = &shared.config;
     // 1. Request head, bounded in size and time.
     let deadline = monoio::time::Instant::now() + cfg.handshake_timeout;
     let mut head_buf: Vec<u8> = Vec::new();
     let mut rbuf = Vec::with_capacity(SMALL_READ);
+    // A trusted proxy speaking the PROXY protocol names the client in a header of its own.
+    let mut proxy_source: Option<std::net::IpAddr> = None;
+    let mut want_proxy_header = peer.proxied && adm.config.proxy_protocol;
     let head = loop {
         let r = monoio::time::timeout_at(deadline, stream.read(rbuf)).await;
         let (res, b) = match r {
@@ -386,6 +440,23 @@ async fn handshake(
         match res {
             Ok(0) | Err(_) => return None,
             Ok(n) => head_buf.extend_from_slice(&rbuf[..n]),
+        }
+        if want_proxy_header {
+            match parse_proxy_header(&head_buf) {
+                Ok(None) => continue,
+                Ok(Some(h)) => {
+                    proxy_source = h.source.map(|a| a.ip());
+                    head_buf.drain(..h.len);
+                    want_proxy_header = false;
+                    if head_buf.is_empty() {
+                        continue;
+                    }
+                }
+                Err(_) => {
+                    adm.refuse(Refusal::ProxyHeader);
+                    return None;
+                }
+            }
         }
         match ws::parse_request_head(&head_buf, limits::MAX_REQUEST_HEAD_BYTES) {
             Ok(Some(h)) => break h,
@@ -404,10 +475,37 @@ async fn handshake(
         }
     };
 
+    drop(handshake_permit);
+    // The client address: behind a trusted proxy, from its PROXY header or X-Forwarded-For;
+    // its per-address limits apply now (a direct client's applied at accept).
+    let client = match peer.addr {
+        Some(p) if peer.proxied => {
+            let c = proxy_source.unwrap_or_else(|| {
+                client_from_forwarded_for(
+                    p,
+                    head.headers
+                        .iter()
+                        .filter(|(n, _)| n == "x-forwarded-for")
+                        .map(|(_, v)| v.as_str()),
+                    &adm.config.trusted_proxies,
+                )
+            });
+            match adm.admit_ip(c) {
+                Ok(permit) => *ip_permit = permit,
+                Err(r) => {
+                    adm.refuse(r);
+                    return None;
+                }
+            }
+            Some(c)
+        }
+        other => other,
+    };
+
     // 2. Not a WebSocket upgrade: plain HTTP (health, REST API).
     let Some(ws_key) = head.websocket_key.clone() else {
         if let Some(svc) = core.shared_http() {
-            svc.serve(stream, head_buf).await;
+            svc.serve(stream, head_buf, client).await;
         } else {
             let resp = if head.method == "GET" && head.path == "/health" {
                 health_response(&core)
@@ -483,9 +581,11 @@ async fn handshake(
             a.config.enabled,
             a.config.max_connections,
             a.connections.clone(),
+            a.config.allowed_origins.clone(),
         )
     });
-    let Some((app_idx, dialect, enabled, max_connections, connections)) = found else {
+    let Some((app_idx, dialect, enabled, max_connections, connections, allowed_origins)) = found
+    else {
         let msg = format!("App key {} does not exist.", params.app_key);
         reject(
             &core,
@@ -498,6 +598,23 @@ async fn handshake(
         .await;
         return None;
     };
+    if !origin_allowed(&allowed_origins, head.header("origin")) {
+        adm.refuse(Refusal::Origin);
+        let msg = format!(
+            "Origin {:?} is not allowed to connect to this app",
+            head.header("origin").unwrap_or_default()
+        );
+        reject(
+            &core,
+            &mut stream,
+            dialect,
+            close::UNAUTHORIZED,
+            &msg,
+            CloseReason::Refused,
+        )
+        .await;
+        return None;
+    }
     if !enabled {
         reject(
             &core,

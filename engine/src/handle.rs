@@ -757,6 +757,16 @@ impl EngineHandle {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Connections refused by admission control: `(reason label, count)` for every reason.
+    pub fn admission_refusals(&self) -> Vec<(&'static str, u64)> {
+        self.shared.admission.refusals()
+    }
+
+    /// `(connections open, handshakes in flight)` on the public port (WebSocket and HTTP).
+    pub fn admission_in_use(&self) -> (usize, usize) {
+        self.shared.admission.in_use()
+    }
+
     /// Counters summed over cores.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.shared.metrics.snapshot()

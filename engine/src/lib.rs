@@ -22,6 +22,7 @@
 //! the channels hashed to it. See docs/ARCHITECTURE.md for the full data path.
 
 mod activity;
+mod admission;
 #[doc(hidden)]
 pub mod bench_support;
 mod cache;
@@ -39,11 +40,12 @@ mod shared;
 mod user_socket;
 
 pub use crate::activity::{ActivityKind, ActivityQuery, ActivityRecord};
+pub use crate::admission::{origin_allowed, AdmissionConfig, OriginPattern, Refusal};
 pub use crate::cache::CachedEvent;
 pub use crate::cluster::{ClusterLink, ClusterMetrics, NodeId, Outbound, Remote, ShareChannel};
 pub use crate::config::{
-    defaults, AppConfig, AppKey, Config, ConfigError, RateLimit, RawApp, RawConfig, RawRateLimit,
-    RawWebhook, WebhookTarget, RATE_LIMIT_ENDPOINTS, WEBHOOK_EVENT_TYPES,
+    defaults, AppConfig, AppKey, Config, ConfigError, RateLimit, RawAdmission, RawApp, RawConfig,
+    RawRateLimit, RawWebhook, WebhookTarget, RATE_LIMIT_ENDPOINTS, WEBHOOK_EVENT_TYPES,
 };
 pub use crate::handle::{
     validate_apps, AppUsage, AppsUpdate, CoreStall, EngineError, EngineHandle, Publish, Stats,

@@ -21,13 +21,15 @@ use crate::shared::{EngineObserver, Placement, Shared};
 
 /// Serves a plain-HTTP (non-WebSocket) connection that arrived on the public port. Installed by
 /// the composition root (the control plane implements it); the engine knows nothing of routes.
-/// `buffered` holds every byte read so far, starting with the request head. The future runs
-/// on the accepting core and must not block it.
+/// `buffered` holds every byte read so far, starting with the request head. `client` is the
+/// client's address (behind a trusted proxy: the one its PROXY header or `X-Forwarded-For`
+/// names; `None` if unknown). The future runs on the accepting core and must not block it.
 pub trait HttpService: Send + Sync + 'static {
     fn serve(
         &self,
         stream: monoio::net::TcpStream,
         buffered: Vec<u8>,
+        client: Option<std::net::IpAddr>,
     ) -> Pin<Box<dyn Future<Output = ()>>>;
 }
 

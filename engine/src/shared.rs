@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 use ringcast_protocol::{ChannelName, SocketId};
 
+use crate::admission::Admission;
 use crate::config::{AppConfig, Config};
 use crate::mesh::MeshShared;
 use crate::metrics::Metrics;
@@ -137,6 +138,8 @@ pub trait EngineObserver: Send + Sync + 'static {
 
 pub(crate) struct Shared {
     pub config: Config,
+    /// Connection caps and per-address limits (process-wide).
+    pub admission: Admission,
     apps: ArcSwap<AppsTable>,
     /// Serializes writers of `apps` (never taken by a core).
     pub apps_writer: std::sync::Mutex<()>,
@@ -213,8 +216,13 @@ impl Shared {
             .collect();
         let workers = config.workers;
         let apps = ArcSwap::from_pointee(AppsTable::build(apps, 0));
+        let mut seed = [0u8; 32];
+        // Without OS randomness the sketch still works; only its slots become predictable.
+        let _ = getrandom::getrandom(&mut seed);
+        let k = |i: usize| u64::from_le_bytes(seed[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         Shared {
             metrics: Metrics::new(workers),
+            admission: Admission::new(config.admission.clone(), [k(0), k(1), k(2), k(3)]),
             config,
             apps,
             apps_writer: std::sync::Mutex::new(()),

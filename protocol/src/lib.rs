@@ -53,6 +53,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client_addr;
 pub mod close;
 pub mod jwt;
 pub mod limits;
@@ -82,7 +83,9 @@ pub use pusher::{
     subscription_succeeded_frame, watchlist_events, watchlist_events_frame, ClientMessage, Dialect,
     MessageError, PresenceSnapshot,
 };
-pub use rest::{body_md5_hex, sign_rest, string_to_sign, verify_rest, RestAuth, RestAuthError};
+pub use rest::{
+    body_md5_hex, sign_rest, string_to_sign, verify_rest, verify_rest_head, RestAuth, RestAuthError,
+};
 pub use socket_id::SocketId;
 pub use ws::{
     accept_response, close_frame, encode_client_frame_into, encode_frame_into, parse_connect,

@@ -2,6 +2,7 @@
 //! ([`route`]), its app resolved (404) and authenticated (401), then handled; every answer,
 //! success or [`ApiError`], is counted in the REST metrics by endpoint and status.
 
+mod admission;
 mod body;
 mod history;
 mod route;
@@ -12,6 +13,7 @@ use ringcast_engine::{AppConfig, AppIdx, EngineHandle};
 use serde_json::json;
 
 pub use crate::dialect::pusher::{parse_event, EventSpec};
+pub use admission::{Refusal, Refusals};
 pub use body::{data_text, query_param, Body, Info};
 pub use route::{percent_decode, route, Endpoint, Route, RouteError};
 
@@ -56,6 +58,10 @@ pub struct Api {
     pub(crate) metrics: RestMetrics,
     /// The management plane (`/api`, `/dashboard`), when the composition root started one.
     pub(crate) mgmt: std::sync::OnceLock<Arc<crate::mgmt::Management>>,
+    /// Bodies being received, process-wide.
+    pub(crate) body_budget: crate::http::BodyBudget,
+    /// Requests refused by admission control, by reason.
+    pub(crate) refusals: Refusals,
     /// The webhook sender, when the composition root started one.
     pub(crate) webhooks: std::sync::OnceLock<std::sync::Arc<crate::webhook::Webhooks>>,
     /// Per-app, per-endpoint rate limits (shared by every thread serving the API).
@@ -67,8 +73,11 @@ pub struct Api {
 /// Which routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// Everything.
+    /// Everything (the API's own listener, `--api-listen`).
     Full,
+    /// Everything on the public port, but `/metrics` and `/stats` only to a client whose
+    /// address is in `[api] metrics_allow` (`peer`: the client address, after trusted proxies).
+    Public { peer: Option<std::net::IpAddr> },
     /// Only `/health` (the public port when the API has its own `--api-listen` listener).
     HealthOnly,
 }
@@ -76,12 +85,15 @@ pub enum Scope {
 impl Api {
     pub fn new(engine: EngineHandle, config: ApiConfig, clock: Clock) -> Api {
         let apps = engine.config().apps.len();
+        let body_budget = crate::http::BodyBudget::new(config.max_body_bytes_in_flight);
         Api {
             config,
             clock,
             // Apps created at runtime get new indexes: room for them in the per-app counters.
             metrics: RestMetrics::new(apps.max(MAX_COUNTED_APPS)),
             mgmt: std::sync::OnceLock::new(),
+            body_budget,
+            refusals: Refusals::default(),
             webhooks: std::sync::OnceLock::new(),
             limiter: RateLimiter::new(&engine.config().apps),
             last_batch_id: std::sync::atomic::AtomicU64::new(0),
@@ -251,24 +263,11 @@ impl Api {
         if scope == Scope::HealthOnly && r != Route::Health {
             return (Endpoint::Other, None, Err(health_only_error()));
         }
-        let app_id = match &r {
-            Route::Events { app }
-            | Route::BatchEvents { app }
-            | Route::SeedBatch { app }
-            | Route::Channels { app }
-            | Route::Channel { app, .. }
-            | Route::ChannelUsers { app, .. }
-            | Route::Auth { app }
-            | Route::Webhooks { app }
-            | Route::Redeliver { app }
-            | Route::ChannelEvents { app, .. }
-            | Route::EventLog { app }
-            | Route::History { app }
-            | Route::UserToken { app, .. }
-            | Route::UserEvents { app, .. }
-            | Route::TerminateConnections { app: Some(app), .. } => Some(app.as_str()),
-            _ => None,
-        };
+        if let Err(e) = self.observability_allowed(&r, scope) {
+            self.refusals.inc(admission::Refusal::MetricsForbidden);
+            return (endpoint, None, Err(e));
+        }
+        let app_id = r.app();
         let ctx = match app_id {
             Some(id) => match self.app_ctx(id, req, &r) {
                 Ok(c) => Some(c),
@@ -407,6 +406,12 @@ impl Api {
             &apps,
         );
         let mut text = text;
+        self.refusals.render(
+            &mut text,
+            &self.body_budget,
+            &self.engine.admission_refusals(),
+            self.engine.admission_in_use(),
+        );
         if let Some(c) = self.engine.cluster() {
             metrics::render_cluster(c, &mut text);
         }

@@ -197,6 +197,28 @@ pub enum Route {
 }
 
 impl Route {
+    /// The app id the path names, if any.
+    pub fn app(&self) -> Option<&str> {
+        match self {
+            Route::Events { app }
+            | Route::BatchEvents { app }
+            | Route::SeedBatch { app }
+            | Route::Channels { app }
+            | Route::Channel { app, .. }
+            | Route::ChannelUsers { app, .. }
+            | Route::Auth { app }
+            | Route::Webhooks { app }
+            | Route::Redeliver { app }
+            | Route::ChannelEvents { app, .. }
+            | Route::EventLog { app }
+            | Route::History { app }
+            | Route::UserToken { app, .. }
+            | Route::UserEvents { app, .. }
+            | Route::TerminateConnections { app: Some(app), .. } => Some(app.as_str()),
+            _ => None,
+        }
+    }
+
     pub fn endpoint(&self) -> Endpoint {
         match self {
             Route::Health => Endpoint::Health,

@@ -8,11 +8,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use super::request::{Limits, Progress, Request, RequestReader};
+use super::body_budget::BodyPermit;
+use super::request::{Limits, Progress, Request, RequestHead, RequestReader};
 use super::response::Response;
 use crate::error::ApiError;
 
@@ -34,8 +35,18 @@ pub struct Timeouts {
     pub write: Duration,
 }
 
+/// Longest time a refused request's unread body is discarded before the socket is closed.
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes discarded that way (read into the one read buffer, never kept).
+const LINGER_BYTES: usize = 1 << 20;
+
 /// Answers requests; implemented by the API.
 pub trait Handler {
+    /// Admission control: decides on a request from its head alone, before its body is read.
+    /// Called once for every request whose body did not arrive with its head. `Err` is
+    /// answered at once and the connection closed without reading the body; `Ok` carries what
+    /// the request holds until it is answered (a reservation in the body budget).
+    fn admit(&self, head: &RequestHead) -> Result<Option<BodyPermit>, Response>;
     /// Answers one complete request.
     fn handle(&self, req: &Request) -> impl Future<Output = Response>;
     /// Observes a response the HTTP layer produced itself (parse errors, timeouts, panics).
@@ -63,6 +74,9 @@ pub async fn serve<H: Handler>(
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut phase = Phase::Idle;
     let mut deadline = Instant::now() + timeouts.idle;
+    // Admission of the request being read: decided (and its permit held) until it is answered.
+    let mut admitted = false;
+    let mut _permit: Option<BodyPermit> = None;
     loop {
         let next = match reader.poll() {
             Ok(p) => p,
@@ -102,11 +116,28 @@ pub async fn serve<H: Handler>(
                 }
                 phase = Phase::Idle;
                 deadline = Instant::now() + timeouts.idle;
+                admitted = false;
+                _permit = None;
                 continue;
             }
             Progress::Idle => Phase::Idle,
             Progress::Head => Phase::Head,
             Progress::Body { send_continue } => {
+                if !admitted {
+                    admitted = true;
+                    // Invariant: `Body` means a head is pending.
+                    let head = reader.pending_head().expect("a head is pending");
+                    match handler.admit(head) {
+                        Ok(p) => _permit = p,
+                        Err(resp) => {
+                            if write(&mut stream, resp.to_bytes(false, false), timeouts.write).await
+                            {
+                                linger_close(stream, rbuf).await;
+                            }
+                            return;
+                        }
+                    }
+                }
                 if send_continue
                     && !write(
                         &mut stream,
@@ -154,6 +185,28 @@ pub async fn serve<H: Handler>(
         match res {
             Ok(0) | Err(_) => return,
             Ok(n) => reader.feed(&rbuf[..n]),
+        }
+    }
+}
+
+/// Closes a connection whose client may still be sending a body nobody will read: half-close,
+/// then discard what arrives (into the one buffer, never kept) until the client closes, for
+/// at most [`LINGER`] and [`LINGER_BYTES`]. Closing at once with unread bytes in the socket
+/// would make the kernel reset the connection, and the client could lose the answer.
+async fn linger_close(mut stream: TcpStream, mut rbuf: Vec<u8>) {
+    let _ = stream.shutdown().await;
+    let until = Instant::now() + LINGER;
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        rbuf.clear();
+        let (res, b) = match monoio::time::timeout_at(until, stream.read(rbuf)).await {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        rbuf = b;
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(n) => discarded += n,
         }
     }
 }

@@ -59,17 +59,36 @@ pub enum Progress {
     Request(Request),
 }
 
-#[derive(Debug, Clone)]
-struct Head {
-    method: String,
-    path: String,
-    query: String,
-    headers: Vec<(String, String)>,
+/// A parsed request head whose body may not have arrived yet: what admission control decides
+/// on before any body byte is read (see [`RequestReader::pending_head`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// `GET`, `POST`, ... as sent.
+    pub method: String,
+    /// The path as received (still percent-encoded), without the query.
+    pub path: String,
+    /// The raw query after `?`, `""` if none.
+    pub query: String,
+    /// Every header, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// `Content-Length` (0 when absent).
+    pub content_length: usize,
     head_len: usize,
-    content_length: usize,
     keep_alive: bool,
     expect_continue: bool,
 }
+
+impl RequestHead {
+    /// First value of a header (name in lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+type Head = RequestHead;
 
 /// A resumable request parser over one connection's byte stream.
 #[derive(Debug)]
@@ -99,6 +118,19 @@ impl RequestReader {
     /// Bytes buffered and not yet returned as part of a request.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The head of the request whose body is being read (after [`Progress::Body`]).
+    pub fn pending_head(&self) -> Option<&RequestHead> {
+        self.head.as_ref()
+    }
+
+    /// Body bytes of the pending request still to arrive (0 when none is pending).
+    pub fn body_missing(&self) -> usize {
+        self.head
+            .as_ref()
+            .map(|h| (h.head_len + h.content_length).saturating_sub(self.buf.len()))
+            .unwrap_or(0)
     }
 
     /// Advances the parser. An `Err` is final for the connection: answer it and close (the
