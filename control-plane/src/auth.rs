@@ -27,7 +27,7 @@ pub fn bearer_token(req: &Request) -> Option<&str> {
     bearer_in(&req.headers)
 }
 
-fn bearer_in(headers: &[(String, String)]) -> Option<&str> {
+pub(crate) fn bearer_in(headers: &[(String, String)]) -> Option<&str> {
     let v = header(headers, "authorization")?;
     let (scheme, token) = v.split_once(' ')?;
     scheme

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use ringcast_protocol::client_addr::any_contains;
 
 use super::{route, Api, Endpoint, Route, Scope};
-use crate::auth::{authenticate_app_head, authenticate_by_key_head};
+use crate::auth::{authenticate_app_head, authenticate_by_key_head, bearer_in};
 use crate::error::ApiError;
 use crate::http::{BodyBudget, BodyPermit, RequestHead, Response};
 
@@ -128,6 +128,11 @@ impl Api {
         head: &RequestHead,
         scope: Scope,
     ) -> Result<Option<BodyPermit>, (Endpoint, Option<u32>, Refusal, ApiError)> {
+        if scope != Scope::HealthOnly && super::is_management_path(&head.path) {
+            if let Some(m) = self.mgmt.get() {
+                return self.admit_management(m, head);
+            }
+        }
         let r = match route(&head.method, &head.path) {
             Ok(r) => r,
             Err(e) => {
@@ -158,8 +163,24 @@ impl Api {
                 .app_by_id(id)
                 .ok_or_else(|| (endpoint, None, Refusal::NotFound, ApiError::unknown_app(id)))?;
             app_idx = Some(idx);
-            authenticate_app_head(head, &app, now)
-                .map_err(|e| (endpoint, app_idx, Refusal::Unauthenticated, e))?;
+            match (self.mgmt.get(), bearer_in(&head.headers)) {
+                // A management API token (`Authorization: Bearer rc_...`): verified here from
+                // memory; its scopes are checked by the handler (`app_ctx`).
+                (Some(m), Some(t)) if t.starts_with(crate::mgmt::token::TOKEN_PREFIX) => {
+                    m.verify(t).map_err(|e| {
+                        (
+                            endpoint,
+                            app_idx,
+                            Refusal::Unauthenticated,
+                            ApiError::unauthorized("invalid_api_token", e.message),
+                        )
+                    })?;
+                }
+                _ => {
+                    authenticate_app_head(head, &app, now)
+                        .map_err(|e| (endpoint, app_idx, Refusal::Unauthenticated, e))?;
+                }
+            }
             Self::enabled(&app).map_err(|e| (endpoint, app_idx, Refusal::Disabled, e))?;
         } else if let Route::TerminateConnections { app: None, .. } = r {
             let engine = &self.engine;
@@ -176,6 +197,54 @@ impl Api {
                 (
                     endpoint,
                     app_idx,
+                    Refusal::BodyBudget,
+                    ApiError::new(
+                        503,
+                        "body_budget_exhausted",
+                        "the server is receiving too many request bodies at once; retry later",
+                    ),
+                )
+            })
+    }
+
+    /// The management plane's paths: a request with a body must carry a valid API token
+    /// (checked from memory) before its body is read; the handler then checks its scopes.
+    /// Pages and bodiless requests go on to the handler, which answers 401 with its JSON error.
+    #[allow(clippy::type_complexity)]
+    fn admit_management(
+        &self,
+        m: &crate::mgmt::Management,
+        head: &RequestHead,
+    ) -> Result<Option<BodyPermit>, (Endpoint, Option<u32>, Refusal, ApiError)> {
+        if head.content_length == 0 {
+            return Ok(None);
+        }
+        let token = bearer_in(&head.headers).ok_or_else(|| {
+            (
+                Endpoint::Other,
+                None,
+                Refusal::Unauthenticated,
+                ApiError::unauthorized(
+                    "missing_token",
+                    "an API token is required (Authorization: Bearer rc_...)",
+                ),
+            )
+        })?;
+        m.verify(token).map_err(|e| {
+            (
+                Endpoint::Other,
+                None,
+                Refusal::Unauthenticated,
+                ApiError::unauthorized("invalid_api_token", e.message),
+            )
+        })?;
+        self.body_budget
+            .reserve(head.content_length)
+            .map(Some)
+            .ok_or_else(|| {
+                (
+                    Endpoint::Other,
+                    None,
                     Refusal::BodyBudget,
                     ApiError::new(
                         503,

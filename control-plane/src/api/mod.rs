@@ -82,6 +82,14 @@ pub enum Scope {
     HealthOnly,
 }
 
+/// `/api/...` and `/dashboard/...`: the management plane's paths (served when it runs).
+pub(crate) fn is_management_path(path: &str) -> bool {
+    path == "/api"
+        || path.starts_with("/api/")
+        || path == "/dashboard"
+        || path.starts_with("/dashboard/")
+}
+
 impl Api {
     pub fn new(engine: EngineHandle, config: ApiConfig, clock: Clock) -> Api {
         let apps = engine.config().apps.len();
@@ -122,7 +130,7 @@ impl Api {
 
     /// Answers one request and counts it.
     pub async fn handle(&self, req: &Request, scope: Scope) -> Response {
-        if scope == Scope::Full {
+        if scope != Scope::HealthOnly {
             if let Some(m) = self.mgmt.get() {
                 if req.path == "/api" || req.path.starts_with("/api/") {
                     let resp = crate::mgmt::api::handle(self, m, req).await;
