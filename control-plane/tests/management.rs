@@ -1000,3 +1000,45 @@ fn every_config_file_setting_is_in_the_model_and_applies() {
     s.admin("GET", "/api/apps/dup", None)
         .expect_error(404, "not_found");
 }
+
+#[test]
+fn usage_per_day_survives_a_restart() {
+    let tmp = tmp_dir("usage");
+    let s = Mgmt::start(&tmp);
+    let (id, key, secret) = s.create_app(json!({"id": "counted"}));
+    let mut c = Client::connect(s.addr, &key);
+    c.subscribe("metered");
+    for _ in 0..3 {
+        let r = s.signed_as(&id, &key, &secret, &event_body("metered"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        c.recv_event("ev");
+    }
+    let path = "/api/apps/counted/usage";
+    s.eventually_ok(path, |v| {
+        let d = &v["days"][0];
+        d["messages_out"].as_u64() >= Some(3)
+            && d["api_calls"].as_u64() >= Some(3)
+            && d["connections_peak"].as_u64() >= Some(1)
+    });
+    let before = s.ok("GET", path, None)["days"][0].clone();
+    drop(c);
+    let dir = s.stop();
+
+    // A new process on the same store: the day's row is there before any new traffic.
+    let s = Mgmt::start(&dir);
+    let after = s.ok("GET", path, None);
+    let day = &after["days"][0];
+    assert_eq!(day["day"], before["day"], "{after}");
+    for field in [
+        "messages_out",
+        "api_calls",
+        "connections_peak",
+        "messages_in",
+    ] {
+        assert!(
+            day[field].as_u64() >= before[field].as_u64(),
+            "{field}: {before} then {after}"
+        );
+    }
+    assert!(day["messages_out"].as_u64() >= Some(3), "{after}");
+}
