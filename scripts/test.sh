@@ -52,6 +52,7 @@ JS_TESTS=(
   activity.test.mjs
   user-socket.test.mjs
   origins.test.mjs
+  tls.test.mjs
 )
 # Files that need a feature not built yet (run only with RINGCAST_REST_TESTS=1). None now.
 JS_TESTS_NEED_REST=()
