@@ -551,7 +551,7 @@ fn rate_limited_subscribes_and_unknown_events_are_counted() {
         );
     }
     s.wait_metrics("the refused subscribe counted", |m| {
-        m.control_rate_limited >= before.control_rate_limited + 1
+        m.control_rate_limited > before.control_rate_limited
     });
 }
 
