@@ -46,10 +46,13 @@ JS_TESTS=(
   cluster-faults-redis.test.mjs
   cluster-faults-nats.test.mjs
   cluster-topologies.test.mjs
+  # Management changes replicated through the broker (issue 10), redis and nats.
+  cluster-management.test.mjs
   lattestream.test.mjs
   activity.test.mjs
   user-socket.test.mjs
   origins.test.mjs
+  tls.test.mjs
 )
 # Files that need a feature not built yet (run only with RINGCAST_REST_TESTS=1). None now.
 JS_TESTS_NEED_REST=()

@@ -199,6 +199,8 @@ pub struct RawConfig {
     /// The `[cluster]` table (scale-out over Redis or NATS). Opaque to the engine; the
     /// cluster crate resolves and validates it.
     pub cluster: Option<toml::Table>,
+    /// The `[tls]` table: the public port speaks TLS with this certificate and key.
+    pub tls: Option<crate::tls::TlsFiles>,
     #[serde(default)]
     pub apps: Vec<RawApp>,
 }
@@ -340,6 +342,8 @@ pub struct Config {
     pub history_max_bytes_per_core: usize,
     pub cache_max_entries_per_core: usize,
     pub admission: AdmissionConfig,
+    /// `[tls]`: serve wss:// and https:// on the public port (files read at bind and on SIGHUP).
+    pub tls: Option<crate::tls::TlsFiles>,
     pub apps: Vec<AppConfig>,
 }
 
@@ -532,6 +536,7 @@ impl RawConfig {
                 .cache_max_entries_per_core
                 .unwrap_or(defaults::CACHE_MAX_ENTRIES_PER_CORE),
             admission: self.admission.unwrap_or_default().resolve()?,
+            tls: self.tls,
             apps,
         })
     }
