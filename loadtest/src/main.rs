@@ -388,8 +388,9 @@ struct SoakArgs {
     /// Minutes of soak.
     #[arg(long, default_value_t = 30.0)]
     minutes: f64,
-    /// Events per second (default: half of the 10,000-subscriber knee of docs/benchmarks.md
-    /// at --subscribers 10000; give the knee of your machine).
+    /// Events per second over all channels. Issue 12's soak is half the 10,000-subscriber
+    /// knee: `--subscribers 10000 --rate 5` on the machine of docs/benchmarks.md (knee 10/s);
+    /// use half the knee measured on yours.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
     /// Seconds between samples (each sample interval is one fan-out phase).
