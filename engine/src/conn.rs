@@ -927,6 +927,7 @@ fn on_message(core: &Core, conn: &Rc<Conn>, app: &App, m: ClientMessage) {
             channel_data,
         } => {
             if !conn.state.borrow_mut().control.take() {
+                core.metrics().control_rate_limited.inc();
                 conn.push(pusher::error_frame(
                     d,
                     None,
@@ -950,6 +951,7 @@ fn on_message(core: &Core, conn: &Rc<Conn>, app: &App, m: ClientMessage) {
         }
         ClientMessage::Signin { auth, user_data } => {
             if !conn.state.borrow_mut().control.take() {
+                core.metrics().control_rate_limited.inc();
                 conn.push(pusher::error_frame(d, None, "Too many requests, slow down"));
                 return;
             }
@@ -963,6 +965,8 @@ fn on_message(core: &Core, conn: &Rc<Conn>, app: &App, m: ClientMessage) {
             client_event(core, conn, app, &event, &channel, data.as_deref());
         }
         ClientMessage::Unknown { event } => {
+            // "Malformed or unknown client messages" (ringcast_protocol_errors_total).
+            core.metrics().protocol_errors.inc();
             conn.push(pusher::error_frame(
                 d,
                 None,
