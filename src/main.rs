@@ -135,6 +135,19 @@ fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Clustered with the management plane on: every management write is published through the
+    // bridge and the other nodes' writes are applied here (docs/management.md, "In a cluster").
+    let mgmt_port = match (&cluster_config, &management) {
+        (Some(cfg), Some(m)) => {
+            let (outbox, port) =
+                ringcast_cluster::management::channel(Arc::new(ReplicatedManagement(m.clone())));
+            m.attach_cluster(cfg.node_id.clone(), move |records| {
+                outbox.send(records.into());
+            });
+            Some(port)
+        }
+        _ => None,
+    };
     let api_server = match api_listen {
         Some(a) => Some(
             ApiServer::start(a, &control_plane, 1)
@@ -180,6 +193,7 @@ fn main() -> anyhow::Result<()> {
                     cfg,
                     running.handle(),
                     link,
+                    mgmt_port,
                     Box::new(move || {
                         println!("{line}");
                         std::io::stdout().flush().ok();
@@ -228,6 +242,27 @@ fn main() -> anyhow::Result<()> {
     webhooks.shutdown_graceful(Duration::from_secs(2));
     tracing::info!("bye");
     Ok(())
+}
+
+/// The management plane as the cluster bridge sees it: records in, snapshots out, both
+/// handed to the management thread without waiting.
+struct ReplicatedManagement(Arc<Management>);
+
+impl ringcast_cluster::ManagementPeer for ReplicatedManagement {
+    fn apply(&self, from: &str, records: ringcast_cluster::management::Records) {
+        self.0.apply_replicated(from.to_owned(), records.to_vec());
+    }
+
+    fn snapshot(
+        &self,
+        max_bytes: usize,
+        reply: Box<dyn FnOnce(Vec<ringcast_cluster::management::Records>) + Send>,
+    ) {
+        self.0.replication_snapshot(
+            max_bytes,
+            Box::new(move |parts| reply(parts.into_iter().map(Into::into).collect())),
+        );
+    }
 }
 
 /// The config file (or the embedded default) with the command line's overrides.
