@@ -27,5 +27,6 @@ pub mod procs;
 pub mod receive;
 pub mod report;
 pub mod scenario;
+pub mod serverwatch;
 pub mod tls;
 pub mod wsframe;

@@ -5,7 +5,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::tls::Stream;
@@ -213,8 +213,8 @@ pub async fn read_some<R: AsyncReadRent>(s: &mut R, r: &mut FrameReader) -> io::
 }
 
 /// Sends the upgrade request and reads the 101 response; bytes after the head stay in `r`.
-pub async fn upgrade(
-    s: &mut Stream,
+pub async fn upgrade<S: AsyncReadRent + AsyncWriteRent>(
+    s: &mut S,
     host: &str,
     path: &str,
     r: &mut FrameReader,
@@ -318,8 +318,8 @@ pub fn data_object(data: &serde_json::Value) -> serde_json::Value {
 }
 
 /// Upgrades and waits for `pusher:connection_established` (or fails on `pusher:error`/close).
-pub async fn pusher_connect(
-    s: &mut Stream,
+pub async fn pusher_connect<S: AsyncReadRent + AsyncWriteRent>(
+    s: &mut S,
     t: &Target,
     ep: &WsEndpoint,
     r: &mut FrameReader,
@@ -361,8 +361,8 @@ pub async fn pusher_connect(
 
 /// Reads messages until `f` returns Some (answering pings on the way). Bounded by the caller's
 /// timeout.
-pub async fn wait_for<T>(
-    s: &mut Stream,
+pub async fn wait_for<T, S: AsyncReadRent + AsyncWriteRent>(
+    s: &mut S,
     r: &mut FrameReader,
     mut f: impl FnMut(&str, &serde_json::Value) -> Option<anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
@@ -429,8 +429,8 @@ pub fn auth_for(
 }
 
 /// Subscribes to every channel in `channels` and waits for each `subscription_succeeded`.
-pub async fn subscribe_all(
-    s: &mut Stream,
+pub async fn subscribe_all<S: AsyncReadRent + AsyncWriteRent>(
+    s: &mut S,
     r: &mut FrameReader,
     t: &Target,
     socket_id: &str,

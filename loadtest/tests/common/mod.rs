@@ -15,12 +15,12 @@ pub fn engine() -> RunningEngine {
 
 /// The engine, optionally with the control plane (the Pusher HTTP API) on the same port.
 pub fn engine_with(rest: bool) -> RunningEngine {
-    engine_from(rest, "")
+    engine_with_extra(rest, "")
 }
 
 /// The engine with the control plane, speaking TLS (`[tls]`) with this certificate and key.
 pub fn engine_tls(cert: &std::path::Path, key: &std::path::Path) -> RunningEngine {
-    engine_from(
+    engine_with_extra(
         true,
         &format!(
             "[tls]\ncert = {:?}\nkey = {:?}\n",
@@ -101,7 +101,7 @@ pub fn test_pki(dir: &std::path::Path) {
     ]);
 }
 
-fn engine_from(rest: bool, extra: &str) -> RunningEngine {
+fn engine_with_extra(rest: bool, extra: &str) -> RunningEngine {
     let raw = RawConfig::from_toml(&format!(
         r#"
         listen = "127.0.0.1:0"
@@ -179,4 +179,20 @@ pub fn assert_exact(r: &serde_json::Value) {
     assert_eq!(r["stale"].as_u64(), Some(0), "{r}");
     assert_eq!(r["publish_rejected"].as_u64(), Some(0), "{r}");
     assert_eq!(r["latency"]["count"].as_u64(), Some(expected), "{r}");
+}
+
+/// The engine and the control plane (the HTTP API on the same port) from a TOML config.
+pub fn engine_from(toml: &str) -> RunningEngine {
+    let raw = RawConfig::from_toml(toml).expect("config parses");
+    let config = raw.resolve(2).expect("config resolves");
+    let engine = Engine::bind(config, None).expect("bind");
+    let cp = ringcast_control_plane::ControlPlane::new(
+        engine.handle(),
+        ringcast_control_plane::ApiConfig::default(),
+    );
+    engine
+        .start(Some(
+            std::sync::Arc::new(cp) as std::sync::Arc<dyn ringcast_engine::HttpService>
+        ))
+        .expect("start")
 }
