@@ -374,8 +374,9 @@ struct AbuseArgs {
     #[arg(long, default_value_t = 64)]
     abuse_source_first: u8,
     /// How many loopback source addresses the abusers use (split evenly between the attacks
-    /// when there are at least as many as attacks).
-    #[arg(long, default_value_t = 48)]
+    /// when there are at least as many as attacks; 120 = 10 each, so 2,000 idle connections
+    /// opened over 5 s stay under 50 new connections per address per second).
+    #[arg(long, default_value_t = 120)]
     abuse_sources: u8,
     /// Goal: honest p99 at most this many times the quiet run's.
     #[arg(long, default_value_t = 2.0)]
@@ -400,8 +401,9 @@ struct SoakArgs {
     /// Minutes of soak.
     #[arg(long, default_value_t = 30.0)]
     minutes: f64,
-    /// Events per second (default: half of the 10,000-subscriber knee of docs/benchmarks.md
-    /// at --subscribers 10000; give the knee of your machine).
+    /// Events per second over all channels. Issue 12's soak is half the 10,000-subscriber
+    /// knee: `--subscribers 10000 --rate 5` on the machine of docs/benchmarks.md (knee 10/s);
+    /// use half the knee measured on yours.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
     /// Seconds between samples (each sample interval is one fan-out phase).
