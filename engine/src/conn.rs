@@ -358,10 +358,32 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
     }
     // A TLS listener: the TLS handshake first, bounded by the handshake timeout (its state in
     // a boxed future, freed once done; a failure is counted by reason and closes the socket).
+    // A trusted proxy speaking the PROXY protocol sends its header before the TLS handshake.
+    let mut proxy_header: Option<Option<std::net::IpAddr>> = None;
     let stream = match shared.tls.get() {
         None => ClientStream::Plain(stream),
         Some(acceptor) => {
-            match Box::pin(acceptor.accept(stream, shared.config.handshake_timeout)).await {
+            let mut tcp = stream;
+            let mut initial = Vec::new();
+            if proxied && adm.config.proxy_protocol {
+                let limit = shared.config.handshake_timeout;
+                match Box::pin(read_proxy_header(&mut tcp, limit)).await {
+                    Ok((source, rest)) => {
+                        proxy_header = Some(source);
+                        initial = rest;
+                    }
+                    Err(Some(r)) => {
+                        adm.refuse(r);
+                        return;
+                    }
+                    Err(None) => {
+                        core.metrics().closed(CloseReason::BadHandshake);
+                        return;
+                    }
+                }
+            }
+            let limit = shared.config.handshake_timeout;
+            match Box::pin(acceptor.accept_with(tcp, initial, limit)).await {
                 Ok(s) => s,
                 Err(_) => return,
             }
@@ -376,6 +398,7 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
         Peer {
             addr: peer,
             proxied,
+            proxy_header,
         },
         adm,
         handshake_permit,
@@ -392,6 +415,41 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
 struct Peer {
     addr: Option<std::net::IpAddr>,
     proxied: bool,
+    /// On a TLS port the PROXY header is read before the TLS handshake: `Some(source)` then.
+    proxy_header: Option<Option<std::net::IpAddr>>,
+}
+
+/// Reads a trusted proxy's PROXY v1/v2 header off the raw socket (a TLS port: it precedes the
+/// ClientHello), bounded by `limit` and by the header's own size limits. `Ok((source, the
+/// bytes after the header))`; `Err(Some(_))` for a bad header, `Err(None)` for a timeout or
+/// a closed socket.
+async fn read_proxy_header(
+    tcp: &mut TcpStream,
+    limit: Duration,
+) -> Result<(Option<std::net::IpAddr>, Vec<u8>), Option<Refusal>> {
+    let deadline = monoio::time::Instant::now() + limit;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut rbuf = Vec::with_capacity(SMALL_READ);
+    loop {
+        let (res, b) = match monoio::time::timeout_at(deadline, tcp.read(rbuf)).await {
+            Ok(x) => x,
+            Err(_) => return Err(None),
+        };
+        rbuf = b;
+        match res {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(n) => buf.extend_from_slice(&rbuf[..n]),
+        }
+        rbuf.clear();
+        match parse_proxy_header(&buf) {
+            Ok(None) => continue,
+            Ok(Some(h)) => {
+                buf.drain(..h.len);
+                return Ok((h.source.map(|a| a.ip()), buf));
+            }
+            Err(_) => return Err(Some(Refusal::ProxyHeader)),
+        }
+    }
 }
 
 /// Reads and answers the HTTP request head. Returns the accepted WebSocket connection (its
@@ -415,8 +473,9 @@ async fn handshake<'a>(
     let mut head_buf: Vec<u8> = Vec::new();
     let mut rbuf = Vec::with_capacity(SMALL_READ);
     // A trusted proxy speaking the PROXY protocol names the client in a header of its own.
-    let mut proxy_source: Option<std::net::IpAddr> = None;
-    let mut want_proxy_header = peer.proxied && adm.config.proxy_protocol;
+    let mut proxy_source: Option<std::net::IpAddr> = peer.proxy_header.flatten();
+    let mut want_proxy_header =
+        peer.proxied && adm.config.proxy_protocol && peer.proxy_header.is_none();
     let head = loop {
         let r = monoio::time::timeout_at(deadline, stream.read(rbuf)).await;
         let (res, b) = match r {

@@ -229,8 +229,19 @@ impl TlsAcceptor {
         tcp: TcpStream,
         timeout: Duration,
     ) -> Result<ClientStream, HandshakeFailure> {
+        self.accept_with(tcp, Vec::new(), timeout).await
+    }
+
+    /// [`TlsAcceptor::accept`] on a socket whose first bytes were already read (`initial`:
+    /// what followed a trusted proxy's PROXY header, the start of the ClientHello).
+    pub async fn accept_with(
+        &self,
+        tcp: TcpStream,
+        initial: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<ClientStream, HandshakeFailure> {
         let deadline = monoio::time::Instant::now() + timeout;
-        match monoio::time::timeout_at(deadline, self.handshake(tcp)).await {
+        match monoio::time::timeout_at(deadline, self.handshake(tcp, initial)).await {
             Ok(Ok(s)) => {
                 self.inner
                     .counters
@@ -243,7 +254,11 @@ impl TlsAcceptor {
         }
     }
 
-    async fn handshake(&self, tcp: TcpStream) -> Result<TlsStream, HandshakeFailure> {
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        initial: Vec<u8>,
+    ) -> Result<TlsStream, HandshakeFailure> {
         let session = ServerConnection::new(self.inner.config.load_full())
             .map_err(|_| HandshakeFailure::BadRecord)?;
         let mut s = TlsStream {
@@ -256,6 +271,7 @@ impl TlsAcceptor {
             },
         };
         let mut first = true;
+        let mut initial = Some(initial).filter(|i| !i.is_empty());
         loop {
             flush(&s.tls.session, &mut s.tcp, &mut s.tls.wbuf)
                 .await
@@ -263,12 +279,17 @@ impl TlsAcceptor {
             if !s.tls.session.borrow().is_handshaking() {
                 return Ok(s);
             }
-            let buf = std::mem::take(&mut s.tls.rbuf);
-            let (res, buf) = s.tcp.read(buf).await;
-            s.tls.rbuf = buf;
-            let n = match res {
-                Ok(0) | Err(_) => return Err(HandshakeFailure::Aborted),
-                Ok(n) => n,
+            let n = if let Some(bytes) = initial.take() {
+                s.tls.rbuf = bytes;
+                s.tls.rbuf.len()
+            } else {
+                let buf = std::mem::take(&mut s.tls.rbuf);
+                let (res, buf) = s.tcp.read(buf).await;
+                s.tls.rbuf = buf;
+                match res {
+                    Ok(0) | Err(_) => return Err(HandshakeFailure::Aborted),
+                    Ok(n) => n,
+                }
             };
             if first && s.tls.rbuf[0].is_ascii_alphabetic() {
                 return Err(HandshakeFailure::Plaintext);

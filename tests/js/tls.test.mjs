@@ -16,6 +16,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
+import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { startServer } from './lib/server.mjs';
 import { closeAllClients, connectedClient, subscribed, record, serverSdk, uniq } from './lib/client.mjs';
@@ -235,6 +236,58 @@ secret = "app-secret"
     assert.match(server.logs(), /KeyMismatch|not consistent/);
     assert.equal((await peer.call('serial', { port: server.port })).serial, '2002');
     await peer.call('close', { client });
+  });
+});
+
+describe('[tls] behind a trusted proxy speaking the PROXY protocol', { timeout: 60_000 }, () => {
+  let dir;
+  let server;
+  let ca;
+
+  before(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'ringcast-proxytls-'));
+    makePki(dir, ['4004']);
+    ca = execFileSync('cat', [path.join(dir, 'ca.pem')]);
+    server = await startServer({
+      config: `[tls]
+cert = ${JSON.stringify(path.join(dir, '4004.pem'))}
+key = ${JSON.stringify(path.join(dir, '4004.key'))}
+[admission]
+trusted_proxies = ["127.0.0.1/32"]
+proxy_protocol = true
+[[apps]]
+id = "app-id"
+key = "app-key"
+secret = "app-secret"
+`,
+    });
+  });
+  after(async () => {
+    if (server) await server.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('the PROXY header comes before the TLS handshake, which then succeeds', async () => {
+    const body = await new Promise((resolve, reject) => {
+      const raw = net.connect({ host: '127.0.0.1', port: server.port }, () => {
+        raw.write('PROXY TCP4 203.0.113.7 127.0.0.1 40000 443\r\n');
+        const s = tls.connect({ socket: raw, ca, ALPNProtocols: ['http/1.1'] }, () => {
+          assert.equal(s.getPeerCertificate().serialNumber, '4004');
+          s.write('GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+        });
+        let got = '';
+        s.setEncoding('utf8');
+        s.on('data', (d) => (got += d));
+        s.on('end', () => resolve(got));
+        s.on('error', reject);
+      });
+      raw.on('error', reject);
+      setTimeout(() => reject(new Error('no answer through PROXY + TLS')), WAIT_MS).unref();
+    });
+    assert.match(body, /^HTTP\/1\.1 200/);
+    // Without the header the trusted proxy's connection is refused (counted, not a TLS failure).
+    const got = await rawExchange(server.port, Buffer.from([0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]));
+    assert.equal(got.length, 0);
   });
 });
 
