@@ -59,8 +59,12 @@ impl LocalFanout {
     /// `7.<n>`, n from 1). Returns the number of subscribers.
     #[inline]
     pub fn deliver(&self, frame: &Bytes, except: Option<u64>) -> usize {
-        self.core
-            .deliver(&self.key, frame, except.map(|n| SocketId::new(7, n)));
+        self.core.deliver(
+            &self.key,
+            frame,
+            except.map(|n| SocketId::new(7, n)),
+            Some(1),
+        );
         self.conns.len()
     }
 

@@ -102,6 +102,7 @@ impl History {
     }
 
     /// Records `frame` for `key`, keeping at most `size` events younger than `max_age`.
+    /// Returns the event's sequence number (`None` when history is off).
     pub fn record(
         &mut self,
         key: &ChanKey,
@@ -109,9 +110,9 @@ impl History {
         now_ms: u64,
         size: usize,
         max_age: Duration,
-    ) {
+    ) -> Option<u64> {
         if size == 0 || self.max_bytes == 0 {
-            return;
+            return None;
         }
         let ch = self
             .channels
@@ -137,6 +138,33 @@ impl History {
             }
         }
         self.enforce_cap();
+        Some(seq)
+    }
+
+    /// The newest sequence number held for `key` (0: none).
+    pub fn head(&self, key: &ChanKey) -> u64 {
+        self.channels
+            .get(key)
+            .and_then(|c| c.events.back())
+            .map_or(0, |e| e.seq)
+    }
+
+    /// Every held event of `key` after sequence number `after`, oldest first, when the history
+    /// still holds the one right after it (`None` otherwise: there would be a gap).
+    pub fn after(&self, key: &ChanKey, after: u64) -> Option<Vec<(u64, Bytes)>> {
+        let ch = self.channels.get(key)?;
+        let first = ch.events.front()?.seq;
+        let head = ch.events.back()?.seq;
+        if after >= head || first > after.saturating_add(1) {
+            return (after == head).then(Vec::new);
+        }
+        Some(
+            ch.events
+                .iter()
+                .filter(|e| e.seq > after)
+                .map(|e| (e.seq, e.frame.clone()))
+                .collect(),
+        )
     }
 
     fn enforce_cap(&mut self) {

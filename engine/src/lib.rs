@@ -37,6 +37,7 @@ mod metrics;
 mod msg;
 mod server;
 mod shared;
+mod sse;
 mod user_socket;
 
 pub use crate::activity::{ActivityKind, ActivityQuery, ActivityRecord};
