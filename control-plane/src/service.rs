@@ -5,13 +5,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use futures_channel::oneshot;
-use ringcast_engine::{reuseport_listener, EngineHandle, HttpService};
+use ringcast_engine::{reuseport_listener, EngineHandle, HttpService, HttpServing};
 
 use crate::api::{system_clock, Api, Clock, Endpoint, Scope};
 use crate::config::ApiConfig;
@@ -73,11 +72,16 @@ impl ControlPlane {
         initial: Vec<u8>,
         scope: Scope,
     ) {
-        serve(self.api.clone(), stream, initial, scope).await
+        serve(self.api.clone(), stream, initial, scope).await;
     }
 }
 
-async fn serve(api: Arc<Api>, stream: monoio::net::TcpStream, initial: Vec<u8>, scope: Scope) {
+async fn serve(
+    api: Arc<Api>,
+    stream: monoio::net::TcpStream,
+    initial: Vec<u8>,
+    scope: Scope,
+) -> Option<(monoio::net::TcpStream, Vec<u8>)> {
     let limits = api.config().limits();
     let timeouts = api.config().timeouts();
     let h = Serving { api, scope };
@@ -103,6 +107,15 @@ impl http::Handler for Serving {
             .rest_metrics()
             .record(Endpoint::Other, status, None);
     }
+
+    /// On the public port an SSE stream is the engine core's (engine/src/sse.rs), also when
+    /// it arrives on a kept-alive connection; the API listener answers it with a 404 that
+    /// says where streams are served.
+    fn hands_back(&self, req: &Request) -> bool {
+        !matches!(self.scope, Scope::Full)
+            && req.method == "GET"
+            && crate::api::route::is_stream_path(&req.path)
+    }
 }
 
 impl HttpService for ControlPlane {
@@ -111,7 +124,7 @@ impl HttpService for ControlPlane {
         stream: monoio::net::TcpStream,
         buffered: Vec<u8>,
         client: Option<std::net::IpAddr>,
-    ) -> Pin<Box<dyn Future<Output = ()>>> {
+    ) -> HttpServing {
         Box::pin(serve(
             self.api.clone(),
             stream,
@@ -132,7 +145,7 @@ impl HttpService for HealthOnly {
         stream: monoio::net::TcpStream,
         buffered: Vec<u8>,
         _client: Option<std::net::IpAddr>,
-    ) -> Pin<Box<dyn Future<Output = ()>>> {
+    ) -> HttpServing {
         Box::pin(serve(self.api.clone(), stream, buffered, Scope::HealthOnly))
     }
 }
@@ -247,7 +260,10 @@ async fn accept_loop(
             _ = &mut stop => break,
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
-                    monoio::spawn(serve(api.clone(), stream, Vec::new(), Scope::Full));
+                    let api = api.clone();
+                    monoio::spawn(async move {
+                        serve(api, stream, Vec::new(), Scope::Full).await;
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

@@ -583,7 +583,25 @@ async fn handshake<'a>(
     }
     let Some(ws_key) = head.websocket_key.clone() else {
         if let Some(svc) = core.shared_http() {
-            svc.serve(stream, head_buf, client).await;
+            // A later request on the kept-alive connection may be an SSE stream: handed back.
+            let (mut stream, head_bytes) = svc.serve(stream, head_buf, client).await?;
+            let later = ws::parse_request_head(&head_bytes, limits::MAX_REQUEST_HEAD_BYTES);
+            let Ok(Some(later)) = later else { return None };
+            if !crate::sse::is_stream_request(&later) {
+                return None;
+            }
+            return match crate::sse::admit(&core, &later, client) {
+                Ok(req) => Some(Accepted::Sse(req, stream)),
+                Err(refusal) => {
+                    core.metrics().closed(CloseReason::Refused);
+                    let _ = monoio::time::timeout(
+                        Duration::from_secs(2),
+                        stream.write_all(refusal.response()),
+                    )
+                    .await;
+                    None
+                }
+            };
         } else {
             let resp = if head.method == "GET" && head.path == "/health" {
                 health_response(&core)

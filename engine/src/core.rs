@@ -1361,7 +1361,7 @@ impl Core {
                 reset: false,
                 head,
             },
-            Resume::After(n) if n == head => Replay {
+            Resume::After(n) if with_history && n == head => Replay {
                 events: Vec::new(),
                 reset: false,
                 head,

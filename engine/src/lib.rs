@@ -54,7 +54,7 @@ pub use crate::handle::{
 pub use crate::history::{HistoryEvent, HistoryQuery};
 pub use crate::metrics::{CloseReason, MetricsSnapshot};
 pub use crate::msg::{AppIdx, ChannelCounts, ChannelSummary, PresenceUser};
-pub use crate::server::{reuseport_listener, Engine, HttpService, RunningEngine};
+pub use crate::server::{reuseport_listener, Engine, HttpService, HttpServing, RunningEngine};
 pub use crate::shared::EngineObserver;
 
 /// Re-exported so the composition root and control plane use the same runtime types.

@@ -24,10 +24,11 @@
 //! subscription with every held event after that id, read at the moment the answer leaves
 //! (later events follow it on the FIFO mesh), so the stream has no gap and no duplicate. When
 //! the history no longer holds the event right after the id (or the app keeps no history),
-//! the stream gets a `ringcast:reset` event first and continues live. A new single-channel
-//! stream starts with a bare `id: <newest seq>` line, so even a client that saw no event
-//! resumes exactly. Other events: `: heartbeat` comments every `sse_heartbeat_secs` and, when
-//! the server ends the stream, `event: ringcast:close` with `{code, reason}`.
+//! the stream gets a `ringcast:reset` event first and continues live. Each channel then gets
+//! `ringcast:subscribed` (from here it is live; on a single-channel stream it carries
+//! `id: <newest seq>`, so even a client that saw no event resumes exactly). Other lines:
+//! `: heartbeat` comments every `sse_heartbeat_secs` and, when the server ends the stream,
+//! `event: ringcast:close` with `{code, reason}`.
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -48,6 +49,8 @@ use crate::core::Core;
 use crate::metrics::CloseReason;
 use crate::msg::{AppIdx, ChanKey, Replay, Resume};
 
+/// Name of the event that says a channel of the stream is live.
+pub const SUBSCRIBED_EVENT: &str = "ringcast:subscribed";
 /// Name of the event sent when a resume cannot be exact.
 pub const RESET_EVENT: &str = "ringcast:reset";
 /// Name of the event sent before the server ends a stream.
@@ -432,37 +435,30 @@ fn response_head(allow_origin: Option<&str>) -> Bytes {
     Bytes::from(h)
 }
 
-/// The subscription of `key` is in place: a new single-channel stream learns the channel's
-/// newest sequence number (a bare `id:` line, no event), a resumed one gets the replay or a
-/// reset event. Queued before any delivery of the channel (they follow the answer).
+/// The subscription of `key` is in place (queued before any delivery of the channel, which
+/// follows the owner's answer): a resumed stream first gets the replayed events or a
+/// `ringcast:reset`, then every stream gets `ringcast:subscribed` `{channel, last_seq}`: from
+/// here the channel is live. On a single-channel stream it carries `id: <last_seq>`, so a
+/// client that saw no event yet still resumes exactly.
 pub(crate) fn on_subscribed(conn: &Conn, key: &ChanKey, replay: Replay) {
     let single = conn.state.borrow().subs.len() == 1;
+    let id = single.then_some(replay.head);
+    let channel = key.name.as_str();
     if replay.reset {
         let data = json!({
-            "channel": key.name.as_str(),
-            "reason": "the events after Last-Event-ID are no longer held: state may have changed, reload it",
+            "channel": channel,
+            "reason": "the events after Last-Event-ID are no longer held: reload the state",
             "last_seq": replay.head,
-        })
-        .to_string();
-        let mut out = String::new();
-        if single {
-            out.push_str(&format!("id: {}\n", replay.head));
-        }
-        out.push_str(&format!("event: {RESET_EVENT}\ndata: {data}\n\n"));
-        conn.push(Bytes::from(out));
-        return;
-    }
-    if replay.events.is_empty() {
-        if single {
-            conn.push(Bytes::from(format!("id: {}\n\n", replay.head)));
-        }
-        return;
+        });
+        conn.push(Bytes::from(encode(id, RESET_EVENT, &data.to_string())));
     }
     for (seq, frame) in &replay.events {
         if let Some(b) = event_bytes(frame, *seq) {
             conn.push(b);
         }
     }
+    let data = json!({"channel": channel, "last_seq": replay.head});
+    conn.push(Bytes::from(encode(id, SUBSCRIBED_EVENT, &data.to_string())));
 }
 
 /// The SSE form of an encoded Pusher event frame with its sequence number: `id:`, `event:`,

@@ -5,7 +5,7 @@
 mod admission;
 mod body;
 mod history;
-mod route;
+pub(crate) mod route;
 
 use std::sync::Arc;
 

@@ -297,7 +297,7 @@ impl RouteError {
 }
 
 /// `/apps/{id}/stream`.
-fn is_stream_path(path: &str) -> bool {
+pub(crate) fn is_stream_path(path: &str) -> bool {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     matches!(segs.as_slice(), ["", "apps", id, "stream"] if !id.is_empty())
 }
