@@ -114,7 +114,7 @@ impl http::Handler for Serving {
     fn hands_back(&self, req: &Request) -> bool {
         !matches!(self.scope, Scope::Full)
             && req.method == "GET"
-            && crate::api::route::is_stream_path(&req.path)
+            && crate::dialect::sse::is_stream_path(&req.path)
     }
 }
 

@@ -5,7 +5,7 @@
 mod admission;
 mod body;
 mod history;
-pub(crate) mod route;
+mod route;
 
 use std::sync::Arc;
 

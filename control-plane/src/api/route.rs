@@ -270,15 +270,12 @@ impl RouteError {
 
     pub fn to_error(&self, method: &str, path: &str) -> ApiError {
         match self {
-            // On the shared port the engine core answers `GET /apps/{id}/stream` itself (an
-            // SSE stream is a subscriber of the core, engine/src/sse.rs); the control plane
-            // sees it only on the `--api-listen` port, which holds no subscriptions.
-            RouteError::NotFound if method == "GET" && is_stream_path(path) => ApiError::new(
-                404,
-                "stream_on_public_port",
-                "SSE streams (GET /apps/{id}/stream) are served on the public port (listen), \
-                 where the engine cores hold the subscriptions, not on the API listener",
-            ),
+            // Only reached on the `--api-listen` port (dialect/sse.rs).
+            RouteError::NotFound
+                if method == "GET" && crate::dialect::sse::is_stream_path(path) =>
+            {
+                crate::dialect::sse::not_on_api_listener()
+            }
             RouteError::NotFound => ApiError::not_found(path),
             RouteError::MethodNotAllowed { allow, .. } => ApiError::new(
                 405,
@@ -294,12 +291,6 @@ impl RouteError {
             RouteError::MethodNotAllowed { allow, .. } => Some(allow),
         }
     }
-}
-
-/// `/apps/{id}/stream`.
-pub(crate) fn is_stream_path(path: &str) -> bool {
-    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    matches!(segs.as_slice(), ["", "apps", id, "stream"] if !id.is_empty())
 }
 
 /// Percent-decodes one path segment (`+` stays `+` in paths). Invalid escapes and invalid
