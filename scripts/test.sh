@@ -46,10 +46,13 @@ JS_TESTS=(
   cluster-faults-redis.test.mjs
   cluster-faults-nats.test.mjs
   cluster-topologies.test.mjs
+  # Management changes replicated through the broker (issue 10), redis and nats.
+  cluster-management.test.mjs
   lattestream.test.mjs
   activity.test.mjs
   user-socket.test.mjs
   origins.test.mjs
+  tls.test.mjs
   # SSE streams: the eventsource npm package and Chromium's EventSource (playwright-core).
   sse.test.mjs
 )

@@ -93,6 +93,12 @@ fn main() -> anyhow::Result<()> {
     let config = raw.resolve(cores)?;
     let grace = config.shutdown_grace;
     let api_listen = config.api_listen;
+    if api_config.tls.is_some() && api_listen.is_none() {
+        anyhow::bail!(
+            "[api.tls] is for the separate API listener: set api_listen (or --api-listen); \
+             the public port's TLS is [tls]"
+        );
+    }
     // Webhooks: the engine reports channel events to this observer on its cores (non-blocking);
     // the sender threads deliver them.
     let webhooks = Webhooks::start(&config.apps);
@@ -128,6 +134,19 @@ fn main() -> anyhow::Result<()> {
             Some(started.management)
         }
         None => None,
+    };
+    // Clustered with the management plane on: every management write is published through the
+    // bridge and the other nodes' writes are applied here (docs/management.md, "In a cluster").
+    let mgmt_port = match (&cluster_config, &management) {
+        (Some(cfg), Some(m)) => {
+            let (outbox, port) =
+                ringcast_cluster::management::channel(Arc::new(ReplicatedManagement(m.clone())));
+            m.attach_cluster(cfg.node_id.clone(), move |records| {
+                outbox.send(records.into());
+            });
+            Some(port)
+        }
+        _ => None,
     };
     let api_server = match api_listen {
         Some(a) => Some(
@@ -174,6 +193,7 @@ fn main() -> anyhow::Result<()> {
                     cfg,
                     running.handle(),
                     link,
+                    mgmt_port,
                     Box::new(move || {
                         println!("{line}");
                         std::io::stdout().flush().ok();
@@ -188,7 +208,11 @@ fn main() -> anyhow::Result<()> {
     let mut sig = None;
     for s in signals.forever() {
         if s == signal_hook::consts::SIGHUP {
-            reload(&cli, cores, management.as_deref());
+            let tls = TlsListeners {
+                public: running.handle().tls().cloned(),
+                api: api_server.as_ref().and_then(|a| a.tls()),
+            };
+            reload(&cli, cores, management.as_deref(), &tls);
             continue;
         }
         sig = Some(s);
@@ -220,6 +244,27 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The management plane as the cluster bridge sees it: records in, snapshots out, both
+/// handed to the management thread without waiting.
+struct ReplicatedManagement(Arc<Management>);
+
+impl ringcast_cluster::ManagementPeer for ReplicatedManagement {
+    fn apply(&self, from: &str, records: ringcast_cluster::management::Records) {
+        self.0.apply_replicated(from.to_owned(), records.to_vec());
+    }
+
+    fn snapshot(
+        &self,
+        max_bytes: usize,
+        reply: Box<dyn FnOnce(Vec<ringcast_cluster::management::Records>) + Send>,
+    ) {
+        self.0.replication_snapshot(
+            max_bytes,
+            Box::new(move |parts| reply(parts.into_iter().map(Into::into).collect())),
+        );
+    }
+}
+
 /// The config file (or the embedded default) with the command line's overrides.
 fn read_config(cli: &Cli) -> anyhow::Result<RawConfig> {
     let mut raw = match &cli.config {
@@ -238,19 +283,71 @@ fn read_config(cli: &Cli) -> anyhow::Result<RawConfig> {
     Ok(raw)
 }
 
-/// SIGHUP: re-reads the config file and applies its apps the way a management change is
-/// applied (swap, closes). A file that does not parse or resolve is rejected with the reason
-/// logged, and the running config stays. Settings other than the apps need a restart.
-fn reload(cli: &Cli, cores: usize, management: Option<&Management>) {
+/// The TLS listeners whose certificates SIGHUP re-reads.
+struct TlsListeners {
+    public: Option<ringcast_engine::TlsAcceptor>,
+    api: Option<ringcast_engine::TlsAcceptor>,
+}
+
+/// SIGHUP, certificates: re-reads `[tls]` and `[api.tls]` (their paths as the file names them
+/// now). A pair that loads is swapped in (new handshakes use it, established connections keep
+/// their sessions); one that does not is rejected with the reason logged and the old one stays.
+/// Turning TLS on or off needs a restart.
+fn reload_certificates(raw: &mut ringcast_engine::RawConfig, tls: &TlsListeners) {
+    let api_tls = match ApiConfig::from_table(raw.api.take()) {
+        Ok(c) => c.tls,
+        Err(e) => {
+            tracing::error!("SIGHUP: [api] rejected, the API certificate stays: {e}");
+            None
+        }
+    };
+    for (name, acceptor, files) in [
+        ("[tls]", &tls.public, raw.tls.as_ref()),
+        ("[api.tls]", &tls.api, api_tls.as_ref()),
+    ] {
+        match (acceptor, files) {
+            (Some(a), Some(f)) => match a.reload(f) {
+                Ok(()) => tracing::info!(
+                    cert = %f.cert.display(),
+                    "SIGHUP: {name} certificate re-read; new handshakes use it"
+                ),
+                Err(e) => {
+                    tracing::error!("SIGHUP: {name} certificate rejected, the old one stays: {e}")
+                }
+            },
+            (Some(_), None) => tracing::warn!(
+                "SIGHUP: {name} is gone from the config; turning TLS off needs a restart"
+            ),
+            (None, Some(_)) => tracing::warn!(
+                "SIGHUP: {name} was added to the config; turning TLS on needs a restart"
+            ),
+            (None, None) => {}
+        }
+    }
+}
+
+/// SIGHUP: re-reads the config file: the TLS certificates (see [`reload_certificates`]), and
+/// its apps, applied the way a management change is applied (swap, closes). A file that does
+/// not parse or resolve is rejected with the reason logged, and the running config stays.
+/// Settings other than the apps and certificates need a restart.
+fn reload(cli: &Cli, cores: usize, management: Option<&Management>, tls: &TlsListeners) {
     let Some(path) = &cli.config else {
         tracing::warn!("SIGHUP: no --config file to re-read");
         return;
     };
+    let mut raw = match read_config(cli) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(file = %path.display(), "SIGHUP: config rejected, the old one stays: {e:#}");
+            return;
+        }
+    };
+    reload_certificates(&mut raw, tls);
     let Some(m) = management else {
         tracing::warn!("SIGHUP: the management plane is disabled; apps cannot change at runtime");
         return;
     };
-    let apps = match read_config(cli).and_then(|raw| Ok(raw.resolve(cores)?)) {
+    let apps = match raw.resolve(cores) {
         Ok(c) => c.apps,
         Err(e) => {
             tracing::error!(file = %path.display(), "SIGHUP: config rejected, the old one stays: {e:#}");

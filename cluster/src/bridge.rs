@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::broker::{Broker, BrokerEvent, Subject};
 use crate::config::{defaults, Backend, ClusterConfig};
+use crate::management::{ManagementPeer, MgmtPort};
 use crate::wire::{self, Control, Item, Message, ShareEntry};
 
 /// A running bridge.
@@ -43,6 +44,7 @@ impl Bridge {
         cfg: ClusterConfig,
         handle: EngineHandle,
         link: Arc<ClusterLink>,
+        mgmt: Option<MgmtPort>,
         on_connected: Box<dyn FnOnce() + Send>,
     ) -> std::io::Result<Bridge> {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -60,7 +62,7 @@ impl Bridge {
                         return;
                     }
                 };
-                rt.block_on(run(cfg, handle, link, on_connected, stop_rx));
+                rt.block_on(run(cfg, handle, link, mgmt, on_connected, stop_rx));
                 let _ = done_tx.send(());
             })?;
         Ok(Bridge {
@@ -97,6 +99,8 @@ struct Peer {
     /// Last delta/snapshot sequence applied; `None` until its state is known.
     seq: Option<u64>,
     sync_asked: Option<Instant>,
+    /// Last management message number seen from it.
+    mgmt_seq: Option<u64>,
 }
 
 /// Snapshot parts being collected from one node.
@@ -130,15 +134,27 @@ struct State {
     /// node never sends lifecycle webhooks beside the real leader.
     settle_at: Option<Instant>,
     settled: bool,
+    /// The management plane, when it is on (docs/management.md, "In a cluster").
+    mgmt: Option<Arc<dyn ManagementPeer>>,
+    /// Management messages this node published.
+    mgmt_seq: u64,
+    /// Where the management plane's snapshot replies come back to this thread.
+    mgmt_snap_tx: mpsc::UnboundedSender<Vec<Bytes>>,
 }
 
 async fn run(
     cfg: ClusterConfig,
     handle: EngineHandle,
     link: Arc<ClusterLink>,
+    mgmt: Option<MgmtPort>,
     on_connected: Box<dyn FnOnce() + Send>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let (mgmt_peer, mut mgmt_rx) = match mgmt {
+        Some(p) => (Some(p.peer), Some(p.rx)),
+        None => (None, None),
+    };
+    let (mgmt_snap_tx, mut mgmt_snap_rx) = mpsc::unbounded_channel::<Vec<Bytes>>();
     let notify = Arc::new(Notify::new());
     {
         let n = notify.clone();
@@ -167,6 +183,9 @@ async fn run(
         on_connected: Some(on_connected),
         settle_at: None,
         settled: false,
+        mgmt: mgmt_peer,
+        mgmt_seq: 0,
+        mgmt_snap_tx,
         cfg,
         handle,
         link,
@@ -191,6 +210,12 @@ async fn run(
                 None => break,
             },
             _ = notify.notified() => st.drain(&mut broker).await,
+            Some(records) = next_local_change(&mut mgmt_rx) => st.publish_mgmt(&broker, records),
+            Some(parts) = mgmt_snap_rx.recv() => {
+                for records in parts {
+                    st.publish_mgmt(&broker, records);
+                }
+            }
             _ = flush.tick() => {
                 if !st.settled && st.settle_at.is_some_and(|t| Instant::now() >= t) {
                     st.settled = true;
@@ -210,7 +235,11 @@ async fn run(
             }
         }
     }
-    // Graceful stop: what the cores queued while closing their clients, then Bye.
+    // Graceful stop: management changes still queued, what the cores queued while closing
+    // their clients, then Bye.
+    while let Some(Ok(records)) = mgmt_rx.as_mut().map(|rx| rx.try_recv()) {
+        st.publish_mgmt(&broker, records);
+    }
     st.drain(&mut broker).await;
     st.flush_delta(&broker);
     if st.connected {
@@ -476,6 +505,36 @@ impl State {
         self.publish_control(broker, &c);
     }
 
+    /// Publishes management records of this node (a local change or a snapshot part). While
+    /// the link is down they are dropped: the snapshot exchange on reconnect carries them.
+    fn publish_mgmt(&mut self, broker: &Broker, records: Bytes) {
+        if !self.connected {
+            ClusterMetrics::inc(&self.link.metrics.undeliverable);
+            return;
+        }
+        self.mgmt_seq += 1;
+        let c = Control::Mgmt {
+            node: self.me.to_string(),
+            seq: self.mgmt_seq,
+            records,
+        };
+        self.publish_control(broker, &c);
+    }
+
+    /// Asks the management plane for its whole state; the parts come back through
+    /// `mgmt_snap_tx` and are published from the loop.
+    fn send_mgmt_snapshot(&self) {
+        if let Some(m) = &self.mgmt {
+            let tx = self.mgmt_snap_tx.clone();
+            m.snapshot(
+                defaults::SNAPSHOT_PART_BYTES,
+                Box::new(move |parts| {
+                    let _ = tx.send(parts);
+                }),
+            );
+        }
+    }
+
     fn publish_control(&self, broker: &Broker, c: &Control) {
         if !broker.publish(self.control_subject(), wire::encode_control(c)) {
             ClusterMetrics::inc(&self.link.metrics.publish_failed);
@@ -582,6 +641,18 @@ impl State {
             },
         );
         self.send_snapshot(broker).await;
+        if self.mgmt.is_some() {
+            // Converge both ways: the others send their management state, this node sends its
+            // own (changes made here while the link was down reach them).
+            self.publish_control(
+                broker,
+                &Control::MgmtSync {
+                    node: self.me.to_string(),
+                    target: String::new(),
+                },
+            );
+            self.send_mgmt_snapshot();
+        }
         self.heartbeat(broker);
         tracing::info!(node = %self.me, backend = self.cfg.backend.name(), "cluster: broker connection up");
         if first {
@@ -656,6 +727,7 @@ impl State {
                 last_seen: now,
                 seq: None,
                 sync_asked: None,
+                mgmt_seq: None,
             }
         });
         p.last_seen = now;
@@ -664,6 +736,7 @@ impl State {
                 // Restarted with the same id: its state starts over.
                 p.started_at = s;
                 p.seq = None;
+                p.mgmt_seq = None;
             }
         }
         if new {
@@ -805,6 +878,35 @@ impl State {
                     self.send_snapshot(broker).await;
                 }
             }
+            Control::Mgmt { node, seq, records } => {
+                self.touch(&node, None);
+                let Some(m) = self.mgmt.clone() else {
+                    return;
+                };
+                let known = self.peers.get(&node).and_then(|p| p.mgmt_seq);
+                if let Some(p) = self.peers.get_mut(&node) {
+                    p.mgmt_seq = Some(seq);
+                }
+                // Records are idempotent (last writer wins), so a repeat or a restarted
+                // node's low numbers are applied anyway; only a gap needs a snapshot.
+                if known.is_some_and(|k| seq > k + 1) {
+                    ClusterMetrics::inc(&self.link.metrics.sequence_gaps);
+                    self.publish_control(
+                        broker,
+                        &Control::MgmtSync {
+                            node: self.me.to_string(),
+                            target: node.clone(),
+                        },
+                    );
+                }
+                m.apply(&node, records);
+            }
+            Control::MgmtSync { node, target } => {
+                self.touch(&node, None);
+                if target.is_empty() || *target == *self.me {
+                    self.send_mgmt_snapshot();
+                }
+            }
         }
     }
 
@@ -929,6 +1031,14 @@ impl State {
             self.peers.len() as u64 + 1,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+}
+
+/// The next local management change, or never when the management plane is off.
+async fn next_local_change(rx: &mut Option<mpsc::UnboundedReceiver<Bytes>>) -> Option<Bytes> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -6,9 +6,11 @@
 pub mod bridge;
 pub mod broker;
 pub mod config;
+pub mod management;
 mod nats;
 mod redis;
 pub mod wire;
 
 pub use bridge::{link_for, Bridge};
 pub use config::{Backend, ClusterConfig, ClusterOverrides};
+pub use management::{ManagementPeer, MgmtOutbox, MgmtPort};

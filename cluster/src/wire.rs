@@ -21,6 +21,8 @@ const K_SNAPSHOT: u8 = 5;
 const K_BYE: u8 = 6;
 const K_TERMINATE: u8 = 7;
 const K_SYNC_REQUEST: u8 = 8;
+const K_MGMT: u8 = 9;
+const K_MGMT_SYNC: u8 = 10;
 
 const I_COUNT: u8 = 1;
 const I_JOIN: u8 = 2;
@@ -108,6 +110,19 @@ pub enum Control {
         node: String,
         target: String,
     },
+    /// Management change records (opaque to the bridge: encoded and applied by the
+    /// management plane). `seq` counts the management messages `node` published since it
+    /// started, so a receiver sees a gap.
+    Mgmt {
+        node: String,
+        seq: u64,
+        records: Bytes,
+    },
+    /// "Send me your whole management state": to `target`, or to every node when empty.
+    MgmtSync {
+        node: String,
+        target: String,
+    },
 }
 
 impl Control {
@@ -119,7 +134,9 @@ impl Control {
             | Control::Snapshot { node, .. }
             | Control::Bye { node }
             | Control::Terminate { node, .. }
-            | Control::SyncRequest { node, .. } => node,
+            | Control::SyncRequest { node, .. }
+            | Control::Mgmt { node, .. }
+            | Control::MgmtSync { node, .. } => node,
         }
     }
 }
@@ -315,6 +332,18 @@ pub fn encode_control(c: &Control) -> Bytes {
             put_str(&mut b, node);
             put_str(&mut b, target);
         }
+        Control::Mgmt { node, seq, records } => {
+            header(&mut b, K_MGMT);
+            put_str(&mut b, node);
+            b.put_u64_le(*seq);
+            b.put_u32_le(records.len() as u32);
+            b.put_slice(records);
+        }
+        Control::MgmtSync { node, target } => {
+            header(&mut b, K_MGMT_SYNC);
+            put_str(&mut b, node);
+            put_str(&mut b, target);
+        }
     }
     b.freeze()
 }
@@ -495,6 +524,22 @@ pub fn decode(payload: &Bytes) -> Result<Message, DecodeError> {
             node: r.string()?,
             target: r.string()?,
         },
+        K_MGMT => {
+            let node = r.string()?;
+            let seq = r.u64()?;
+            let n = r.u32()? as usize;
+            let start = r.pos;
+            r.take(n)?;
+            Control::Mgmt {
+                node,
+                seq,
+                records: payload.slice(start..start + n),
+            }
+        }
+        K_MGMT_SYNC => Control::MgmtSync {
+            node: r.string()?,
+            target: r.string()?,
+        },
         k => return Err(DecodeError::UnknownKind(k)),
     };
     r.finish()?;
@@ -569,6 +614,15 @@ mod tests {
             encode_control(&Control::SyncRequest {
                 node: "n1".into(),
                 target: "n2".into(),
+            }),
+            encode_control(&Control::Mgmt {
+                node: "n1".into(),
+                seq: 3,
+                records: Bytes::from_static(b"{\"records\":[]}"),
+            }),
+            encode_control(&Control::MgmtSync {
+                node: "n1".into(),
+                target: String::new(),
             }),
         ]
     }

@@ -66,6 +66,8 @@ pub struct ApiConfig {
     pub max_body_bytes_in_flight: usize,
     /// Addresses allowed `/metrics` and `/stats` on the public port.
     pub metrics_allow: Vec<IpCidr>,
+    /// `[api.tls]`: the separate API listener (`api_listen`) speaks https:// with this pair.
+    pub tls: Option<ringcast_engine::TlsFiles>,
 }
 
 impl Default for ApiConfig {
@@ -83,6 +85,7 @@ impl Default for ApiConfig {
             terminate_close_code: defaults::TERMINATE_CLOSE_CODE,
             max_body_bytes_in_flight: defaults::MAX_BODY_BYTES_IN_FLIGHT,
             metrics_allow: defaults::metrics_allow(),
+            tls: None,
         }
     }
 }
@@ -104,6 +107,7 @@ pub struct RawApiConfig {
     pub terminate_close_code: Option<u16>,
     pub max_body_bytes_in_flight: Option<usize>,
     pub metrics_allow: Option<Vec<String>>,
+    pub tls: Option<ringcast_engine::TlsFiles>,
 }
 
 impl ApiConfig {
@@ -143,6 +147,7 @@ impl ApiConfig {
                     .map_err(|e| format!("[api] metrics_allow: {e}"))?,
                 None => d.metrics_allow,
             },
+            tls: raw.tls,
         };
         if cfg.max_body_bytes_in_flight < cfg.max_body_bytes {
             return Err(

@@ -186,6 +186,52 @@ impl Out {
     }
 }
 
+/// Appends the TLS listeners' counters (`ringcast_tls_*`), labelled `listener="public"|"api"`.
+pub fn render_tls(listeners: &[(&str, &ringcast_engine::TlsAcceptor)], text: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut o = Out(std::mem::take(text));
+    o.family(
+        "ringcast_tls_handshakes_total",
+        "counter",
+        "TLS handshakes by outcome: ok, or the reason it failed (timeout: not done within \
+         handshake_timeout; bad_record: a record rustls refused or a fatal alert from the client; \
+         plaintext: plain HTTP sent to the TLS port, closed unanswered; aborted: the client \
+         closed mid-handshake).",
+    );
+    for (l, t) in listeners {
+        let c = t.counters();
+        for (result, v) in [
+            ("ok", &c.completed),
+            ("timeout", &c.timeout),
+            ("bad_record", &c.bad_record),
+            ("plaintext", &c.plaintext),
+            ("aborted", &c.aborted),
+        ] {
+            o.sample(
+                "ringcast_tls_handshakes_total",
+                &format!("listener=\"{l}\",result=\"{result}\""),
+                v.load(Relaxed),
+            );
+        }
+    }
+    o.family(
+        "ringcast_tls_reloads_total",
+        "counter",
+        "Certificate reloads (SIGHUP): applied, or rejected (the old certificate stayed).",
+    );
+    for (l, t) in listeners {
+        let c = t.counters();
+        for (result, v) in [("ok", &c.reloads), ("rejected", &c.reload_failures)] {
+            o.sample(
+                "ringcast_tls_reloads_total",
+                &format!("listener=\"{l}\",result=\"{result}\""),
+                v.load(Relaxed),
+            );
+        }
+    }
+    *text = o.0;
+}
+
 /// Appends the cluster bridge's counters (`ringcast_cluster_*`).
 pub fn render_cluster(c: &ringcast_engine::ClusterLink, text: &mut String) {
     use ringcast_engine::ClusterMetrics as M;

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use futures_channel::oneshot;
-use ringcast_engine::{reuseport_listener, EngineHandle, HttpService, HttpServing};
+use ringcast_engine::{reuseport_listener, EngineHandle, HttpService, HttpServing, TlsAcceptor};
 
 use crate::api::{system_clock, Api, Clock, Endpoint, Scope};
 use crate::config::ApiConfig;
@@ -68,7 +68,7 @@ impl ControlPlane {
     /// Serves one connection (keep-alive loop) with the given scope.
     pub async fn serve_connection(
         &self,
-        stream: monoio::net::TcpStream,
+        stream: ringcast_engine::ClientStream,
         initial: Vec<u8>,
         scope: Scope,
     ) {
@@ -78,10 +78,10 @@ impl ControlPlane {
 
 async fn serve(
     api: Arc<Api>,
-    stream: monoio::net::TcpStream,
+    stream: ringcast_engine::ClientStream,
     initial: Vec<u8>,
     scope: Scope,
-) -> Option<(monoio::net::TcpStream, Vec<u8>)> {
+) -> Option<(ringcast_engine::ClientStream, Vec<u8>)> {
     let limits = api.config().limits();
     let timeouts = api.config().timeouts();
     let h = Serving { api, scope };
@@ -121,7 +121,7 @@ impl http::Handler for Serving {
 impl HttpService for ControlPlane {
     fn serve(
         &self,
-        stream: monoio::net::TcpStream,
+        stream: ringcast_engine::ClientStream,
         buffered: Vec<u8>,
         client: Option<std::net::IpAddr>,
     ) -> HttpServing {
@@ -142,7 +142,7 @@ struct HealthOnly {
 impl HttpService for HealthOnly {
     fn serve(
         &self,
-        stream: monoio::net::TcpStream,
+        stream: ringcast_engine::ClientStream,
         buffered: Vec<u8>,
         _client: Option<std::net::IpAddr>,
     ) -> HttpServing {
@@ -154,6 +154,7 @@ impl HttpService for HealthOnly {
 /// runtime and an SO_REUSEPORT listener on the same address.
 pub struct ApiServer {
     local_addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
     stops: Vec<oneshot::Sender<()>>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -165,6 +166,17 @@ impl ApiServer {
         control_plane: &ControlPlane,
         threads: usize,
     ) -> std::io::Result<ApiServer> {
+        // `[api.tls]`: a certificate or key that does not load stops the start here.
+        let tls = match &control_plane.api.config().tls {
+            Some(files) => Some(
+                TlsAcceptor::load(files)
+                    .map_err(|e| std::io::Error::other(format!("[api.tls]: {e}")))?,
+            ),
+            None => None,
+        };
+        if let Some(t) = &tls {
+            let _ = control_plane.api.api_tls.set(t.clone());
+        }
         let first = reuseport_listener(addr)?;
         let local_addr = first.local_addr()?;
         let mut listeners = vec![first];
@@ -174,6 +186,7 @@ impl ApiServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let mut server = ApiServer {
             local_addr,
+            tls: tls.clone(),
             stops: Vec::new(),
             threads: Vec::new(),
         };
@@ -181,6 +194,7 @@ impl ApiServer {
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let api = control_plane.api.clone();
             let ready = ready_tx.clone();
+            let tls = tls.clone();
             let t = std::thread::Builder::new()
                 .name(format!("ringcast-api{i}"))
                 .spawn(move || {
@@ -203,7 +217,7 @@ impl ApiServer {
                             }
                         };
                         let _ = ready.send(Ok(()));
-                        accept_loop(api, listener, stop_rx).await
+                        accept_loop(api, listener, tls, stop_rx).await
                     });
                 })?;
             server.stops.push(stop_tx);
@@ -227,6 +241,11 @@ impl ApiServer {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The listener's TLS acceptor (`[api.tls]`), for certificate reloads.
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls.clone()
     }
 
     /// Stops accepting, drops in-flight connections and joins the threads.
@@ -253,18 +272,28 @@ impl Drop for ApiServer {
 async fn accept_loop(
     api: Arc<Api>,
     listener: monoio::net::TcpListener,
+    tls: Option<TlsAcceptor>,
     mut stop: oneshot::Receiver<()>,
 ) {
     loop {
         monoio::select! {
             _ = &mut stop => break,
             r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    let api = api.clone();
-                    monoio::spawn(async move {
-                        serve(api, stream, Vec::new(), Scope::Full).await;
-                    });
-                }
+                Ok((stream, _)) => match &tls {
+                    None => {
+                        monoio::spawn(serve(api.clone(), stream.into(), Vec::new(), Scope::Full));
+                    }
+                    Some(acceptor) => {
+                        // The handshake bounded by the head timeout; failures are counted.
+                        let (api, acceptor) = (api.clone(), acceptor.clone());
+                        monoio::spawn(async move {
+                            let limit = api.config().timeouts().head;
+                            if let Ok(s) = acceptor.accept(stream, limit).await {
+                                serve(api, s, Vec::new(), Scope::Full).await;
+                            }
+                        });
+                    }
+                },
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("api accept failed: {e}");

@@ -922,3 +922,123 @@ fn webhook_targets_and_the_webhook_secret_of_an_api_app_apply_at_once() {
         "{body}"
     );
 }
+
+#[test]
+fn every_config_file_setting_is_in_the_model_and_applies() {
+    let tmp = tmp_dir("allsettings");
+    let s = Mgmt::start(&tmp);
+    let (id, key, secret) = s.create_app(json!({
+        "id": "full",
+        "allowed_origins": ["https://ok.test", "*.ok.test"],
+        "api_keys": ["lsk_full_app_key"],
+        "rate_limits": {"events": {"per_minute": 60, "burst_per_sec": 1}},
+        "activity_history_size": 9,
+        "single_connection_per_user": true,
+    }));
+    let v = s.ok("GET", "/api/apps/full", None);
+    let st = &v["settings"];
+    assert_eq!(
+        st["allowed_origins"],
+        json!(["https://ok.test", "*.ok.test"])
+    );
+    assert_eq!(st["api_keys"], json!(["lsk_full_app_key"]));
+    assert_eq!(
+        st["rate_limits"],
+        json!({"events": {"per_minute": 60, "burst_per_sec": 1}})
+    );
+    assert_eq!(st["activity_history_size"], 9);
+    assert_eq!(st["single_connection_per_user"], true);
+    // The rate limit applies at once: one burst token, the second trigger is refused.
+    assert_eq!(
+        s.signed_as(&id, &key, &secret, &event_body("rl")).status,
+        200
+    );
+    assert_eq!(
+        s.signed_as(&id, &key, &secret, &event_body("rl")).status,
+        429
+    );
+    // The LatteStream key is a credential: hidden without secrets:manage, and only
+    // secrets:manage may write it.
+    let reader = s.token(&["apps:read", "apps:write"], None);
+    let seen = s.req(Some(&reader), "GET", "/api/apps/full", None).json();
+    assert!(!seen.to_string().contains("lsk_full_app_key"), "{seen}");
+    s.req(
+        Some(&reader),
+        "PUT",
+        "/api/apps/full",
+        Some(json!({"api_keys": ["lsk_other_key"]})),
+    )
+    .expect_error(403, "forbidden");
+    // Bad values name their field and change nothing.
+    for (field, value) in [
+        ("allowed_origins", json!(["https://x.test/path"])),
+        ("api_keys", json!(["not-an-lsk-key"])),
+        ("rate_limits", json!({"nope": {"per_minute": 1}})),
+        ("activity_history_size", json!("many")),
+        ("single_connection_per_user", json!(3)),
+    ] {
+        let r = s.admin("PUT", "/api/apps/full", Some(json!({ field: value })));
+        assert_eq!(r.status, 400, "{field}: {}", r.text());
+        assert_eq!(r.json()["field"], field, "{}", r.text());
+    }
+    assert_eq!(s.ok("GET", "/api/apps/full", None)["settings"], *st);
+    // null resets to the default.
+    let v = s.ok(
+        "PUT",
+        "/api/apps/full",
+        Some(json!({"allowed_origins": null, "rate_limits": null})),
+    );
+    assert_eq!(v["settings"]["allowed_origins"], json!([]));
+    assert_eq!(v["settings"]["rate_limits"], json!({}));
+    // A duplicate LatteStream key over two apps is refused.
+    let r = s.admin(
+        "POST",
+        "/api/apps",
+        Some(json!({"id": "dup", "api_keys": ["lsk_full_app_key"]})),
+    );
+    assert!(r.status == 409 || r.status == 400, "{}", r.text());
+    s.admin("GET", "/api/apps/dup", None)
+        .expect_error(404, "not_found");
+}
+
+#[test]
+fn usage_per_day_survives_a_restart() {
+    let tmp = tmp_dir("usage");
+    let s = Mgmt::start(&tmp);
+    let (id, key, secret) = s.create_app(json!({"id": "counted"}));
+    let mut c = Client::connect(s.addr, &key);
+    c.subscribe("metered");
+    for _ in 0..3 {
+        let r = s.signed_as(&id, &key, &secret, &event_body("metered"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        c.recv_event("ev");
+    }
+    let path = "/api/apps/counted/usage";
+    s.eventually_ok(path, |v| {
+        let d = &v["days"][0];
+        d["messages_out"].as_u64() >= Some(3)
+            && d["api_calls"].as_u64() >= Some(3)
+            && d["connections_peak"].as_u64() >= Some(1)
+    });
+    let before = s.ok("GET", path, None)["days"][0].clone();
+    drop(c);
+    let dir = s.stop();
+
+    // A new process on the same store: the day's row is there before any new traffic.
+    let s = Mgmt::start(&dir);
+    let after = s.ok("GET", path, None);
+    let day = &after["days"][0];
+    assert_eq!(day["day"], before["day"], "{after}");
+    for field in [
+        "messages_out",
+        "api_calls",
+        "connections_peak",
+        "messages_in",
+    ] {
+        assert!(
+            day[field].as_u64() >= before[field].as_u64(),
+            "{field}: {before} then {after}"
+        );
+    }
+    assert!(day["messages_out"].as_u64() >= Some(3), "{after}");
+}

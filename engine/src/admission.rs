@@ -115,6 +115,17 @@ impl std::str::FromStr for OriginPattern {
     }
 }
 
+impl std::fmt::Display for OriginPattern {
+    /// The pattern as written in the config (lower-cased), so it parses back to itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OriginPattern::Any => f.write_str("*"),
+            OriginPattern::Exact(s) | OriginPattern::Host(s) => f.write_str(s),
+            OriginPattern::Subdomains(d) => write!(f, "*.{d}"),
+        }
+    }
+}
+
 impl OriginPattern {
     /// Whether the `Origin` header value matches.
     pub fn matches(&self, origin: &str) -> bool {

@@ -208,6 +208,8 @@ pub struct RawConfig {
     /// The `[cluster]` table (scale-out over Redis or NATS). Opaque to the engine; the
     /// cluster crate resolves and validates it.
     pub cluster: Option<toml::Table>,
+    /// The `[tls]` table: the public port speaks TLS with this certificate and key.
+    pub tls: Option<crate::tls::TlsFiles>,
     #[serde(default)]
     pub apps: Vec<RawApp>,
 }
@@ -351,6 +353,8 @@ pub struct Config {
     /// Interval of the SSE streams' `: heartbeat` comment.
     pub sse_heartbeat: Duration,
     pub admission: AdmissionConfig,
+    /// `[tls]`: serve wss:// and https:// on the public port (files read at bind and on SIGHUP).
+    pub tls: Option<crate::tls::TlsFiles>,
     pub apps: Vec<AppConfig>,
 }
 
@@ -548,6 +552,7 @@ impl RawConfig {
                     .max(1),
             ),
             admission: self.admission.unwrap_or_default().resolve()?,
+            tls: self.tls,
             apps,
         })
     }

@@ -8,14 +8,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use ringcast_protocol::client_addr::{client_from_forwarded_for, parse_proxy_header};
 use ringcast_protocol::{
@@ -29,6 +29,7 @@ use crate::core::Core;
 use crate::metrics::CloseReason;
 use crate::msg::{AppIdx, ChanKey, MemberInfo, Msg};
 use crate::shared::App;
+use crate::tls::{ClientStream, ConnWriter};
 
 /// Largest number of frames handed to one `writev` (Linux IOV_MAX is 1024).
 const MAX_IOV: usize = 1024;
@@ -369,32 +370,14 @@ unsafe impl monoio::buf::IoVecBuf for FrameBatch {
     }
 }
 
-/// Writes the whole batch with as many `writev` calls as partial writes require.
+/// Writes the whole batch: plaintext with as many `writev` calls as partial writes require,
+/// TLS by encrypting each shared frame into the connection's session (crate::tls).
 async fn write_batch(
-    w: &mut OwnedWriteHalf<TcpStream>,
-    mut batch: FrameBatch,
+    w: &mut ConnWriter,
+    batch: FrameBatch,
     total: usize,
 ) -> (std::io::Result<()>, FrameBatch) {
-    let mut written = 0;
-    while written < total {
-        let (res, b) = w.writev(batch).await;
-        batch = b;
-        match res {
-            Ok(0) => return (Err(std::io::ErrorKind::WriteZero.into()), batch),
-            Ok(n) => {
-                written += n;
-                batch.advance(n);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return (Err(e), batch),
-        }
-    }
-    (Ok(()), batch)
-}
-
-async fn write_all(w: &mut OwnedWriteHalf<TcpStream>, data: Bytes) -> std::io::Result<()> {
-    let (r, _) = w.write_all(data).await;
-    r.map(|_| ())
+    w.write_frames(batch, total, FrameBatch::advance).await
 }
 
 /// Entry point for an accepted socket.
@@ -424,6 +407,17 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
             }
         }
     }
+    // A TLS listener: the TLS handshake first, bounded by the handshake timeout (its state in
+    // a boxed future, freed once done; a failure is counted by reason and closes the socket).
+    let stream = match shared.tls.get() {
+        None => ClientStream::Plain(stream),
+        Some(acceptor) => {
+            match Box::pin(acceptor.accept(stream, shared.config.handshake_timeout)).await {
+                Ok(s) => s,
+                Err(_) => return,
+            }
+        }
+    };
     // The handshake's state (read buffers, the parsed request head) lives in its own boxed
     // future and is freed before the connection's long-lived loop starts: an idle
     // connection keeps only what `run` needs.
@@ -452,9 +446,9 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
 enum Accepted {
     /// A WebSocket: its app, the key it connected with, the stream, bytes already read past
     /// the head, the verified `?token=` claims.
-    WebSocket(AppIdx, Box<str>, TcpStream, Vec<u8>, Option<jwt::Claims>),
+    WebSocket(AppIdx, Box<str>, ClientStream, Vec<u8>, Option<jwt::Claims>),
     /// An SSE stream (`GET /apps/{id}/stream`), admitted.
-    Sse(crate::sse::SseRequest, TcpStream),
+    Sse(crate::sse::SseRequest, ClientStream),
 }
 
 /// The TCP peer of a connection and whether it is a trusted proxy.
@@ -471,7 +465,7 @@ struct Peer {
 /// header or `X-Forwarded-For`, and its per-address permit is taken here (into `ip_permit`).
 async fn handshake<'a>(
     core: Rc<Core>,
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     peer: Peer,
     adm: &'a Admission,
     handshake_permit: HandshakePermit<'a>,
@@ -571,12 +565,7 @@ async fn handshake<'a>(
         return match crate::sse::admit(&core, &head, client) {
             Ok(req) => Some(Accepted::Sse(req, stream)),
             Err(refusal) => {
-                core.metrics().closed(CloseReason::Refused);
-                let _ = monoio::time::timeout(
-                    Duration::from_secs(2),
-                    stream.write_all(refusal.response()),
-                )
-                .await;
+                refuse_stream(&core, &mut stream, refusal).await;
                 None
             }
         };
@@ -593,12 +582,7 @@ async fn handshake<'a>(
             return match crate::sse::admit(&core, &later, client) {
                 Ok(req) => Some(Accepted::Sse(req, stream)),
                 Err(refusal) => {
-                    core.metrics().closed(CloseReason::Refused);
-                    let _ = monoio::time::timeout(
-                        Duration::from_secs(2),
-                        stream.write_all(refusal.response()),
-                    )
-                    .await;
+                    refuse_stream(&core, &mut stream, refusal).await;
                     None
                 }
             };
@@ -805,9 +789,17 @@ fn verify_connect_token(
     Ok(Some(claims))
 }
 
+/// Answers a refused SSE stream request (4xx/503 JSON) and closes.
+async fn refuse_stream(core: &Core, stream: &mut ClientStream, refusal: crate::sse::Refusal) {
+    core.metrics().closed(CloseReason::Refused);
+    let _ =
+        monoio::time::timeout(Duration::from_secs(2), stream.write_all(refusal.response())).await;
+    let _ = stream.shutdown().await;
+}
+
 async fn reject(
     core: &Core,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     d: Dialect,
     code: u16,
     msg: &str,
@@ -825,7 +817,7 @@ async fn run(
     core: Rc<Core>,
     app_idx: AppIdx,
     key: Box<str>,
-    stream: TcpStream,
+    stream: ClientStream,
     leftover: Vec<u8>,
     token: Option<jwt::Claims>,
 ) {
@@ -937,6 +929,9 @@ async fn run(
                 break;
             }
             Ok(n) => {
+                if reader.wants_flush() {
+                    conn.wake_writer();
+                }
                 conn.last_read.set(core.shared.now());
                 conn.ping_sent.set(None);
                 decoder.handle_bytes(&rbuf[..n]);
@@ -1536,13 +1531,18 @@ fn admit_client_event(core: &Core, conn: &Conn, d: Dialect, key: &ChanKey) -> bo
 }
 
 /// The writer task: one vectored write per wake-up, bounded by the write deadline.
-pub(crate) async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: OwnedWriteHalf<TcpStream>) {
+pub(crate) async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: ConnWriter) {
     let mut batch = FrameBatch::default();
     loop {
         let c = conn.clone();
+        let tls_pending = &w;
         std::future::poll_fn(move |cx| {
             let out = c.out.borrow();
-            if !out.frames.is_empty() || out.closing.is_some() || out.done {
+            if !out.frames.is_empty()
+                || out.closing.is_some()
+                || out.done
+                || tls_pending.wants_flush()
+            {
                 Poll::Ready(())
             } else {
                 c.writer_waker.set(Some(cx.waker().clone()));
@@ -1593,13 +1593,18 @@ pub(crate) async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: OwnedWrite
                 }
             }
         }
+        // TLS records the reader's input caused (alerts, key-update replies).
+        if w.wants_flush() && w.flush().await.is_err() {
+            conn.set_end_reason(CloseReason::IoError);
+            break;
+        }
         if let Some((code, reason, why)) = closing {
             conn.set_end_reason(why);
             // Boxed: the close path runs once, so its state should not widen every
             // connection's writer task.
             let _ = Box::pin(monoio::time::timeout(
                 Duration::from_secs(1),
-                write_all(&mut w, conn.close_bytes(code, &reason)),
+                w.write_all(conn.close_bytes(code, &reason)),
             ))
             .await;
             break;

@@ -361,6 +361,11 @@ impl EngineHandle {
         self.shared.cluster()
     }
 
+    /// The public port's TLS acceptor (`[tls]`): reload its certificate, read its counters.
+    pub fn tls(&self) -> Option<&crate::tls::TlsAcceptor> {
+        self.shared.tls.get()
+    }
+
     /// Worker cores.
     pub fn workers(&self) -> usize {
         self.shared.config.workers

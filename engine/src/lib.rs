@@ -38,6 +38,7 @@ mod msg;
 mod server;
 mod shared;
 mod sse;
+mod tls;
 mod user_socket;
 
 pub use crate::activity::{ActivityKind, ActivityQuery, ActivityRecord};
@@ -56,6 +57,9 @@ pub use crate::metrics::{CloseReason, MetricsSnapshot};
 pub use crate::msg::{AppIdx, ChannelCounts, ChannelSummary, PresenceUser};
 pub use crate::server::{reuseport_listener, Engine, HttpService, HttpServing, RunningEngine};
 pub use crate::shared::EngineObserver;
+pub use crate::tls::{
+    ClientStream, HandshakeFailure, TlsAcceptor, TlsCounters, TlsError, TlsFiles, TlsStream,
+};
 
 /// Re-exported so the composition root and control plane use the same runtime types.
 pub use monoio;

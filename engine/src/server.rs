@@ -21,6 +21,7 @@ use crate::shared::{EngineObserver, Placement, Shared};
 
 /// Serves a plain-HTTP (non-WebSocket) connection that arrived on the public port. Installed by
 /// the composition root (the control plane implements it); the engine knows nothing of routes.
+/// `stream` is plaintext or, on a `[tls]` port, TLS (already handshaken).
 /// `buffered` holds every byte read so far, starting with the request head. `client` is the
 /// client's address (behind a trusted proxy: the one its PROXY header or `X-Forwarded-For`
 /// names; `None` if unknown). The future runs on the accepting core and must not block it.
@@ -30,7 +31,7 @@ pub trait HttpService: Send + Sync + 'static {
     /// that request's head as bytes: the core then serves it as it would a fresh one.
     fn serve(
         &self,
-        stream: monoio::net::TcpStream,
+        stream: crate::tls::ClientStream,
         buffered: Vec<u8>,
         client: Option<std::net::IpAddr>,
     ) -> HttpServing;
@@ -38,7 +39,7 @@ pub trait HttpService: Send + Sync + 'static {
 
 /// What `HttpService::serve` returns: the connection handed back with a request's head, or
 /// `None` when it is done.
-pub type HttpServing = Pin<Box<dyn Future<Output = Option<(monoio::net::TcpStream, Vec<u8>)>>>>;
+pub type HttpServing = Pin<Box<dyn Future<Output = Option<(crate::tls::ClientStream, Vec<u8>)>>>>;
 
 /// A bound, not yet running engine.
 pub struct Engine {
@@ -89,6 +90,14 @@ impl Engine {
         observer: Option<Arc<dyn EngineObserver>>,
     ) -> std::io::Result<Engine> {
         raise_nofile_limit();
+        // `[tls]`: a certificate or key that does not load stops the start here.
+        let tls = match &config.tls {
+            Some(files) => Some(
+                crate::tls::TlsAcceptor::load(files)
+                    .map_err(|e| std::io::Error::other(format!("[tls]: {e}")))?,
+            ),
+            None => None,
+        };
         let workers = config.workers;
         let first = reuseport_listener(config.listen)?;
         let local_addr = first.local_addr()?;
@@ -105,6 +114,9 @@ impl Engine {
         );
         let placement = Placement::random()?;
         let shared = Arc::new(Shared::new(config, mesh_shared, observer, placement));
+        if let Some(t) = tls {
+            let _ = shared.tls.set(t);
+        }
         Ok(Engine {
             shared,
             listeners,

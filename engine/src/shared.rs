@@ -156,6 +156,8 @@ pub(crate) struct Shared {
     /// hook turns this off, to observe a stopped core (`EngineHandle::set_abort_on_panic`).
     pub abort_on_panic: AtomicBool,
     pub http: std::sync::OnceLock<Arc<dyn crate::HttpService>>,
+    /// `[tls]`: the public port speaks TLS (wss://, https://) with this acceptor.
+    pub tls: std::sync::OnceLock<crate::tls::TlsAcceptor>,
     /// The cluster seam, when `[cluster]` is configured (attached before start).
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterLink>>,
     /// Keyed channel placement, shared by every core of the process (so all agree on owners).
@@ -233,6 +235,7 @@ impl Shared {
             core_stopped: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             abort_on_panic: AtomicBool::new(true),
             http: std::sync::OnceLock::new(),
+            tls: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
             placement,
         }

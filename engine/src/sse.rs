@@ -31,14 +31,13 @@
 //! `event: ringcast:close` with `{code, reason}`.
 
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use monoio::io::{AsyncReadRent, Splitable};
-use monoio::net::TcpStream;
+
+use crate::tls::ClientStream;
 use ringcast_protocol::ws::RequestHead;
 use ringcast_protocol::{close, jwt, ws, ChannelKind, ChannelName};
 use serde_json::{json, Value};
@@ -346,7 +345,7 @@ fn resume_points(names: &[ChannelName], last_id: Option<&str>) -> Vec<(ChannelNa
 }
 
 /// The stream: a connection of this core until either side ends it.
-pub(crate) async fn run(core: Rc<Core>, req: SseRequest, stream: TcpStream) {
+pub(crate) async fn run(core: Rc<Core>, req: SseRequest, stream: ClientStream) {
     let conn = Rc::new(Conn::new_sse(&core, req.app, req.key, stream.as_raw_fd()));
     core.conns.borrow_mut().insert(conn.id, conn.clone());
     let m = core.metrics();

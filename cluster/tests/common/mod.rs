@@ -203,6 +203,7 @@ impl Node {
             cfg,
             running.handle(),
             link.clone(),
+            None,
             Box::new(move || flag.store(true, Ordering::SeqCst)),
         )
         .expect("bridge");

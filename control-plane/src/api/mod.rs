@@ -64,6 +64,8 @@ pub struct Api {
     pub(crate) refusals: Refusals,
     /// The webhook sender, when the composition root started one.
     pub(crate) webhooks: std::sync::OnceLock<std::sync::Arc<crate::webhook::Webhooks>>,
+    /// `[api.tls]`: the API listener's TLS acceptor (its counters are in `/metrics`).
+    pub(crate) api_tls: std::sync::OnceLock<ringcast_engine::TlsAcceptor>,
     /// Per-app, per-endpoint rate limits (shared by every thread serving the API).
     pub(crate) limiter: RateLimiter,
     /// Last LatteStream `batch_id` handed out (Unix microseconds, strictly increasing).
@@ -103,6 +105,7 @@ impl Api {
             body_budget,
             refusals: Refusals::default(),
             webhooks: std::sync::OnceLock::new(),
+            api_tls: std::sync::OnceLock::new(),
             limiter: RateLimiter::new(&engine.config().apps),
             last_batch_id: std::sync::atomic::AtomicU64::new(0),
             engine,
@@ -425,6 +428,16 @@ impl Api {
         }
         if let Some(w) = self.webhooks.get() {
             w.stats().render_prometheus(&mut text);
+        }
+        let listeners: Vec<(&str, &ringcast_engine::TlsAcceptor)> = self
+            .engine
+            .tls()
+            .map(|t| ("public", t))
+            .into_iter()
+            .chain(self.api_tls.get().map(|t| ("api", t)))
+            .collect();
+        if !listeners.is_empty() {
+            metrics::render_tls(&listeners, &mut text);
         }
         Response::raw(200, crate::http::response::PROMETHEUS, text.into_bytes())
     }

@@ -9,8 +9,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use monoio::time::Instant;
+use ringcast_engine::ClientStream as TcpStream;
 
 use super::body_budget::BodyPermit;
 use super::request::{Limits, Progress, Request, RequestHead, RequestReader};

@@ -216,11 +216,16 @@ fn app_view(
             v
         })
         .collect();
+    let mut settings = settings_of(cfg);
+    if !secrets {
+        // Credentials: only how many there are.
+        settings["api_keys"] = json!(cfg.api_keys.iter().map(|_| "(hidden)").collect::<Vec<_>>());
+    }
     let mut v = json!({
         "id": cfg.id,
         "name": managed.map(|a| a.name.as_str()).unwrap_or(""),
         "source": if managed.is_some() { "api" } else { "config" },
-        "settings": settings_of(cfg),
+        "settings": settings,
         "keys": keys,
         "connections": connections,
     });
@@ -308,6 +313,7 @@ async fn create_app(m: &Arc<Management>, t: &TokenRecord, req: &Request) -> R {
         ));
     }
     let b = body(req)?;
+    need_for_secret_settings(t, &b)?;
     let id = match b.get("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
@@ -362,6 +368,14 @@ async fn create_app(m: &Arc<Management>, t: &TokenRecord, req: &Request) -> R {
     applied(m, t, &app, 201)
 }
 
+/// Settings that are credentials (LatteStream `api_keys`) need `secrets:manage` to be written.
+fn need_for_secret_settings(t: &TokenRecord, b: &Map<String, Value>) -> Result<(), MgmtError> {
+    if model::SECRET_SETTINGS.iter().any(|k| b.contains_key(*k)) {
+        need(t, Scope::SecretsManage)?;
+    }
+    Ok(())
+}
+
 /// Refuses changes to apps that come from the config file.
 fn managed_or_err<'a>(st: &'a super::State, id: &str) -> Result<&'a ManagedApp, MgmtError> {
     match st.app(id) {
@@ -378,6 +392,7 @@ fn managed_or_err<'a>(st: &'a super::State, id: &str) -> Result<&'a ManagedApp, 
 async fn update_app(m: &Arc<Management>, t: &TokenRecord, id: &str, req: &Request) -> R {
     need_app(t, Scope::AppsWrite, id)?;
     let b = body(req)?;
+    need_for_secret_settings(t, &b)?;
     if let Some(v) = b.get("id") {
         if v.as_str() != Some(id) {
             return Err(MgmtError::field("id", "the id of an app cannot change"));

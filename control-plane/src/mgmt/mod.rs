@@ -7,9 +7,14 @@
 //!    -> Job over a channel, await a oneshot  ───────►        -> SQLite write (durable)
 //!                                                            -> EngineHandle::set_apps (swap +
 //!                                                               close broadcast)
-//!                                                            -> ChangeListener (cluster seam)
+//!                                                            -> ChangeListener
+//!                                                            -> replication record to the
+//!                                                               cluster bridge (if clustered)
 //!    answer 2xx  ◄───────────────────────────────────────  reply
 //! ```
+//!
+//! In a cluster every write is also a versioned record the bridge publishes; the other nodes
+//! apply it through [`Management::apply_replicated`] (last writer wins, `replication.rs`).
 //!
 //! A core never touches SQLite and never waits on a lock: it only sends a job and awaits the
 //! reply like any other I/O. Apps from the config file and apps from the store live side by
@@ -19,11 +24,12 @@ pub mod api;
 pub mod dashboard;
 pub mod error;
 pub mod model;
+pub mod replication;
 pub mod store;
 pub mod token;
 pub mod usage;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -36,7 +42,8 @@ use ringcast_engine::{validate_apps, AppConfig, EngineHandle};
 
 use self::error::MgmtError;
 use self::model::ManagedApp;
-use self::store::{Store, StoreError};
+use self::replication::{Hlc, Kind, Record, Version};
+use self::store::{Store, StoreError, Write};
 use self::token::{Scope, TokenRecord};
 use self::usage::Usage;
 use crate::api::Clock;
@@ -68,6 +75,9 @@ pub trait ChangeListener: Send + Sync + 'static {
 
 type Job = Box<dyn FnOnce(&mut State) + Send>;
 type ApiCalls = Box<dyn Fn() -> Vec<u64> + Send + Sync>;
+type Replicate = Box<dyn Fn(Vec<u8>) + Send + Sync>;
+/// Where a snapshot's encoded parts go.
+pub type SnapshotReply = Box<dyn FnOnce(Vec<Vec<u8>>) + Send>;
 
 /// The state owned by the management thread.
 pub(crate) struct State {
@@ -77,6 +87,9 @@ pub(crate) struct State {
     tokens: Vec<TokenRecord>,
     /// The in-memory bootstrap token (not stored), if one was given.
     bootstrap: Option<TokenRecord>,
+    /// The version of every app and token record this node holds, and tombstones (`true`).
+    versions: HashMap<(Kind, String), (Version, bool)>,
+    hlc: Hlc,
     shared: Arc<Inner>,
 }
 
@@ -90,6 +103,10 @@ pub(crate) struct Inner {
     api_calls: OnceLock<ApiCalls>,
     pub(crate) usage: Mutex<Usage>,
     clock: Clock,
+    /// This node's id in the cluster (versions name it); empty when not clustered.
+    node_id: OnceLock<String>,
+    /// Publishes an encoded record batch to the other nodes (the cluster bridge).
+    replicate: OnceLock<Replicate>,
 }
 
 /// The management service. Cheap to share (`Arc`).
@@ -145,6 +162,12 @@ impl Management {
             ),
             None => None,
         };
+        let mut hlc = Hlc::default();
+        let mut versions = HashMap::new();
+        for (kind, id, v, deleted) in contents.versions {
+            hlc.observe(v.clock);
+            versions.insert((kind, id), (v, deleted));
+        }
         let mut tokens = contents.tokens;
         let mut generated = None;
         if bootstrap.is_none() && tokens.is_empty() {
@@ -156,7 +179,12 @@ impl Management {
                 now,
             )
             .map_err(|e| StoreError(e.message))?;
-            store.put_token(&t.record)?;
+            let v = Version {
+                clock: hlc.next(now.saturating_mul(1000)),
+                node: String::new(),
+            };
+            store.write(&[(Write::PutToken(&t.record), &v)])?;
+            versions.insert((Kind::Token, t.record.id.clone()), (v, false));
             tokens.push(t.record);
             generated = Some(t.token);
         }
@@ -166,8 +194,10 @@ impl Management {
             listener: OnceLock::new(),
             webhooks: OnceLock::new(),
             api_calls: OnceLock::new(),
-            usage: Mutex::new(Usage::default()),
+            usage: Mutex::new(Usage::load(contents.usage)),
             clock,
+            node_id: OnceLock::new(),
+            replicate: OnceLock::new(),
         });
         let mut state = State {
             store,
@@ -179,6 +209,8 @@ impl Management {
             config_apps,
             tokens,
             bootstrap,
+            versions,
+            hlc,
             shared: inner.clone(),
         };
         state.publish_tokens();
@@ -208,6 +240,39 @@ impl Management {
     /// Installs the change listener (the cluster seam). Once.
     pub fn set_listener(&self, l: Arc<dyn ChangeListener>) {
         let _ = self.inner.listener.set(l);
+    }
+
+    /// Joins a cluster: `node_id` names this node in record versions, and `publish` hands
+    /// each local change (an encoded record batch) to the cluster bridge. Once, before the
+    /// API serves.
+    pub fn attach_cluster(
+        &self,
+        node_id: String,
+        publish: impl Fn(Vec<u8>) + Send + Sync + 'static,
+    ) {
+        let _ = self.inner.node_id.set(node_id);
+        let _ = self.inner.replicate.set(Box::new(publish));
+    }
+
+    /// Records another node published: applied on the management thread (this returns at
+    /// once; the bridge thread never waits).
+    pub fn apply_replicated(&self, from: String, records: Vec<u8>) {
+        self.submit(move |st| st.apply_replicated(&from, &records));
+    }
+
+    /// This node's whole management state (every app and token record with its version,
+    /// tombstones included) in encoded parts of about `max_bytes`; `reply` runs on the
+    /// management thread. Returns at once.
+    pub fn replication_snapshot(&self, max_bytes: usize, reply: SnapshotReply) {
+        self.submit(move |st| reply(st.replication_snapshot(max_bytes)));
+    }
+
+    /// Queues `f` for the management thread without waiting; false when stopped.
+    fn submit(&self, f: impl FnOnce(&mut State) + Send + 'static) -> bool {
+        match &*self.tx.load() {
+            Some(tx) => tx.send(Box::new(f)).is_ok(),
+            None => false,
+        }
     }
 
     /// Lets the management plane keep webhook signing secrets current and start the senders
@@ -327,6 +392,8 @@ impl Management {
 }
 
 fn run(mut state: State, rx: mpsc::Receiver<Job>) {
+    let flush_every = Duration::from_secs(usage::FLUSH_SECS);
+    let mut flushed = std::time::Instant::now();
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(job) => job(&mut state),
@@ -334,7 +401,14 @@ fn run(mut state: State, rx: mpsc::Receiver<Job>) {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         state.sample_usage();
+        if flushed.elapsed() >= flush_every {
+            state.flush_usage();
+            flushed = std::time::Instant::now();
+        }
     }
+    // Shutdown: the last second's counts, then everything not yet written.
+    state.sample_usage();
+    state.flush_usage();
 }
 
 impl State {
@@ -401,26 +475,64 @@ impl State {
         candidate.insert(app.id.clone(), app.clone());
         let all = self.desired(&candidate)?;
         validate_apps(&all).map_err(|e| MgmtError::conflict(e.0))?;
-        self.store.put_app(&app).map_err(MgmtError::store)?;
+        let v = self.next_version();
+        self.store
+            .write(&[(Write::PutApp(&app), &v)])
+            .map_err(MgmtError::store)?;
         let id = app.id.clone();
+        self.versions
+            .insert((Kind::App, id.clone()), (v.clone(), false));
         self.apps = candidate;
-        self.publish(Some(Change::AppUpserted { id }))
+        let applied = self.publish(Some(Change::AppUpserted { id: id.clone() }));
+        self.replicate(Record {
+            kind: Kind::App,
+            id,
+            version: v,
+            app: Some(app),
+            token: None,
+        });
+        applied
     }
 
     pub(crate) fn delete_app(&mut self, id: &str) -> Result<u64, MgmtError> {
         if !self.apps.contains_key(id) {
             return Err(MgmtError::not_found(format!("no app {id:?} in the store")));
         }
-        self.store.delete_app(id).map_err(MgmtError::store)?;
+        let v = self.next_version();
+        self.store
+            .write(&[(Write::DeleteApp(id), &v)])
+            .map_err(MgmtError::store)?;
+        self.versions
+            .insert((Kind::App, id.to_owned()), (v.clone(), true));
         self.apps.remove(id);
-        self.publish(Some(Change::AppDeleted { id: id.into() }))
+        let applied = self.publish(Some(Change::AppDeleted { id: id.into() }));
+        self.replicate(Record {
+            kind: Kind::App,
+            id: id.to_owned(),
+            version: v,
+            app: None,
+            token: None,
+        });
+        applied
     }
 
     pub(crate) fn add_token(&mut self, t: TokenRecord) -> Result<(), MgmtError> {
-        self.store.put_token(&t).map_err(MgmtError::store)?;
-        self.tokens.push(t);
+        let v = self.next_version();
+        self.store
+            .write(&[(Write::PutToken(&t), &v)])
+            .map_err(MgmtError::store)?;
+        self.versions
+            .insert((Kind::Token, t.id.clone()), (v.clone(), false));
+        self.tokens.push(t.clone());
         self.publish_tokens();
         self.notify(Change::TokensChanged);
+        self.replicate(Record {
+            kind: Kind::Token,
+            id: t.id.clone(),
+            version: v,
+            app: None,
+            token: Some(t),
+        });
         Ok(())
     }
 
@@ -428,11 +540,187 @@ impl State {
         if !self.tokens.iter().any(|t| t.id == id) {
             return Err(MgmtError::not_found(format!("no token {id:?}")));
         }
-        self.store.delete_token(id).map_err(MgmtError::store)?;
+        let v = self.next_version();
+        self.store
+            .write(&[(Write::DeleteToken(id), &v)])
+            .map_err(MgmtError::store)?;
+        self.versions
+            .insert((Kind::Token, id.to_owned()), (v.clone(), true));
         self.tokens.retain(|t| t.id != id);
         self.publish_tokens();
         self.notify(Change::TokensChanged);
+        self.replicate(Record {
+            kind: Kind::Token,
+            id: id.to_owned(),
+            version: v,
+            app: None,
+            token: None,
+        });
         Ok(())
+    }
+
+    /// The version of a new local write.
+    fn next_version(&mut self) -> Version {
+        Version {
+            clock: self.hlc.next(self.now().saturating_mul(1000)),
+            node: self.shared.node_id.get().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Hands a local change to the cluster bridge (nothing when not clustered).
+    fn replicate(&self, r: Record) {
+        if let Some(publish) = self.shared.replicate.get() {
+            publish(replication::encode(&[r]));
+        }
+    }
+
+    /// Applies records from another node: each one only if its version beats the one held
+    /// here (last writer wins; equal or older ones are repeats or lost races). What wins is
+    /// written to the store in one transaction, then the apps table is swapped once (which
+    /// closes the connections of revoked keys and deleted or disabled apps here too) and the
+    /// token list replaced. A record this node cannot apply (its app would clash with another
+    /// stored app's key) is logged and left out, its version not taken, so a later snapshot
+    /// retries it.
+    fn apply_replicated(&mut self, from: &str, bytes: &[u8]) {
+        let records = match replication::decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(node = %from, "management: ignored replicated records: {e}");
+                return;
+            }
+        };
+        let mut winners = Vec::new();
+        for r in records {
+            self.hlc.observe(r.version.clock);
+            let newer = self
+                .versions
+                .get(&(r.kind, r.id.clone()))
+                .is_none_or(|(held, _)| r.version > *held);
+            if newer {
+                winners.push(r);
+            }
+        }
+        if winners.is_empty() {
+            return;
+        }
+        // The app set after the winners; a winner that makes it invalid is left out.
+        let with = |apps: &mut BTreeMap<String, ManagedApp>, r: &Record| match (&r.kind, &r.app) {
+            (Kind::App, Some(a)) => {
+                apps.insert(a.id.clone(), a.clone());
+            }
+            (Kind::App, None) => {
+                apps.remove(&r.id);
+            }
+            _ => {}
+        };
+        let valid = |st: &State, apps: &BTreeMap<String, ManagedApp>| {
+            st.desired(apps)
+                .and_then(|all| validate_apps(&all).map_err(|e| MgmtError::conflict(e.0)))
+        };
+        let mut candidate = self.apps.clone();
+        for r in &winners {
+            with(&mut candidate, r);
+        }
+        if valid(self, &candidate).is_err() {
+            candidate = self.apps.clone();
+            winners.retain(|r| {
+                let mut next = candidate.clone();
+                with(&mut next, r);
+                match valid(self, &next) {
+                    Ok(_) => {
+                        candidate = next;
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %from, id = %r.id, "management: a replicated app cannot be applied here: {e}");
+                        false
+                    }
+                }
+            });
+        }
+        let writes: Vec<(Write<'_>, &Version)> = winners
+            .iter()
+            .map(|r| {
+                let w = match (r.kind, &r.app, &r.token) {
+                    (Kind::App, Some(a), _) => Write::PutApp(a),
+                    (Kind::App, None, _) => Write::DeleteApp(&r.id),
+                    (Kind::Token, _, Some(t)) => Write::PutToken(t),
+                    (Kind::Token, _, None) => Write::DeleteToken(&r.id),
+                };
+                (w, &r.version)
+            })
+            .collect();
+        if let Err(e) = self.store.write(&writes) {
+            // Nothing applied: a later snapshot exchange retries.
+            tracing::error!(node = %from, "management: cannot store replicated records: {e}");
+            return;
+        }
+        let mut apps_changed = false;
+        let mut tokens_changed = false;
+        for r in winners {
+            let deleted = r.is_tombstone();
+            match r.kind {
+                Kind::App => apps_changed = true,
+                Kind::Token => {
+                    tokens_changed = true;
+                    self.tokens.retain(|t| t.id != r.id);
+                    if let Some(t) = r.token {
+                        self.tokens.push(t);
+                    }
+                }
+            }
+            self.versions.insert((r.kind, r.id), (r.version, deleted));
+        }
+        if apps_changed {
+            self.apps = candidate;
+            if let Err(e) = self.publish(None) {
+                tracing::error!(node = %from, "management: replicated apps cannot be applied: {e}");
+            }
+        }
+        if tokens_changed {
+            self.publish_tokens();
+        }
+    }
+
+    /// Every record this node holds, with its version, tombstones included, encoded in parts.
+    fn replication_snapshot(&self, max_bytes: usize) -> Vec<Vec<u8>> {
+        let version = |k: Kind, id: &str| {
+            self.versions
+                .get(&(k, id.to_owned()))
+                .map(|(v, _)| v.clone())
+                .unwrap_or_default()
+        };
+        let mut records: Vec<Record> = Vec::new();
+        for a in self.apps.values() {
+            records.push(Record {
+                kind: Kind::App,
+                id: a.id.clone(),
+                version: version(Kind::App, &a.id),
+                app: Some(a.clone()),
+                token: None,
+            });
+        }
+        for t in &self.tokens {
+            records.push(Record {
+                kind: Kind::Token,
+                id: t.id.clone(),
+                version: version(Kind::Token, &t.id),
+                app: None,
+                token: Some(t.clone()),
+            });
+        }
+        for ((kind, id), (v, deleted)) in &self.versions {
+            if *deleted {
+                records.push(Record {
+                    kind: *kind,
+                    id: id.clone(),
+                    version: v.clone(),
+                    app: None,
+                    token: None,
+                });
+            }
+        }
+        replication::encode_parts(&records, max_bytes)
     }
 
     /// The webhook senders follow the served apps: signing secrets of every app, and the
@@ -476,8 +764,36 @@ impl State {
             .map(|a| (a.id.clone(), a))
             .collect();
         self.tokens = contents.tokens;
+        self.versions = contents
+            .versions
+            .into_iter()
+            .map(|(k, id, v, deleted)| {
+                self.hlc.observe(v.clock);
+                ((k, id), (v, deleted))
+            })
+            .collect();
         self.publish_tokens();
         self.publish(None)
+    }
+
+    /// Writes the usage rows that changed since the last flush (on failure they stay marked
+    /// and the next flush retries).
+    fn flush_usage(&self) {
+        let oldest = usage::day_of(self.now()).saturating_sub(usage::DAYS_KEPT as u64);
+        let rows = self
+            .shared
+            .usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_dirty();
+        if let Err(e) = self.store.put_usage(&rows, oldest) {
+            tracing::warn!("management: cannot write usage: {e}");
+            self.shared
+                .usage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .mark_dirty(&rows);
+        }
     }
 
     fn sample_usage(&self) {

@@ -12,7 +12,7 @@ use super::token::random_hex;
 
 /// The per-app settings the API accepts (the config file's `[[apps]]` keys other than the
 /// credentials, which are managed through `/keys`).
-pub const SETTINGS: [&str; 15] = [
+pub const SETTINGS: [&str; 20] = [
     "enabled",
     "client_events",
     "client_events_per_sec",
@@ -28,7 +28,15 @@ pub const SETTINGS: [&str; 15] = [
     "history_max_age_secs",
     "webhook_retry_budget_secs",
     "webhooks",
+    "allowed_origins",
+    "api_keys",
+    "rate_limits",
+    "activity_history_size",
+    "single_connection_per_user",
 ];
+
+/// Settings that are credentials: written only with `secrets:manage`, shown only with it.
+pub const SECRET_SETTINGS: [&str; 1] = ["api_keys"];
 
 /// Longest app id / name.
 pub const MAX_ID_LEN: usize = 64;
@@ -220,6 +228,14 @@ pub fn settings_of(a: &AppConfig) -> Value {
             "batch": w.batch,
             "debounce": w.debounce,
         })).collect::<Vec<_>>(),
+        "allowed_origins": a.allowed_origins.iter().map(|o| o.to_string()).collect::<Vec<_>>(),
+        "api_keys": a.api_keys,
+        "rate_limits": a.rate_limits.iter().map(|(k, r)| (k.clone(), json!({
+            "per_minute": r.per_minute,
+            "burst_per_sec": r.burst_per_sec,
+        }))).collect::<Map<String, Value>>(),
+        "activity_history_size": a.activity_history_size,
+        "single_connection_per_user": a.single_connection_per_user,
     })
 }
 
@@ -250,6 +266,43 @@ mod tests {
             let e = validate_setting(k, &v).unwrap_err();
             assert_eq!(e.field.as_deref(), Some(field), "{k}={v}: {e}");
             assert_eq!(e.status, 400);
+        }
+        let more = [
+            (
+                "allowed_origins",
+                json!(["https://x.test/"]),
+                "allowed_origins",
+            ),
+            (
+                "allowed_origins",
+                json!("https://x.test"),
+                "allowed_origins",
+            ),
+            ("api_keys", json!(["nope"]), "api_keys"),
+            (
+                "rate_limits",
+                json!({"bogus": {"per_minute": 1}}),
+                "rate_limits",
+            ),
+            (
+                "rate_limits",
+                json!({"events": {"per_minute": 1, "oops": 2}}),
+                "rate_limits",
+            ),
+            (
+                "activity_history_size",
+                json!(1u64 << 40),
+                "activity_history_size",
+            ),
+            (
+                "single_connection_per_user",
+                json!("yes"),
+                "single_connection_per_user",
+            ),
+        ];
+        for (k, v, field) in more {
+            let e = validate_setting(k, &v).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{k}={v}: {e}");
         }
         validate_setting("max_connections", &json!(5)).unwrap();
         validate_setting("server_auth_channels", &json!(["private-*"])).unwrap();
@@ -291,6 +344,40 @@ mod tests {
         assert_eq!(cfg.max_connections, 3);
         assert_eq!(cfg.key, app.keys[0].key);
         assert_eq!(cfg.extra_keys.len(), 1);
+        // Every config-file setting round-trips through the model and shows as written.
+        let mut settings = Map::new();
+        apply_fields(
+            json!({
+                "allowed_origins": ["https://a.test", "*.b.test", "c.test:8080"],
+                "api_keys": ["lsk_abcdef"],
+                "rate_limits": {"events": {"per_minute": 600, "burst_per_sec": 20}},
+                "activity_history_size": 7,
+                "single_connection_per_user": true,
+            })
+            .as_object()
+            .unwrap(),
+            &mut String::new(),
+            &mut settings,
+        )
+        .unwrap();
+        let cfg = ManagedApp {
+            settings,
+            ..app.clone()
+        }
+        .to_config()
+        .unwrap();
+        let shown = settings_of(&cfg);
+        assert_eq!(
+            shown["allowed_origins"],
+            json!(["https://a.test", "*.b.test", "c.test:8080"])
+        );
+        assert_eq!(shown["api_keys"], json!(["lsk_abcdef"]));
+        assert_eq!(
+            shown["rate_limits"],
+            json!({"events": {"per_minute": 600, "burst_per_sec": 20}})
+        );
+        assert_eq!(shown["activity_history_size"], json!(7));
+        assert_eq!(shown["single_connection_per_user"], json!(true));
         assert_eq!(
             cfg.secrets_for(&app.keys[1].key),
             Some(&[app.keys[1].secret.clone()][..])

@@ -1,16 +1,20 @@
 //! Per-app usage by UTC day, kept by the management thread: connections (peak, sampled each
 //! second), and the deltas of cumulative counters it samples each second (API calls, messages
 //! in and out, webhook deliveries and failures). Held in memory for the last
-//! [`DAYS_KEPT`] days; it restarts empty with the process (docs/management.md).
+//! [`DAYS_KEPT`] days and written to the store's `usage` table every [`FLUSH_SECS`] and at
+//! shutdown (only the rows that changed), so the days survive a restart
+//! (docs/management.md). Usage is per node: in a cluster each node counts its own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub const DAYS_KEPT: usize = 30;
+/// How often the management thread writes the changed usage rows to the store.
+pub const FLUSH_SECS: u64 = 10;
 
 /// One app's usage on one day.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Day {
     pub day: String,
     pub connections_peak: u64,
@@ -36,6 +40,8 @@ pub struct Usage {
     /// app id -> day number -> usage
     days: HashMap<String, BTreeMap<u64, Day>>,
     last: HashMap<String, Counters>,
+    /// (app, day) rows changed since the last [`Usage::take_dirty`].
+    dirty: HashSet<(String, u64)>,
 }
 
 /// Days since the Unix epoch.
@@ -50,12 +56,45 @@ fn day_label(day: u64) -> String {
 }
 
 impl Usage {
+    /// The rows read from the store at start-up.
+    pub fn load(rows: Vec<(String, u64, Day)>) -> Usage {
+        let mut u = Usage::default();
+        for (app, day, d) in rows {
+            u.days.entry(app).or_default().insert(day, d);
+        }
+        for days in u.days.values_mut() {
+            while days.len() > DAYS_KEPT {
+                days.pop_first();
+            }
+        }
+        u
+    }
+
+    /// The rows changed since the last call (to write to the store).
+    pub fn take_dirty(&mut self) -> Vec<(String, u64, Day)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .filter_map(|(app, day)| {
+                let d = self.days.get(&app)?.get(&day)?.clone();
+                Some((app, day, d))
+            })
+            .collect()
+    }
+
+    /// Puts rows back after a failed write, so the next flush retries them.
+    pub fn mark_dirty(&mut self, rows: &[(String, u64, Day)]) {
+        self.dirty
+            .extend(rows.iter().map(|(a, d, _)| (a.clone(), *d)));
+    }
+
     fn day(&mut self, app: &str, day: u64) -> &mut Day {
         let days = self.days.entry(app.to_owned()).or_default();
         while days.len() >= DAYS_KEPT && !days.contains_key(&day) {
             let oldest = *days.keys().next().unwrap_or(&day);
             days.remove(&oldest);
         }
+        self.dirty.insert((app.to_owned(), day));
         days.entry(day).or_insert_with(|| Day {
             day: day_label(day),
             ..Day::default()
@@ -113,5 +152,11 @@ mod tests {
             u.sample_connections("a", 100 + d, 1);
         }
         assert_eq!(u.days("a").len(), DAYS_KEPT);
+        // What changed is handed out once, and loading it back gives the same days.
+        let rows = u.take_dirty();
+        assert_eq!(rows.len(), DAYS_KEPT);
+        assert!(u.take_dirty().is_empty());
+        let back = Usage::load(rows);
+        assert_eq!(back.days("a"), u.days("a"));
     }
 }
