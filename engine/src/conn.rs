@@ -268,6 +268,12 @@ impl Conn {
         }
     }
 
+    /// The frames queued and not yet written (tests).
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> Vec<Bytes> {
+        self.out.borrow().frames.clone()
+    }
+
     /// What the writer does after a write, without a socket: releases the queued frames
     /// (keeping the queue's capacity) and parks again. Returns how many there were.
     pub(crate) fn drain_detached(&self) -> usize {

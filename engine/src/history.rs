@@ -348,6 +348,34 @@ mod tests {
     }
 
     #[test]
+    fn resume_after_a_sequence_number_only_without_a_gap() {
+        let mut h = History::new(1 << 20);
+        let k = key(0, "a");
+        assert_eq!(h.head(&k), 0);
+        assert!(h.after(&k, 0).is_none(), "nothing held");
+        for i in 1..=5u64 {
+            assert_eq!(
+                h.record(&k, &ev("a", "e", &i.to_string()), i, 3, HOUR),
+                Some(i)
+            );
+        }
+        // Holds 3, 4, 5.
+        assert_eq!(h.head(&k), 5);
+        let seqs =
+            |v: Option<Vec<(u64, Bytes)>>| v.map(|v| v.iter().map(|e| e.0).collect::<Vec<_>>());
+        assert_eq!(seqs(h.after(&k, 2)), Some(vec![3, 4, 5]));
+        assert_eq!(seqs(h.after(&k, 4)), Some(vec![5]));
+        assert_eq!(seqs(h.after(&k, 5)), Some(vec![]), "up to date");
+        assert_eq!(seqs(h.after(&k, 1)), None, "2 was evicted: a gap");
+        assert_eq!(seqs(h.after(&k, 9)), None, "an id from the future");
+        assert_eq!(
+            h.record(&k, &ev("a", "e", "x"), 6, 0, HOUR),
+            None,
+            "history off"
+        );
+    }
+
+    #[test]
     fn byte_cap_evicts_globally_oldest_first_and_stays_bounded() {
         let one = ev("a", "e", "x").len();
         let mut h = History::new(one * 4);
