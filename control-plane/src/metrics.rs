@@ -401,6 +401,11 @@ pub fn render(m: &MetricsSnapshot, stats: &Stats, rest: &RestMetrics, app_ids: &
             m.client_events_rate_limited,
         ),
         (
+            "ringcast_control_messages_rate_limited_total",
+            "Subscribe and sign-in messages refused by the per-connection control_messages_per_sec limit (answered with pusher:error).",
+            m.control_rate_limited,
+        ),
+        (
             "ringcast_auth_failures_total",
             "Channel subscription or sign-in signatures refused.",
             m.auth_failures,

@@ -2,7 +2,7 @@
 //! the encoded frame) for the app's TTL, and replays it to every new subscriber right after
 //! `subscription_succeeded`. Bounded by a per-core entry cap; expired entries are swept.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ struct Entry {
 /// eviction skips; the queue is compacted when stale records outnumber live entries, so it
 /// stays within twice the cap (amortised O(1)).
 pub(crate) struct Cache {
-    entries: HashMap<ChanKey, Entry>,
+    entries: crate::maps::CoreMap<ChanKey, Entry>,
     order: VecDeque<(ChanKey, u64)>,
     next_gen: u64,
     max: usize,
@@ -39,7 +39,7 @@ pub struct CachedEvent {
 impl Cache {
     pub fn new(max: usize) -> Cache {
         Cache {
-            entries: HashMap::new(),
+            entries: crate::maps::CoreMap::default(),
             order: VecDeque::new(),
             next_gen: 0,
             max,

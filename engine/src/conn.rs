@@ -7,7 +7,6 @@
 //! write by a deadline; past either the connection is closed with 4100 and the reason counted.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -55,7 +54,7 @@ pub(crate) struct Sub {
 }
 
 pub(crate) struct ConnState {
-    pub subs: HashMap<ChannelName, Sub>,
+    pub subs: crate::maps::ConnMap<ChannelName, Sub>,
     /// Signed-in user (pusher:signin).
     pub user: Option<Arc<str>>,
     gen: u32,
@@ -72,7 +71,7 @@ pub(crate) struct ConnState {
 impl ConnState {
     pub(crate) fn new(client_events_per_sec: u32, control_per_sec: u32) -> ConnState {
         ConnState {
-            subs: HashMap::new(),
+            subs: crate::maps::ConnMap::default(),
             user: None,
             gen: 0,
             client_events: TokenBucket::new(client_events_per_sec),
@@ -965,9 +964,7 @@ async fn run(
 /// Handles one decoded WebSocket message. Returns false when the connection must end.
 fn on_frame(core: &Core, conn: &Rc<Conn>, app: &App, msg: Message) -> bool {
     core.metrics().messages_in.inc();
-    app.counters
-        .messages_in
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    app.counters.messages_in.add(core.idx, 1);
     let d = app.config.dialect;
     if conn.user_socket {
         if let Message::Text(text) = &msg {
@@ -1027,6 +1024,7 @@ fn on_message(core: &Core, conn: &Rc<Conn>, app: &App, m: ClientMessage) {
             channel_data,
         } => {
             if !conn.state.borrow_mut().control.take() {
+                core.metrics().control_rate_limited.inc();
                 conn.push(pusher::error_frame(
                     d,
                     None,
@@ -1050,6 +1048,7 @@ fn on_message(core: &Core, conn: &Rc<Conn>, app: &App, m: ClientMessage) {
         }
         ClientMessage::Signin { auth, user_data } => {
             if !conn.state.borrow_mut().control.take() {
+                core.metrics().control_rate_limited.inc();
                 conn.push(pusher::error_frame(d, None, "Too many requests, slow down"));
                 return;
             }
@@ -1063,6 +1062,8 @@ fn on_message(core: &Core, conn: &Rc<Conn>, app: &App, m: ClientMessage) {
             client_event(core, conn, app, &event, &channel, data.as_deref());
         }
         ClientMessage::Unknown { event } => {
+            // "Malformed or unknown client messages" (ringcast_protocol_errors_total).
+            core.metrics().protocol_errors.inc();
             conn.push(pusher::error_frame(
                 d,
                 None,

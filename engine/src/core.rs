@@ -9,7 +9,7 @@
 //!   transitions (`on_subscribe`, `on_unsubscribe`, `on_publish`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use crate::cluster::{NodeId, Outbound, Remote, ShareChannel};
 use crate::config::defaults;
 use crate::conn::{Conn, SubState};
 use crate::history::History;
+use crate::maps::{CoreMap, SubscriberMap};
 use crate::mesh::{MeshRx, MeshTx};
 use crate::metrics::{CloseReason, CoreMetrics};
 use crate::msg::{
@@ -35,7 +36,7 @@ use crate::msg::{
 use crate::shared::Shared;
 
 /// Signed-in connections on a core: (app, user id) -> connection ids.
-type UserIndex = HashMap<(AppIdx, Arc<str>), Vec<u64>>;
+type UserIndex = CoreMap<(AppIdx, Arc<str>), Vec<u64>>;
 
 /// Authoritative state of a channel, held by its owner core. Clustered, it also holds the
 /// other nodes' shares, so every query is answered from the merged view without asking the
@@ -68,6 +69,15 @@ struct RemoteShare {
 }
 
 impl OwnedChannel {
+    /// The cores of this node holding subscribers of the channel.
+    fn target_cores(&self) -> impl Iterator<Item = usize> + '_ {
+        self.per_core
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, _)| i)
+    }
+
     fn new(workers: usize, presence: bool) -> OwnedChannel {
         OwnedChannel {
             per_core: vec![0; workers].into_boxed_slice(),
@@ -156,11 +166,11 @@ pub(crate) struct Core {
     /// Messages this core sends to itself (it owns the channel): processed by the drain task.
     local_q: RefCell<VecDeque<Msg>>,
     /// Local subscribers of each channel that has any on this core.
-    subs: RefCell<HashMap<ChanKey, IndexMap<u64, Rc<Conn>>>>,
+    subs: RefCell<CoreMap<ChanKey, SubscriberMap<Rc<Conn>>>>,
     /// Channels this core owns.
-    owned: RefCell<HashMap<ChanKey, OwnedChannel>>,
+    owned: RefCell<CoreMap<ChanKey, OwnedChannel>>,
     /// Live connections on this core by id.
-    pub conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    pub conns: RefCell<CoreMap<u64, Rc<Conn>>>,
     /// Signed-in users on this core: (app, user id) -> connection ids.
     users: RefCell<UserIndex>,
     next_seq: Cell<u64>,
@@ -176,6 +186,9 @@ pub(crate) struct Core {
     /// Push-back mark of the mesh (and of `local_q`), and the congestion last published.
     pushback_at: usize,
     congested: Cell<bool>,
+    /// Scratch list of the cores an event goes to, reused by every `fan_out` (taken out while
+    /// in use), so a publish allocates no target list.
+    targets: RefCell<Vec<usize>>,
 }
 
 impl Core {
@@ -185,10 +198,10 @@ impl Core {
             tx: RefCell::new(tx),
             rx: RefCell::new(rx),
             local_q: RefCell::new(VecDeque::new()),
-            subs: RefCell::new(HashMap::new()),
-            owned: RefCell::new(HashMap::new()),
-            conns: RefCell::new(HashMap::new()),
-            users: RefCell::new(HashMap::new()),
+            subs: RefCell::new(CoreMap::default()),
+            owned: RefCell::new(CoreMap::default()),
+            conns: RefCell::new(CoreMap::default()),
+            users: RefCell::new(CoreMap::default()),
             next_seq: Cell::new(1),
             rng: Cell::new(seed | 1),
             shutting_down: Cell::new(false),
@@ -199,6 +212,7 @@ impl Core {
             dirty_counts: RefCell::new(Vec::new()),
             pushback_at: crate::mesh::pushback_mark(shared.config.mesh_overflow_limit),
             congested: Cell::new(false),
+            targets: RefCell::new(Vec::new()),
             shared,
         }
     }
@@ -1278,11 +1292,14 @@ impl Core {
             subscription_count: ch.total(),
             user_count: ch.user_count(),
         };
-        let targets = targets_of(ch);
+        let mut targets = std::mem::take(&mut *self.targets.borrow_mut());
+        targets.clear();
+        targets.extend(ch.target_cores());
         drop(owned);
-        for c in targets {
+        for &c in &targets {
             self.send_deliver(c, key, &frame, except, Some(seq));
         }
+        *self.targets.borrow_mut() = targets;
         counts
     }
 
@@ -1472,7 +1489,7 @@ impl Core {
                 .app(key.app)
                 .counters
                 .messages_out
-                .fetch_add(n, Ordering::Relaxed);
+                .add(self.idx, n);
         }
     }
 
@@ -1636,12 +1653,7 @@ fn now_ms() -> u64 {
 }
 
 fn targets_of(ch: &OwnedChannel) -> Vec<usize> {
-    ch.per_core
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n > 0)
-        .map(|(i, _)| i)
-        .collect()
+    ch.target_cores().collect()
 }
 
 fn summary(key: &ChanKey, ch: Option<&OwnedChannel>) -> ChannelSummary {

@@ -203,8 +203,8 @@ impl EngineHandle {
                 id: a.config.id.clone(),
                 idx: a.idx,
                 connections: a.connections.load(Relaxed) as u64,
-                messages_in: a.counters.messages_in.load(Relaxed),
-                messages_out: a.counters.messages_out.load(Relaxed),
+                messages_in: a.counters.messages_in.get(),
+                messages_out: a.counters.messages_out.get(),
             })
             .collect()
     }

@@ -9,7 +9,7 @@
 //! (`history_max_age_secs`), and a byte cap for the whole core (`history_max_bytes_per_core`)
 //! past which the globally oldest events go first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -79,7 +79,7 @@ struct ChannelHistory {
 }
 
 pub(crate) struct History {
-    channels: HashMap<ChanKey, ChannelHistory>,
+    channels: crate::maps::CoreMap<ChanKey, ChannelHistory>,
     /// Every entry in the order recorded: (channel, seq, size), for the byte cap.
     order: VecDeque<(Rc<ChanKey>, u64, usize)>,
     bytes: usize,
@@ -89,7 +89,7 @@ pub(crate) struct History {
 impl History {
     pub fn new(max_bytes: usize) -> History {
         History {
-            channels: HashMap::new(),
+            channels: crate::maps::CoreMap::default(),
             order: VecDeque::new(),
             bytes: 0,
             max_bytes,

@@ -32,6 +32,7 @@ mod conn;
 mod core;
 mod handle;
 mod history;
+mod maps;
 mod mesh;
 mod metrics;
 mod msg;

@@ -29,12 +29,40 @@ pub struct App {
     pub deleted: bool,
 }
 
-/// Cumulative per-app message counters (relaxed atomics; one add per received frame and one
-/// per delivery batch on a core, not per subscriber).
+/// Cumulative per-app message counters, one shard per core (summed on read): a core bumps only
+/// its own cache line, so cores delivering the same app's events never contend on one atomic
+/// (one add per received frame and one per delivery batch on a core, not per subscriber).
 #[derive(Default, Debug)]
 pub struct AppCounters {
-    pub messages_in: std::sync::atomic::AtomicU64,
-    pub messages_out: std::sync::atomic::AtomicU64,
+    pub messages_in: ShardedCounter,
+    pub messages_out: ShardedCounter,
+}
+
+/// Shards of a [`ShardedCounter`]: cores beyond this many share shards (`core % SHARDS`), which
+/// stays correct (atomic adds), just no longer contention-free.
+const COUNTER_SHARDS: usize = 16;
+
+/// A monotonic counter split into cache-line-padded per-core shards; [`ShardedCounter::get`]
+/// sums them.
+#[derive(Default, Debug)]
+pub struct ShardedCounter {
+    shards: [crossbeam_utils::CachePadded<std::sync::atomic::AtomicU64>; COUNTER_SHARDS],
+}
+
+impl ShardedCounter {
+    /// Adds `n` on `core`'s shard.
+    #[inline]
+    pub fn add(&self, core: usize, n: u64) {
+        self.shards[core % COUNTER_SHARDS].fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The total over every shard.
+    pub fn get(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
 }
 
 impl App {
@@ -347,5 +375,15 @@ mod tests {
             owners(&Placement::with_key(k), 4),
             owners(&Placement::with_key(k), 4)
         );
+    }
+
+    #[test]
+    fn a_sharded_counter_sums_every_core_including_shared_shards() {
+        let c = ShardedCounter::default();
+        c.add(0, 3);
+        c.add(1, 4);
+        // Core 17 shares core 1's shard (16 shards): still counted, never lost.
+        c.add(17, 5);
+        assert_eq!(c.get(), 12);
     }
 }

@@ -533,6 +533,29 @@ fn bad_input_gets_errors_and_the_server_keeps_serving() {
 }
 
 #[test]
+fn rate_limited_subscribes_and_unknown_events_are_counted() {
+    // Found by `ringcast-loadtest abuse`: both were answered with pusher:error but counted
+    // nowhere, so /metrics could not show the abuse.
+    let s = Server::start(1, "control_messages_per_sec = 2");
+    let mut c = s.connect();
+    let before = s.handle().metrics();
+    c.send(json!({"event": "abuse:unknown", "data": {}}));
+    assert_eq!(c.recv()["event"], "pusher:error");
+    s.wait_metrics("the unknown event counted as a protocol error", |m| {
+        m.protocol_errors == before.protocol_errors + 1
+    });
+    // Two a second: a burst of ten is refused in part (and counted) however slow the machine.
+    for i in 0..10 {
+        c.send(
+            json!({"event": "pusher:subscribe", "data": {"auth": "", "channel": format!("f{i}")}}),
+        );
+    }
+    s.wait_metrics("the refused subscribe counted", |m| {
+        m.control_rate_limited > before.control_rate_limited
+    });
+}
+
+#[test]
 fn subscribe_flood_is_refused_not_fatal() {
     let s = Server::start(
         1,

@@ -27,4 +27,5 @@ pub mod procs;
 pub mod receive;
 pub mod report;
 pub mod scenario;
+pub mod serverwatch;
 pub mod wsframe;

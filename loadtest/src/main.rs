@@ -14,6 +14,7 @@ use ringcast_loadtest::scenario::connect::{self, ConnectPlan};
 use ringcast_loadtest::scenario::fanout::{FanoutPlan, Part, PhaseResult, PublishMode, Session};
 use ringcast_loadtest::scenario::presence::{self, PresencePlan};
 use ringcast_loadtest::scenario::rest::Pipelining;
+use ringcast_loadtest::serverwatch::{self, Sampler};
 
 /// Open-loop load generator for any Pusher-protocol server (Ringcast, Soketi, Sockudo, Pusher).
 #[derive(Parser, Debug)]
@@ -33,6 +34,13 @@ enum Cmd {
     Connect(ConnectArgs),
     /// Join/leave churn on presence channels: latency and correctness.
     Presence(PresenceArgs),
+    /// Attack the server (slow-loris, idle, slow consumers, floods, bad frames, bad signatures,
+    /// churn...) one attack after another and then all at once, beside an honest fan-out;
+    /// reports honest p99/loss against a quiet run, server RSS/files and refusals by reason.
+    Abuse(AbuseArgs),
+    /// Hours-long stability run: fan-out at a fixed rate with connection churn and presence
+    /// joins/leaves; RSS, open files and CPU per delivery sampled; flatness checks.
+    Soak(SoakArgs),
     /// Run the built-in minimal WebSocket fan-out server (the floor).
     Floor(FloorArgs),
     /// Print JSON result files (from --json) side by side.
@@ -322,6 +330,94 @@ struct PresenceArgs {
 }
 
 #[derive(Args, Debug)]
+struct AbuseArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Honest events per second (over all channels).
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds per phase (the quiet run, each attack, all together).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Attacks to run, in this order (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    attacks: Vec<ringcast_loadtest::scenario::abuse::Attack>,
+    /// Skip the final phase with every attack at once.
+    #[arg(long)]
+    no_together: bool,
+    /// Abusive connections (or request loops) per attack at once.
+    #[arg(long, default_value_t = 50)]
+    abuse_connections: usize,
+    /// Connections of the half-open and of the idle attack (opened over the first half of
+    /// the phase).
+    #[arg(long, default_value_t = 2000)]
+    idle_connections: usize,
+    /// Messages or requests per second per flooding connection.
+    #[arg(long, default_value_t = 1000.0)]
+    flood_rate: f64,
+    /// Abusers connect from 127.0.0.FIRST .. (not the honest clients' 127.0.0.1..N).
+    #[arg(long, default_value_t = 64)]
+    abuse_source_first: u8,
+    /// How many loopback source addresses the abusers use (split evenly between the attacks
+    /// when there are at least as many as attacks).
+    #[arg(long, default_value_t = 48)]
+    abuse_sources: u8,
+    /// Goal: honest p99 at most this many times the quiet run's.
+    #[arg(long, default_value_t = 2.0)]
+    max_p99_ratio: f64,
+    /// Goal: server peak RSS, MiB.
+    #[arg(long, default_value_t = 1024)]
+    max_rss_mb: u64,
+    /// Goal: server peak open files (default: only the return to the baseline is checked).
+    #[arg(long)]
+    max_open_files: Option<u64>,
+    /// Milliseconds between two readings of the server's RSS and open files.
+    #[arg(long, default_value_t = 100)]
+    sample_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct SoakArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Minutes of soak.
+    #[arg(long, default_value_t = 30.0)]
+    minutes: f64,
+    /// Events per second (default: half of the 10,000-subscriber knee of docs/benchmarks.md
+    /// at --subscribers 10000; give the knee of your machine).
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds between samples (each sample interval is one fan-out phase).
+    #[arg(long, default_value_t = 10.0)]
+    sample_secs: f64,
+    /// Samples before this many seconds are warm-up (not in the RSS flatness check).
+    #[arg(long, default_value_t = 60.0)]
+    warmup_secs: f64,
+    /// Connections opened, established and closed per second (churn).
+    #[arg(long, default_value_t = 20.0)]
+    churn_rate: f64,
+    /// Presence joins (each followed by a leave) per second.
+    #[arg(long, default_value_t = 10.0)]
+    presence_rate: f64,
+    /// Presence channels the joins go to.
+    #[arg(long, default_value_t = 4)]
+    presence_channels: usize,
+    /// Milliseconds a presence member stays joined.
+    #[arg(long, default_value_t = 500)]
+    presence_hold_ms: u64,
+    /// RSS after the warm-up may move by at most this fraction of its first value.
+    #[arg(long, default_value_t = 0.10)]
+    rss_tolerance: f64,
+    /// Directory for soak.json, soak.csv and soak.svg.
+    #[arg(long, default_value = "soak-out")]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
 struct FloorArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
@@ -342,6 +438,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Sweep(a) => sweep(a),
         Cmd::Connect(a) => connect_cmd(a),
         Cmd::Presence(a) => presence_cmd(a),
+        Cmd::Abuse(a) => abuse_cmd(a),
+        Cmd::Soak(a) => soak_cmd(a),
         Cmd::Worker => ringcast_loadtest::procs::worker_main(),
         Cmd::Compare(a) => {
             let md = ringcast_loadtest::compare::write(&a.out, a.p99_budget)?;
@@ -688,5 +786,104 @@ fn presence_cmd(a: PresenceArgs) -> anyhow::Result<()> {
             &serde_json::json!({"scenario": "presence", "results": [r]}),
         )?;
     }
+    Ok(())
+}
+
+/// The server's pid: given, or the process listening on the first WebSocket port.
+fn server_pid(c: &Common, target: &Target) -> Option<u32> {
+    c.server_pid.or_else(|| {
+        let pid = serverwatch::find_listener(target.ws[0].addr.port());
+        if let Some(p) = pid {
+            if !c.quiet {
+                eprintln!(
+                    "server pid {p} (listening on port {})",
+                    target.ws[0].addr.port()
+                );
+            }
+        }
+        pid
+    })
+}
+
+fn abuse_cmd(a: AbuseArgs) -> anyhow::Result<()> {
+    use ringcast_loadtest::scenario::abuse::{self, AbusePlan, Attack};
+    use ringcast_loadtest::scenario::abuse_run::{self, AbuseRun};
+    let c = &a.common;
+    let target = c.target()?;
+    let pid = server_pid(c, &target);
+    let sampler = pid.map(|p| Sampler::start(p, Duration::from_millis(a.sample_ms.max(10))));
+    let plan = a.load.plan(c, target.clone(), a.load.subscribers)?;
+    let honest_channels = (0..plan.channels).map(|i| plan.channel(i)).collect();
+    let attacks = if a.attacks.is_empty() {
+        Attack::ALL.to_vec()
+    } else {
+        a.attacks.clone()
+    };
+    let run = AbuseRun {
+        plan: AbusePlan {
+            target: target.clone(),
+            sources: abuse::loopback_sources(a.abuse_source_first, a.abuse_sources),
+            connections: a.abuse_connections,
+            idle_connections: a.idle_connections,
+            flood_rate: a.flood_rate,
+            honest_channels,
+            timeout: Duration::from_secs(c.timeout),
+        },
+        attacks,
+        together: !a.no_together,
+        rate: a.rate,
+        duration: Duration::from_secs_f64(a.duration),
+        drain: Duration::from_secs_f64(a.load.drain),
+        max_p99_ratio: a.max_p99_ratio,
+        max_rss_bytes: a.max_rss_mb << 20,
+        max_open_files: a.max_open_files,
+        quiet: c.quiet,
+    };
+    let mut s = Session::start(plan, a.load.procs, pid, &c.label, c.quiet)?;
+    let rep = abuse_run::run(&run, &mut s, sampler.as_ref());
+    s.finish();
+    let rep = rep?;
+    print!("{}", abuse_run::text(&rep));
+    if let Some(p) = &c.json {
+        report::write_json(p, &serde_json::json!({"scenario": "abuse", "report": rep}))?;
+    }
+    Ok(())
+}
+
+fn soak_cmd(a: SoakArgs) -> anyhow::Result<()> {
+    use ringcast_loadtest::scenario::soak::{self, SoakRun};
+    let c = &a.common;
+    let target = c.target()?;
+    let pid = server_pid(c, &target);
+    let plan = a.load.plan(c, target.clone(), a.load.subscribers)?;
+    let run = SoakRun {
+        target,
+        duration: Duration::from_secs_f64(a.minutes * 60.0),
+        rate: a.rate,
+        sample: Duration::from_secs_f64(a.sample_secs),
+        warmup: Duration::from_secs_f64(a.warmup_secs),
+        drain: Duration::from_secs_f64(a.load.drain),
+        churn_rate: a.churn_rate,
+        presence_rate: a.presence_rate,
+        presence_channels: a.presence_channels,
+        presence_hold: Duration::from_millis(a.presence_hold_ms),
+        rss_tolerance: a.rss_tolerance,
+        timeout: Duration::from_secs(c.timeout),
+        quiet: c.quiet,
+    };
+    let mut s = Session::start(plan, a.load.procs, pid, &c.label, c.quiet)?;
+    let rep = soak::run(&run, &mut s, pid);
+    s.finish();
+    let rep = rep?;
+    std::fs::create_dir_all(&a.out)?;
+    std::fs::write(a.out.join("soak.csv"), soak::csv(&rep))?;
+    std::fs::write(a.out.join("soak.svg"), soak::svg(&rep))?;
+    let doc = serde_json::json!({"scenario": "soak", "report": rep});
+    report::write_json(&a.out.join("soak.json"), &doc)?;
+    if let Some(p) = &c.json {
+        report::write_json(p, &doc)?;
+    }
+    print!("{}", soak::text(&rep));
+    println!("wrote {}/soak.csv, soak.json, soak.svg", a.out.display());
     Ok(())
 }

@@ -9,8 +9,12 @@ use crate::limits::{MAX_CHANNEL_NAME_LEN, MAX_EVENT_NAME_LEN};
 pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
 
 /// A validated channel name. Only built by [`ChannelName::parse`].
+///
+/// Shared (`Arc<str>`): a clone is a reference-count increment, never an allocation, so
+/// naming the channel in every message an event causes between cores (and in every
+/// subscription record) costs no allocation on the hot path.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
-pub struct ChannelName(Box<str>);
+pub struct ChannelName(std::sync::Arc<str>);
 
 /// Channel type, decided by the exact name prefix.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

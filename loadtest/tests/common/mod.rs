@@ -93,3 +93,19 @@ pub fn assert_exact(r: &serde_json::Value) {
     assert_eq!(r["publish_rejected"].as_u64(), Some(0), "{r}");
     assert_eq!(r["latency"]["count"].as_u64(), Some(expected), "{r}");
 }
+
+/// The engine and the control plane (the HTTP API on the same port) from a TOML config.
+pub fn engine_from(toml: &str) -> RunningEngine {
+    let raw = RawConfig::from_toml(toml).expect("config parses");
+    let config = raw.resolve(2).expect("config resolves");
+    let engine = Engine::bind(config, None).expect("bind");
+    let cp = ringcast_control_plane::ControlPlane::new(
+        engine.handle(),
+        ringcast_control_plane::ApiConfig::default(),
+    );
+    engine
+        .start(Some(
+            std::sync::Arc::new(cp) as std::sync::Arc<dyn ringcast_engine::HttpService>
+        ))
+        .expect("start")
+}
