@@ -196,7 +196,9 @@ describe('SSE streams: GET /apps/{id}/stream', { timeout: 180_000 }, () => {
 
   it('a Last-Event-ID the history no longer holds gets ringcast:reset first, then the stream goes on', { timeout: 30_000 }, async () => {
     const ch = uniq('reset-');
-    for (let i = 1; i <= 6; i++) await sdk.trigger(ch, 'e', String(i)); // history keeps 4..6
+    // With `info` the REST answer waits for the owner core, so the history holds the event
+    // before the stream asks for it. History keeps 4..6.
+    for (let i = 1; i <= 6; i++) await sdk.trigger(ch, 'e', String(i), { info: 'subscription_count' });
     // Still held: resumes exactly after 4.
     const held = sseClient(`${base}/apps/app-id/stream?channels=${ch}`, ['e', 'ringcast:reset', 'ringcast:subscribed'], { lastEventId: 4 });
     open.push(held);
