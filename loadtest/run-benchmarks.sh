@@ -5,8 +5,8 @@
 #   cargo build --release --bin ringcast && cargo build --release -p ringcast-loadtest
 #   loadtest/run-benchmarks.sh [all|fanout10k|fanout1k|connect|rest|presence]...
 #
-# Each run starts its own Ringcast (2 workers, loadtest/ringcast-bench.toml) on 127.0.0.1:0 and
-# stops it afterwards; `--floor` runs spawn the floor server as a child of the generator.
+# Each run starts its own Ringcast (2 workers, loadtest/ringcast-bench.toml; RINGCAST_BENCH_WORKERS=4
+# for the oversubscribed sweep of issue #9) on 127.0.0.1:0 and stops it afterwards; `--floor` runs spawn the floor server as a child of the generator.
 # The load average before each run is printed and kept in the JSON (load_avg_before).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ LOG="$(mktemp -d)"
 
 SERVER_PID=""
 start_ringcast() {
-  "$RC" --listen 127.0.0.1:0 --config loadtest/ringcast-bench.toml --workers 2 >"$LOG/ringcast.out" 2>"$LOG/ringcast.err" &
+  "$RC" --listen 127.0.0.1:0 --config loadtest/ringcast-bench.toml --workers "${RINGCAST_BENCH_WORKERS:-2}" >"$LOG/ringcast.out" 2>"$LOG/ringcast.err" &
   SERVER_PID=$!
   for _ in $(seq 1 100); do grep -q "listening on" "$LOG/ringcast.out" 2>/dev/null && break; sleep 0.1; done
   ADDR="$(grep -o '127\.0\.0\.1:[0-9]*' "$LOG/ringcast.out" | head -n1)"

@@ -3,7 +3,7 @@
 #
 #   bash scripts/test.sh
 #
-# Steps: toolchain check -> brokers (apt-get redis-server/nats-server when missing)
+# Steps: toolchain check -> brokers (apt-get redis-server/nats-server/openssl when missing)
 #        -> cargo fmt --check -> clippy -D warnings -> cargo build --bin ringcast
 #        -> Rust tests (cargo nextest, or cargo test if nextest is missing)
 #        -> npm ci in tests/js (only when node_modules is missing or stale)
@@ -155,6 +155,8 @@ BROKERS_MISSING=()
 command -v redis-server >/dev/null 2>&1 || BROKERS_MISSING+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || BROKERS_MISSING+=(redis-tools)
 command -v nats-server >/dev/null 2>&1 || BROKERS_MISSING+=(nats-server)
+# The TLS tests (tls.test.mjs, the loadtest's wss smoke test) make their CA with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || BROKERS_MISSING+=(openssl)
 if ((${#BROKERS_MISSING[@]})); then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
     run_step "apt-get install ${BROKERS_MISSING[*]}" "$LOG_DIR/apt-brokers.log" \
@@ -166,6 +168,7 @@ if ((${#BROKERS_MISSING[@]})); then
 fi
 printf '  %-14s %s\n' redis-server "$(redis-server --version 2>/dev/null | head -n1 || echo MISSING)"
 printf '  %-14s %s\n' nats-server "$(nats-server --version 2>/dev/null | head -n1 || echo MISSING)"
+printf '  %-14s %s\n' openssl "$(openssl version 2>/dev/null | head -n1 || echo MISSING)"
 
 # ---------------------------------------------------------------------------------------------
 if [[ "${RINGCAST_SKIP_RUST:-0}" != 1 ]]; then

@@ -601,6 +601,7 @@ impl State {
                     node: self.me.to_string(),
                     started_at: self.started_at,
                     seq: self.seq,
+                    mgmt_seq: self.mgmt_seq,
                 },
             );
         }
@@ -734,9 +735,13 @@ impl State {
         if let Some(s) = started_at {
             if p.started_at != s {
                 // Restarted with the same id: its state starts over.
+                // (Its management numbers start over too; a node first heard without its
+                // start time, through a `Mgmt` or `MgmtSync`, keeps what was counted.)
+                if p.started_at != u64::MAX {
+                    p.mgmt_seq = None;
+                }
                 p.started_at = s;
                 p.seq = None;
-                p.mgmt_seq = None;
             }
         }
         if new {
@@ -772,8 +777,10 @@ impl State {
                 node,
                 started_at,
                 seq,
+                mgmt_seq,
             } => {
                 self.touch(&node, Some(started_at));
+                self.check_mgmt_seq(broker, &node, mgmt_seq);
                 let known = self.peers.get(&node).and_then(|p| p.seq);
                 match known {
                     Some(k) if seq <= k => {}
@@ -907,6 +914,31 @@ impl State {
                     self.send_mgmt_snapshot();
                 }
             }
+        }
+    }
+
+    /// A heartbeat names the last management message its node published: if this node has
+    /// not seen it, the message was lost and that node's management state is asked for. An
+    /// unknown node's number is taken as it is (its state arrives by the exchange when either
+    /// side's link comes up).
+    fn check_mgmt_seq(&mut self, broker: &Broker, node: &str, mgmt_seq: u64) {
+        if self.mgmt.is_none() {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(node) else {
+            return;
+        };
+        let lost = p.mgmt_seq.is_some_and(|k| mgmt_seq > k);
+        p.mgmt_seq = Some(mgmt_seq);
+        if lost {
+            ClusterMetrics::inc(&self.link.metrics.sequence_gaps);
+            self.publish_control(
+                broker,
+                &Control::MgmtSync {
+                    node: self.me.to_string(),
+                    target: node.to_owned(),
+                },
+            );
         }
     }
 

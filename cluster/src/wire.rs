@@ -81,6 +81,9 @@ pub enum Control {
         node: String,
         started_at: u64,
         seq: u64,
+        /// The number of the last `Mgmt` message `node` published (0: none), so a receiver
+        /// that missed the last one sees the gap without waiting for the next.
+        mgmt_seq: u64,
     },
     Delta {
         node: String,
@@ -270,11 +273,13 @@ pub fn encode_control(c: &Control) -> Bytes {
             node,
             started_at,
             seq,
+            mgmt_seq,
         } => {
             header(&mut b, K_HEARTBEAT);
             put_str(&mut b, node);
             b.put_u64_le(*started_at);
             b.put_u64_le(*seq);
+            b.put_u64_le(*mgmt_seq);
         }
         Control::Delta { node, seq, items } => {
             header(&mut b, K_DELTA);
@@ -451,6 +456,7 @@ pub fn decode(payload: &Bytes) -> Result<Message, DecodeError> {
             node: r.string()?,
             started_at: r.u64()?,
             seq: r.u64()?,
+            mgmt_seq: r.u64()?,
         },
         K_DELTA => {
             let node = r.string()?;
@@ -568,6 +574,7 @@ mod tests {
                 node: "n2".into(),
                 started_at: 7,
                 seq: 9,
+                mgmt_seq: 2,
             }),
             encode_control(&Control::Delta {
                 node: "n2".into(),

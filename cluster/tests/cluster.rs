@@ -31,6 +31,7 @@ on_both_backends!(
     terminate_and_server_to_user_reach_every_node,
     broker_restart_rejects_then_recovers,
     silent_node_expires_and_junk_is_ignored,
+    management_records_cross_nodes_and_gaps_ask_for_state,
 );
 
 fn events_cross_nodes_in_order_once(kind: Kind) {
@@ -378,4 +379,115 @@ fn silent_node_expires_and_junk_is_ignored(kind: Kind) {
     assert_eq!(n1.count(ch), 1);
     assert_eq!(n1.users(ch), ["u1"]);
     assert!(ringcast_engine::ClusterMetrics::get(&n1.link.metrics.nodes_expired) >= 1);
+}
+
+/// A management plane stand-in: records what the bridge hands it; its state is one part
+/// naming the node and how many snapshots it has made.
+struct FakeMgmt {
+    id: &'static str,
+    applied: Mutex<Vec<(String, String)>>,
+    snapshots: Mutex<u32>,
+}
+
+impl ringcast_cluster::ManagementPeer for FakeMgmt {
+    fn apply(&self, from: &str, records: bytes::Bytes) {
+        let r = String::from_utf8_lossy(&records).into_owned();
+        self.applied.lock().unwrap().push((from.to_owned(), r));
+    }
+    fn snapshot(&self, _max: usize, reply: Box<dyn FnOnce(Vec<bytes::Bytes>) + Send>) {
+        let n = {
+            let mut s = self.snapshots.lock().unwrap();
+            *s += 1;
+            *s
+        };
+        reply(vec![bytes::Bytes::from(format!(
+            "state-of-{}-{n}",
+            self.id
+        ))]);
+    }
+}
+
+impl FakeMgmt {
+    fn has(&self, from: &str, prefix: &str) -> bool {
+        self.applied
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(f, r)| f == from && r.starts_with(prefix))
+    }
+}
+
+/// The bridge carries management records: a node coming up gets the others' state and sends
+/// its own; a local change reaches the other node; a peer's message gap, seen in a later
+/// `Mgmt` or in its heartbeat, asks that peer for its state; a `MgmtSync` for this node is
+/// answered with a snapshot.
+fn management_records_cross_nodes_and_gaps_ask_for_state(kind: Kind) {
+    use ringcast_cluster::wire::{encode_control, Control};
+    let broker = Broker::start(kind);
+    let fake = |id| {
+        Arc::new(FakeMgmt {
+            id,
+            applied: Mutex::new(Vec::new()),
+            snapshots: Mutex::new(0),
+        })
+    };
+    let (m1, m2) = (fake("n1"), fake("n2"));
+    let (out1, port1) = ringcast_cluster::management::channel(m1.clone());
+    let (_out2, port2) = ringcast_cluster::management::channel(m2.clone());
+    let n1 = Node::start_managed("n1", &broker.url(), 1_000, port1);
+    let _n2 = Node::start_managed("n2", &broker.url(), 1_000, port2);
+    // n2 came up: it asked for everyone's state (n1 answered) and sent its own.
+    eventually("n1's state at n2", || m2.has("n1", "state-of-n1-"));
+    eventually("n2's state at n1", || m1.has("n2", "state-of-n2-"));
+    // A local change of n1 reaches n2.
+    assert!(out1.send(bytes::Bytes::from_static(b"change-1")));
+    eventually("the change at n2", || m2.has("n1", "change-1"));
+
+    let ctl = match kind {
+        Kind::Redis => "ringcast:ctl",
+        Kind::Nats => "ringcast.ctl",
+    };
+    let gaps = || ringcast_engine::ClusterMetrics::get(&n1.link.metrics.sequence_gaps);
+    let snapshots = || *m1.snapshots.lock().unwrap();
+    let before = snapshots();
+    // A ghost's MgmtSync for n1 is answered with a snapshot; its records are applied, and the
+    // jump from 1 to 5 is a gap.
+    publish_raw(
+        &broker,
+        ctl,
+        vec![
+            encode_control(&Control::MgmtSync {
+                node: "ghost".into(),
+                target: "n1".into(),
+            }),
+            encode_control(&Control::Mgmt {
+                node: "ghost".into(),
+                seq: 1,
+                records: bytes::Bytes::from_static(b"ghost-1"),
+            }),
+            encode_control(&Control::Mgmt {
+                node: "ghost".into(),
+                seq: 5,
+                records: bytes::Bytes::from_static(b"ghost-5"),
+            }),
+        ],
+    );
+    eventually("the ghost's records at n1", || {
+        m1.has("ghost", "ghost-1") && m1.has("ghost", "ghost-5")
+    });
+    eventually("n1 answering the ghost's MgmtSync", || snapshots() > before);
+    eventually("the gap counted", || gaps() >= 1);
+    // A heartbeat naming a later message than the last one seen: that message was lost.
+    let g = gaps();
+    publish_raw(
+        &broker,
+        ctl,
+        vec![encode_control(&Control::Heartbeat {
+            node: "ghost".into(),
+            started_at: 0,
+            seq: 0,
+            mgmt_seq: 6,
+        })],
+    );
+    eventually("the heartbeat's gap counted", || gaps() > g);
 }

@@ -212,4 +212,17 @@ mod tests {
         assert!(c.metrics_allow[0].contains("10.9.9.9".parse().unwrap()));
         assert_eq!(c.metrics_allow.len(), 1);
     }
+
+    #[test]
+    fn api_tls_table_is_parsed_and_its_mistakes_are_errors() {
+        let t: toml::Table = toml::from_str("[tls]\ncert = \"a.pem\"\nkey = \"b.pem\"").unwrap();
+        let c = ApiConfig::from_table(Some(t)).unwrap();
+        let tls = c.tls.expect("[api.tls]");
+        assert_eq!(tls.cert, std::path::PathBuf::from("a.pem"));
+        assert_eq!(tls.key, std::path::PathBuf::from("b.pem"));
+        assert!(ApiConfig::from_table(None).unwrap().tls.is_none());
+        let err = |s: &str| ApiConfig::from_table(Some(toml::from_str(s).unwrap())).unwrap_err();
+        assert!(err("[tls]\ncert = \"a.pem\"").contains("missing field `key`"));
+        assert!(err("[tls]\ncert = \"a\"\nkey = \"b\"\nverify = true").contains("verify"));
+    }
 }

@@ -1042,3 +1042,131 @@ fn usage_per_day_survives_a_restart() {
     }
     assert!(day["messages_out"].as_u64() >= Some(3), "{after}");
 }
+
+/// Collects what a node's management plane publishes for the cluster.
+fn replicated(s: &Mgmt, node: &str) -> Arc<std::sync::Mutex<Vec<Vec<u8>>>> {
+    let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let o = out.clone();
+    s.mgmt
+        .attach_cluster(node.into(), move |r| o.lock().unwrap().push(r));
+    out
+}
+
+fn take(out: &std::sync::Mutex<Vec<Vec<u8>>>) -> Vec<Vec<u8>> {
+    std::mem::take(&mut *out.lock().unwrap())
+}
+
+/// Applies records on `to` and waits until its management thread has handled them (the
+/// `GET /api/tokens` after them runs on the same thread, in order).
+fn deliver(to: &Mgmt, from: &str, batches: &[Vec<u8>]) {
+    for b in batches {
+        to.mgmt.apply_replicated(from.into(), b.clone());
+    }
+    to.ok("GET", "/api/tokens", None);
+}
+
+#[test]
+fn replicated_records_merge_last_writer_wins_with_tombstones() {
+    let (ta, tb, tc) = (tmp_dir("repl-a"), tmp_dir("repl-b"), tmp_dir("repl-c"));
+    let a = Mgmt::start(&ta);
+    let b = Mgmt::start(&tb);
+    let out_a = replicated(&a, "a");
+    let out_b = replicated(&b, "b");
+
+    // A create reaches B whole: same keys and secrets, a signed trigger verifies on B.
+    let (id, key, secret) = a.create_app(json!({"id": "x", "name": "one"}));
+    let r1 = take(&out_a);
+    assert_eq!(r1.len(), 1);
+    deliver(&b, "a", &r1);
+    assert_eq!(b.ok("GET", "/api/apps/x", None)["name"], "one");
+    assert_eq!(
+        b.signed_as(&id, &key, &secret, &event_body("c")).status,
+        200
+    );
+    assert!(
+        take(&out_b).is_empty(),
+        "applied records are not published again"
+    );
+
+    // A delete is a tombstone: the old create replayed late does not bring the app back.
+    a.ok("DELETE", "/api/apps/x", None);
+    let r2 = take(&out_a);
+    deliver(&b, "a", &r2);
+    b.admin("GET", "/api/apps/x", None)
+        .expect_error(404, "not_found");
+    deliver(&b, "a", &r1);
+    b.admin("GET", "/api/apps/x", None)
+        .expect_error(404, "not_found");
+    // The app is gone on B: its REST API answers "unknown app".
+    assert_eq!(
+        b.signed_as(&id, &key, &secret, &event_body("c")).status,
+        404
+    );
+
+    // Concurrent updates on A and B, each delivered to the other: one winner everywhere.
+    a.create_app(json!({"id": "y", "name": "base"}));
+    deliver(&b, "a", &take(&out_a));
+    a.ok(
+        "PUT",
+        "/api/apps/y",
+        Some(json!({"name": "from-a", "max_connections": 1})),
+    );
+    b.ok(
+        "PUT",
+        "/api/apps/y",
+        Some(json!({"name": "from-b", "max_connections": 2})),
+    );
+    deliver(&a, "b", &take(&out_b));
+    deliver(&b, "a", &take(&out_a));
+    let ya = a.ok("GET", "/api/apps/y", None);
+    let yb = b.ok("GET", "/api/apps/y", None);
+    assert_eq!(ya["name"], yb["name"]);
+    assert_eq!(ya["settings"], yb["settings"]);
+    let winner = ya["name"].as_str().unwrap();
+    let limit = if winner == "from-a" { 1 } else { 2 };
+    assert_eq!(ya["settings"]["max_connections"], limit, "{ya}");
+
+    // A token created on A verifies on B; revoked on B, it stops on A.
+    let tok = a.token(&["apps:read"], None);
+    deliver(&b, "a", &take(&out_a));
+    assert_eq!(b.req(Some(&tok), "GET", "/api/apps", None).status, 200);
+    let tid = b.req(Some(&tok), "GET", "/api/token", None).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.ok("DELETE", &format!("/api/tokens/{tid}"), None);
+    deliver(&a, "b", &take(&out_b));
+    a.req(Some(&tok), "GET", "/api/apps", None)
+        .expect_error(401, "unauthorized");
+
+    // A new node converges from A's snapshot, tombstones included.
+    let c = Mgmt::start(&tc);
+    let (tx, rx) = std::sync::mpsc::channel();
+    a.mgmt.replication_snapshot(
+        100,
+        Box::new(move |parts| {
+            let _ = tx.send(parts);
+        }),
+    );
+    let parts = rx.recv_timeout(WAIT).expect("a snapshot");
+    // One app and two tombstones, one record per part at this size.
+    assert_eq!(parts.len(), 3);
+    deliver(&c, "a", &parts);
+    assert_eq!(c.ok("GET", "/api/apps/y", None)["name"], winner);
+    deliver(&c, "a", &r1);
+    c.admin("GET", "/api/apps/x", None)
+        .expect_error(404, "not_found");
+    c.req(Some(&tok), "GET", "/api/apps", None)
+        .expect_error(401, "unauthorized");
+
+    // Junk is ignored, never applied and never a crash.
+    deliver(
+        &c,
+        "zz",
+        &[
+            b"not json".to_vec(),
+            b"{\"format\":9,\"records\":[]}".to_vec(),
+        ],
+    );
+    assert_eq!(c.ok("GET", "/api/apps/y", None)["name"], winner);
+}

@@ -798,6 +798,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_table_is_parsed_and_its_mistakes_are_errors() {
+        let c = RawConfig::from_toml("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n")
+            .unwrap()
+            .resolve(1)
+            .unwrap();
+        let t = c.tls.expect("[tls] resolved");
+        assert_eq!(t.cert, std::path::PathBuf::from("c.pem"));
+        assert_eq!(t.key, std::path::PathBuf::from("k.pem"));
+        assert!(RawConfig::from_toml("")
+            .unwrap()
+            .resolve(1)
+            .unwrap()
+            .tls
+            .is_none());
+        let err = |s: &str| RawConfig::from_toml(s).unwrap_err().to_string();
+        assert!(err("[tls]\ncert = \"c.pem\"\n").contains("missing field `key`"));
+        assert!(err("[tls]\nkey = \"k.pem\"\n").contains("missing field `cert`"));
+        assert!(err("[tls]\ncert = \"c\"\nkey = \"k\"\ncert_file = \"x\"\n").contains("cert_file"));
+        assert!(err("tls = true\n").contains("tls"));
+    }
+
+    #[test]
     fn empty_config_gives_embedded_default_app() {
         let c = RawConfig::from_toml("").unwrap().resolve(4).unwrap();
         assert_eq!(c.workers, 4);

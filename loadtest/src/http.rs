@@ -215,6 +215,8 @@ mod tests {
             api_addr: "127.0.0.1:1".parse().unwrap(),
             api_host: "127.0.0.1:1".into(),
             api_path_prefix: String::new(),
+            api_tls: false,
+            tls_ca: None,
             app_id: "3".into(),
             key: "278d425bdf160c739803".into(),
             secret: "7ad3773142a6692b25b8".into(),

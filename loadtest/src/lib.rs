@@ -28,4 +28,5 @@ pub mod receive;
 pub mod report;
 pub mod scenario;
 pub mod serverwatch;
+pub mod tls;
 pub mod wsframe;

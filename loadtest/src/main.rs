@@ -79,11 +79,17 @@ struct ReportArgs {
 struct Common {
     /// WebSocket base URL of the server under test. Give several (repeat the option or
     /// separate with commas) to spread connections round-robin over the nodes of a cluster.
+    /// `wss://` connects over TLS (trusting the system's roots and --tls-ca).
     #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:6001")]
     ws_url: Vec<String>,
-    /// REST API base URL (default: the first WebSocket URL's host and port over http).
+    /// REST API base URL (default: the first WebSocket URL's host and port, over https when
+    /// it is wss://).
     #[arg(long)]
     api_url: Option<String>,
+    /// Extra CA certificates (PEM) to trust for wss:// and https:// targets, beside the
+    /// system's roots (e.g. the test CA of a self-signed setup).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     #[arg(long, default_value = "app-id")]
     app_id: String,
     #[arg(long, default_value = "app-key")]
@@ -137,16 +143,23 @@ impl Common {
             .map(|u| net::WsEndpoint::parse(u).with_context(|| format!("--ws-url {u}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::ensure!(!ws.is_empty(), "give at least one --ws-url");
-        let api = self
-            .api_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}{}", ws[0].host, ws[0].path_prefix));
-        let (api_addr, api_host, api_path_prefix) = net::parse_url(&api, 80)?;
+        let api = self.api_url.clone().unwrap_or_else(|| {
+            let scheme = if ws[0].tls { "https" } else { "http" };
+            format!("{scheme}://{}{}", ws[0].host, ws[0].path_prefix)
+        });
+        let api_tls = net::is_tls_url(&api);
+        let (api_addr, api_host, api_path_prefix) =
+            net::parse_url(&api, if api_tls { 443 } else { 80 })?;
+        if let Some(ca) = &self.tls_ca {
+            anyhow::ensure!(ca.is_file(), "--tls-ca {}: no such file", ca.display());
+        }
         Ok(Target {
             ws,
             api_addr,
             api_host,
             api_path_prefix,
+            api_tls,
+            tls_ca: self.tls_ca.clone(),
             app_id: self.app_id.clone(),
             key: self.key.clone(),
             secret: self.secret.clone(),
@@ -361,8 +374,9 @@ struct AbuseArgs {
     #[arg(long, default_value_t = 64)]
     abuse_source_first: u8,
     /// How many loopback source addresses the abusers use (split evenly between the attacks
-    /// when there are at least as many as attacks).
-    #[arg(long, default_value_t = 48)]
+    /// when there are at least as many as attacks; 120 = 10 each, so 2,000 idle connections
+    /// opened over 5 s stay under 50 new connections per address per second).
+    #[arg(long, default_value_t = 120)]
     abuse_sources: u8,
     /// Goal: honest p99 at most this many times the quiet run's.
     #[arg(long, default_value_t = 2.0)]
@@ -387,8 +401,9 @@ struct SoakArgs {
     /// Minutes of soak.
     #[arg(long, default_value_t = 30.0)]
     minutes: f64,
-    /// Events per second (default: half of the 10,000-subscriber knee of docs/benchmarks.md
-    /// at --subscribers 10000; give the knee of your machine).
+    /// Events per second over all channels. Issue 12's soak is half the 10,000-subscriber
+    /// knee: `--subscribers 10000 --rate 5` on the machine of docs/benchmarks.md (knee 10/s);
+    /// use half the knee measured on yours.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
     /// Seconds between samples (each sample interval is one fan-out phase).
@@ -514,6 +529,7 @@ fn floor_target(t: &Target, addr: std::net::SocketAddr) -> Target {
     f.api_addr = addr;
     f.api_host = addr.to_string();
     f.api_path_prefix = String::new();
+    f.api_tls = false;
     f
 }
 

@@ -5,8 +5,10 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+
+use crate::tls::Stream;
 
 use crate::wsframe::{Frame, FrameReader};
 
@@ -19,15 +21,20 @@ pub struct WsEndpoint {
     pub host: String,
     /// Path prefix before `/app/{key}` (usually empty).
     pub path_prefix: String,
+    /// `wss://`: TLS.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl WsEndpoint {
     pub fn parse(url: &str) -> anyhow::Result<WsEndpoint> {
-        let (addr, host, path_prefix) = parse_url(url, 80)?;
+        let tls = is_tls_url(url);
+        let (addr, host, path_prefix) = parse_url(url, if tls { 443 } else { 80 })?;
         Ok(WsEndpoint {
             addr,
             host,
             path_prefix,
+            tls,
         })
     }
 
@@ -36,6 +43,7 @@ impl WsEndpoint {
             addr,
             host: addr.to_string(),
             path_prefix: String::new(),
+            tls: false,
         }
     }
 }
@@ -50,12 +58,24 @@ pub struct Target {
     pub api_addr: SocketAddr,
     pub api_host: String,
     pub api_path_prefix: String,
+    /// `https://` API URL: TLS.
+    #[serde(default)]
+    pub api_tls: bool,
+    /// A PEM file of extra CA certificates to trust for TLS targets (beside the system's).
+    #[serde(default)]
+    pub tls_ca: Option<std::path::PathBuf>,
     pub app_id: String,
     pub key: String,
     pub secret: String,
     /// Number of loopback source addresses to spread connections over (127.0.0.1, .2, ...).
     /// Ignored (always the default route) when the server is not on loopback.
     pub source_addrs: u8,
+}
+
+/// `wss://` or `https://`.
+pub fn is_tls_url(url: &str) -> bool {
+    let u = url.trim_start().to_ascii_lowercase();
+    u.starts_with("wss://") || u.starts_with("https://")
 }
 
 /// Splits `scheme://host:port/path` into (socket address, host header, path prefix).
@@ -97,10 +117,25 @@ impl Target {
         }
     }
 
-    /// Opens connection number `i` to its WebSocket endpoint (TCP only).
-    pub async fn connect_ws(&self, i: usize) -> io::Result<TcpStream> {
+    /// Opens connection number `i` to its WebSocket endpoint (TCP, then TLS for `wss://`).
+    pub async fn connect_ws(&self, i: usize) -> io::Result<Stream> {
         let ep = self.ws_for(i);
-        connect(self.source_for(i, ep.addr), ep.addr).await
+        let tcp = connect(self.source_for(i, ep.addr), ep.addr).await?;
+        if ep.tls {
+            crate::tls::connect(tcp, &ep.host, self.tls_ca.as_deref()).await
+        } else {
+            Ok(Stream::Plain(tcp))
+        }
+    }
+
+    /// Opens an API connection from `src` (TCP, then TLS for an `https://` API URL).
+    pub async fn connect_api(&self, src: Option<Ipv4Addr>) -> io::Result<Stream> {
+        let tcp = connect(src, self.api_addr).await?;
+        if self.api_tls {
+            crate::tls::connect(tcp, &self.api_host, self.tls_ca.as_deref()).await
+        } else {
+            Ok(Stream::Plain(tcp))
+        }
     }
 
     /// Request path for the Pusher WebSocket endpoint.
@@ -178,8 +213,8 @@ pub async fn read_some<R: AsyncReadRent>(s: &mut R, r: &mut FrameReader) -> io::
 }
 
 /// Sends the upgrade request and reads the 101 response; bytes after the head stay in `r`.
-pub async fn upgrade(
-    s: &mut TcpStream,
+pub async fn upgrade<S: AsyncReadRent + AsyncWriteRent>(
+    s: &mut S,
     host: &str,
     path: &str,
     r: &mut FrameReader,
@@ -283,8 +318,8 @@ pub fn data_object(data: &serde_json::Value) -> serde_json::Value {
 }
 
 /// Upgrades and waits for `pusher:connection_established` (or fails on `pusher:error`/close).
-pub async fn pusher_connect(
-    s: &mut TcpStream,
+pub async fn pusher_connect<S: AsyncReadRent + AsyncWriteRent>(
+    s: &mut S,
     t: &Target,
     ep: &WsEndpoint,
     r: &mut FrameReader,
@@ -326,8 +361,8 @@ pub async fn pusher_connect(
 
 /// Reads messages until `f` returns Some (answering pings on the way). Bounded by the caller's
 /// timeout.
-pub async fn wait_for<T>(
-    s: &mut TcpStream,
+pub async fn wait_for<T, S: AsyncReadRent + AsyncWriteRent>(
+    s: &mut S,
     r: &mut FrameReader,
     mut f: impl FnMut(&str, &serde_json::Value) -> Option<anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
@@ -394,8 +429,8 @@ pub fn auth_for(
 }
 
 /// Subscribes to every channel in `channels` and waits for each `subscription_succeeded`.
-pub async fn subscribe_all(
-    s: &mut TcpStream,
+pub async fn subscribe_all<S: AsyncReadRent + AsyncWriteRent>(
+    s: &mut S,
     r: &mut FrameReader,
     t: &Target,
     socket_id: &str,

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{assert_exact, engine, engine_with, run, tmp, BIN};
+use common::{assert_exact, engine, engine_tls, engine_with, run, test_pki, tmp, BIN};
 
 #[test]
 fn fanout_with_client_events_delivers_everything_and_measures_the_floor() {
@@ -250,6 +250,49 @@ fn rest_publishing_against_ringcast_is_exact() {
     assert_exact(r);
     // Every signed trigger was accepted (2xx).
     assert_eq!(r["rest_ok"].as_u64(), Some(200), "{r}");
+    e.shutdown_and_join();
+}
+
+#[test]
+fn fanout_over_wss_with_rest_over_https_is_exact() {
+    let dir = tmp("tls");
+    test_pki(&dir);
+    let e = engine_tls(&dir.join("server.pem"), &dir.join("server.key"));
+    let url = format!("wss://{}", e.local_addr());
+    let ca = dir.join("ca.pem");
+    let v = run(
+        &[
+            "fanout",
+            "--ws-url",
+            &url,
+            "--tls-ca",
+            ca.to_str().expect("utf-8 path"),
+            "--publish",
+            "rest",
+            "--publishers",
+            "2",
+            "--subscribers",
+            "10",
+            "--channels",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+            "--label",
+            "ringcast-tls",
+        ],
+        &dir.join("out.json"),
+        Duration::from_secs(60),
+    );
+    let r = &v["results"][0];
+    assert_exact(r);
+    assert_eq!(r["rest_ok"].as_u64(), Some(200), "{r}");
+    // Every connection went through a TLS handshake (nothing reached the port in plaintext).
+    let tls = e.handle();
+    let c = tls.tls().expect("[tls] is on").counters();
+    assert!(c.completed.load(std::sync::atomic::Ordering::Relaxed) >= 12);
+    assert_eq!(c.plaintext.load(std::sync::atomic::Ordering::Relaxed), 0);
     e.shutdown_and_join();
 }
 

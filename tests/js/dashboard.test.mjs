@@ -44,7 +44,7 @@ describe('dashboard (headless chromium)', { timeout: 120_000 }, () => {
     dataDir = mkdtempSync(path.join(tmpdir(), 'ringcast-dash-data-'));
     profile = mkdtempSync(path.join(tmpdir(), 'ringcast-dash-chromium-'));
     const config =
-      appToml({ id: APP.appId, key: APP.key, secret: APP.secret, client_events: true, webhook_retry_budget_secs: 1 }) +
+      appToml({ id: APP.appId, key: APP.key, secret: APP.secret, client_events: true, webhook_retry_budget_secs: 1, activity_history_size: 42 }) +
       `[[apps.webhooks]]\nurl = ${JSON.stringify(hooks.url)}\nevent_types = ["channel_occupied"]\nchannel_prefix = "dash-live"\n`;
     server = await startServer({ config, args: ['--data-dir', dataDir] });
     mkdirSync(SHOTS, { recursive: true });
@@ -95,6 +95,9 @@ describe('dashboard (headless chromium)', { timeout: 120_000 }, () => {
     await page.fill('#token', token);
     await page.click('#signin-button');
     await page.locator(`#app-list li[data-app="${APP.appId}"]`).waitFor();
+    // Every per-app setting is shown, with its value.
+    await page.locator('#settings tr[data-setting="activity_history_size"]').filter({ hasText: '42' }).waitFor();
+    await page.locator('#settings tr[data-setting="allowed_origins"]').waitFor();
     await page.screenshot({ path: path.join(SHOTS, '1-signed-in.png'), fullPage: true });
 
     // A pusher-js client connects and subscribes: the channel and the connection appear.
@@ -104,6 +107,10 @@ describe('dashboard (headless chromium)', { timeout: 120_000 }, () => {
     await page.waitForFunction(
       () => Number(document.querySelector('#app-list li[data-app="1"] .app-connections')?.textContent) >= 2,
     ); // pusher-js + the console's own live subscription
+    // Today's usage row counts the connections (peak sampled each second).
+    await page.waitForFunction(
+      () => Number(document.querySelector('#usage tr[data-day] td:nth-child(2)')?.textContent) >= 1,
+    );
     await page.screenshot({ path: path.join(SHOTS, '2-connection.png'), fullPage: true });
 
     // Debug console: trigger, and see it arrive on the console's live subscription.

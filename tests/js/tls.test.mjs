@@ -226,6 +226,14 @@ secret = "app-secret"
     assert.match(server.logs(), /certificate rejected, the old one stays/);
     await peer.call('trigger', { port: server.port, channel, event: 'tick', data: { n: 2 } });
     assert.deepEqual((await peer.call('next', { client, channel, event: 'tick' })).data, { n: 2 });
+
+    // A certificate with a key that is not its own is rejected too.
+    copyFileSync(path.join(dir, '1001.pem'), path.join(dir, 'cert.pem'));
+    copyFileSync(path.join(dir, '2002.key'), path.join(dir, 'key.pem'));
+    process.kill(server.pid, 'SIGHUP');
+    await until(() => reloads('rejected'), (v) => v >= rejected + 2, 'the second rejection');
+    assert.match(server.logs(), /KeyMismatch|not consistent/);
+    assert.equal((await peer.call('serial', { port: server.port })).serial, '2002');
     await peer.call('close', { client });
   });
 });

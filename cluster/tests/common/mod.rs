@@ -176,6 +176,28 @@ impl Node {
         toml: &str,
         observer: Option<Arc<dyn ringcast_engine::EngineObserver>>,
     ) -> Node {
+        Node::start_inner(id, url, lease_ms, prefix, toml, observer, None)
+    }
+
+    /// A node whose bridge carries a management plane (`mgmt`).
+    pub fn start_managed(
+        id: &str,
+        url: &str,
+        lease_ms: u64,
+        mgmt: ringcast_cluster::MgmtPort,
+    ) -> Node {
+        Node::start_inner(id, url, lease_ms, "ringcast", APP_TOML, None, Some(mgmt))
+    }
+
+    fn start_inner(
+        id: &str,
+        url: &str,
+        lease_ms: u64,
+        prefix: &str,
+        toml: &str,
+        observer: Option<Arc<dyn ringcast_engine::EngineObserver>>,
+        mgmt: Option<ringcast_cluster::MgmtPort>,
+    ) -> Node {
         let mut raw = RawConfig::from_toml(toml).expect("test config parses");
         raw.listen = Some("127.0.0.1:0".into());
         raw.workers = Some(2);
@@ -203,7 +225,7 @@ impl Node {
             cfg,
             running.handle(),
             link.clone(),
-            None,
+            mgmt,
             Box::new(move || flag.store(true, Ordering::SeqCst)),
         )
         .expect("bridge");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::time::Instant;
-use ringcast_engine::ClientStream as TcpStream;
+use ringcast_engine::ClientStream;
 
 use super::body_budget::BodyPermit;
 use super::request::{Limits, Progress, Request, RequestHead, RequestReader};
@@ -70,7 +70,7 @@ enum Phase {
 /// request's head as bytes, when the handler says a request belongs to the engine.
 pub async fn serve<H: Handler>(
     handler: &H,
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     initial: Vec<u8>,
     limits: Limits,
     timeouts: Timeouts,
@@ -220,7 +220,7 @@ fn head_bytes(req: &Request) -> Vec<u8> {
 /// then discard what arrives (into the one buffer, never kept) until the client closes, for
 /// at most [`LINGER`] and [`LINGER_BYTES`]. Closing at once with unread bytes in the socket
 /// would make the kernel reset the connection, and the client could lose the answer.
-async fn linger_close(mut stream: TcpStream, mut rbuf: Vec<u8>) {
+async fn linger_close(mut stream: ClientStream, mut rbuf: Vec<u8>) {
     let _ = stream.shutdown().await;
     let until = Instant::now() + LINGER;
     let mut discarded = 0;
@@ -239,7 +239,7 @@ async fn linger_close(mut stream: TcpStream, mut rbuf: Vec<u8>) {
 }
 
 /// Writes all of `bytes` within `limit`; false if the connection is unusable.
-async fn write(stream: &mut TcpStream, bytes: Vec<u8>, limit: Duration) -> bool {
+async fn write(stream: &mut ClientStream, bytes: Vec<u8>, limit: Duration) -> bool {
     matches!(
         monoio::time::timeout(limit, stream.write_all(bytes)).await,
         Ok((Ok(_), _))

@@ -95,7 +95,7 @@ async fn thread_main(
 ) {
     let t = plan.gen.threads;
     let gate = Rc::new(Gate::new(plan.concurrency.div_ceil(t)));
-    let held: Rc<RefCell<Vec<monoio::net::TcpStream>>> = Rc::new(RefCell::new(Vec::new()));
+    let held: Rc<RefCell<Vec<crate::tls::Stream>>> = Rc::new(RefCell::new(Vec::new()));
     let lat = Rc::new(RefCell::new(Latency::new()));
     let done = Rc::new(std::cell::Cell::new((0u64, 0u64)));
     let sockets = Rc::new(gen::Sockets::default());

@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::io::AsyncWriteRentExt;
 use serde::Serialize;
 
 use crate::clock::now_ns;
@@ -323,12 +323,7 @@ async fn control(l: Rc<Local>, tx: mpsc::Sender<ThreadResult>) {
 async fn open(
     l: &Local,
     i: usize,
-) -> anyhow::Result<(
-    monoio::net::TcpStream,
-    FrameReader,
-    String,
-    gen::SocketGuard,
-)> {
+) -> anyhow::Result<(crate::tls::Stream, FrameReader, String, gen::SocketGuard)> {
     let t = &l.plan.target;
     let mut s = t.connect_ws(i).await?;
     let guard = l.sockets.register(std::os::fd::AsRawFd::as_raw_fd(&s));

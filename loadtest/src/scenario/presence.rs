@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::io::AsyncWriteRentExt;
 use serde::Serialize;
 
 use crate::clock::now_ns;

@@ -35,7 +35,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::io::AsyncWriteRentExt;
 use serde::{Deserialize, Serialize};
 
 use super::fanout::Local;
@@ -370,8 +370,7 @@ async fn probe_pipelining(l: &Local, j: usize) -> anyhow::Result<(bool, String)>
     let t = &plan.target;
     let limit = probe_limit(plan);
     let src = t.source_for(plan.subscribers + j, t.api_addr);
-    let mut s = match monoio::time::timeout(plan.setup_timeout, net::connect(src, t.api_addr)).await
-    {
+    let mut s = match monoio::time::timeout(plan.setup_timeout, t.connect_api(src)).await {
         Ok(r) => r?,
         Err(_) => anyhow::bail!("connecting to {} timed out", t.api_addr),
     };
@@ -471,8 +470,7 @@ async fn lane(l: Rc<Local>, pool: Rc<Pool>, lane_no: usize) {
             plan.subscribers + pool.j + lane_no * plan.publishers,
             t.api_addr,
         );
-        let s = match monoio::time::timeout(plan.setup_timeout, net::connect(src, t.api_addr)).await
-        {
+        let s = match monoio::time::timeout(plan.setup_timeout, t.connect_api(src)).await {
             Ok(Ok(s)) => s,
             Ok(Err(_)) | Err(_) => {
                 pool.report.borrow_mut().connect_errors += 1;
@@ -637,12 +635,7 @@ async fn lane(l: Rc<Local>, pool: Rc<Pool>, lane_no: usize) {
 }
 
 /// Reads the answers of one connection, in order, until the end of the stream.
-async fn reader(
-    l: Rc<Local>,
-    pool: Rc<Pool>,
-    conn: Rc<Conn>,
-    mut rh: monoio::net::tcp::TcpOwnedReadHalf,
-) {
+async fn reader(l: Rc<Local>, pool: Rc<Pool>, conn: Rc<Conn>, mut rh: crate::tls::ReadHalf) {
     let mut rd = FrameReader::new(16 * 1024);
     let mut eof = false;
     loop {

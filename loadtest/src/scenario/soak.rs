@@ -325,7 +325,7 @@ where
 /// clients', which the abuse config exempts from the per-address limits).
 const CHURN_BASE: usize = 1 << 20;
 
-async fn close(mut s: monoio::net::TcpStream) {
+async fn close(mut s: crate::tls::Stream) {
     let mut out = Vec::new();
     wsframe::client_close(&mut out);
     let _ = s.write_all(out).await;

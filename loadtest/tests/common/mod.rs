@@ -15,7 +15,94 @@ pub fn engine() -> RunningEngine {
 
 /// The engine, optionally with the control plane (the Pusher HTTP API) on the same port.
 pub fn engine_with(rest: bool) -> RunningEngine {
-    let raw = RawConfig::from_toml(
+    engine_with_extra(rest, "")
+}
+
+/// The engine with the control plane, speaking TLS (`[tls]`) with this certificate and key.
+pub fn engine_tls(cert: &std::path::Path, key: &std::path::Path) -> RunningEngine {
+    engine_with_extra(
+        true,
+        &format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+}
+
+/// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 (`server.pem`, `server.key`)
+/// in `dir`, made with the openssl CLI.
+pub fn test_pki(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=loadtest CA",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext.cnf");
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "9",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
+}
+
+fn engine_with_extra(rest: bool, extra: &str) -> RunningEngine {
+    let raw = RawConfig::from_toml(&format!(
         r#"
         listen = "127.0.0.1:0"
         workers = 2
@@ -26,8 +113,8 @@ pub fn engine_with(rest: bool) -> RunningEngine {
         secret = "app-secret"
         client_events = true
         client_events_per_sec = 100000
-        "#,
-    )
+        {extra}"#,
+    ))
     .expect("config parses");
     let config = raw.resolve(2).expect("config resolves");
     let engine = Engine::bind(config, None).expect("bind");
