@@ -74,7 +74,7 @@ pub async fn serve<H: Handler>(
     initial: Vec<u8>,
     limits: Limits,
     timeouts: Timeouts,
-) -> Option<(TcpStream, Vec<u8>)> {
+) -> Option<(ClientStream, Vec<u8>)> {
     let _ = stream.set_nodelay(true);
     let mut reader = RequestReader::new(limits, initial);
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
