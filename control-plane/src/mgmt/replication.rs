@@ -21,7 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::ManagedApp;
+use super::model::{validate_id, ManagedApp};
 use super::token::TokenRecord;
 
 /// The record encoding's version; a batch in another format is refused (logged).
@@ -149,7 +149,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Record>, String> {
     }
     for r in &b.records {
         let consistent = match (r.kind, &r.app, &r.token) {
-            (Kind::App, Some(a), None) => a.id == r.id,
+            (Kind::App, Some(a), None) => a.id == r.id && validate_id(&r.id).is_ok(),
             (Kind::Token, None, Some(t)) => t.id == r.id,
             (_, None, None) => true,
             _ => false,
@@ -238,5 +238,7 @@ mod tests {
         let mut r = rec("a", 1, "n");
         r.id = "b".into();
         assert!(decode(&encode(&[r])).is_err());
+        // An app id the API would refuse is refused from a peer too.
+        assert!(decode(&encode(&[rec("a/b", 1, "n")])).is_err());
     }
 }
