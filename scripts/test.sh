@@ -53,6 +53,8 @@ JS_TESTS=(
   user-socket.test.mjs
   origins.test.mjs
   tls.test.mjs
+  # SSE streams: the eventsource npm package and Chromium's EventSource (playwright-core).
+  sse.test.mjs
 )
 # Files that need a feature not built yet (run only with RINGCAST_REST_TESTS=1). None now.
 JS_TESTS_NEED_REST=()

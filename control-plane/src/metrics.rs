@@ -450,6 +450,18 @@ pub fn render(m: &MetricsSnapshot, stats: &Stats, rest: &RestMetrics, app_ids: &
         "Cache-channel last events held (all cores).",
         m.cache_entries,
     );
+    o.single(
+        "ringcast_sse_streams_opened_total",
+        "counter",
+        "SSE streams (GET /apps/{id}/stream) opened; they are connections too.",
+        m.sse_opened,
+    );
+    o.single(
+        "ringcast_sse_streams",
+        "gauge",
+        "SSE streams open now (included in ringcast_connections).",
+        m.sse_current,
+    );
     o.family(
         "ringcast_app_connections",
         "gauge",

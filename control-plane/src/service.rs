@@ -5,13 +5,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use futures_channel::oneshot;
-use ringcast_engine::{reuseport_listener, EngineHandle, HttpService, TlsAcceptor};
+use ringcast_engine::{reuseport_listener, EngineHandle, HttpService, HttpServing, TlsAcceptor};
 
 use crate::api::{system_clock, Api, Clock, Endpoint, Scope};
 use crate::config::ApiConfig;
@@ -73,7 +72,7 @@ impl ControlPlane {
         initial: Vec<u8>,
         scope: Scope,
     ) {
-        serve(self.api.clone(), stream, initial, scope).await
+        serve(self.api.clone(), stream, initial, scope).await;
     }
 }
 
@@ -82,7 +81,7 @@ async fn serve(
     stream: ringcast_engine::ClientStream,
     initial: Vec<u8>,
     scope: Scope,
-) {
+) -> Option<(ringcast_engine::ClientStream, Vec<u8>)> {
     let limits = api.config().limits();
     let timeouts = api.config().timeouts();
     let h = Serving { api, scope };
@@ -108,6 +107,15 @@ impl http::Handler for Serving {
             .rest_metrics()
             .record(Endpoint::Other, status, None);
     }
+
+    /// On the public port an SSE stream is the engine core's (engine/src/sse.rs), also when
+    /// it arrives on a kept-alive connection; the API listener answers it with a 404 that
+    /// says where streams are served.
+    fn hands_back(&self, req: &Request) -> bool {
+        !matches!(self.scope, Scope::Full)
+            && req.method == "GET"
+            && crate::dialect::sse::is_stream_path(&req.path)
+    }
 }
 
 impl HttpService for ControlPlane {
@@ -116,7 +124,7 @@ impl HttpService for ControlPlane {
         stream: ringcast_engine::ClientStream,
         buffered: Vec<u8>,
         client: Option<std::net::IpAddr>,
-    ) -> Pin<Box<dyn Future<Output = ()>>> {
+    ) -> HttpServing {
         Box::pin(serve(
             self.api.clone(),
             stream,
@@ -137,7 +145,7 @@ impl HttpService for HealthOnly {
         stream: ringcast_engine::ClientStream,
         buffered: Vec<u8>,
         _client: Option<std::net::IpAddr>,
-    ) -> Pin<Box<dyn Future<Output = ()>>> {
+    ) -> HttpServing {
         Box::pin(serve(self.api.clone(), stream, buffered, Scope::HealthOnly))
     }
 }

@@ -59,8 +59,12 @@ impl LocalFanout {
     /// `7.<n>`, n from 1). Returns the number of subscribers.
     #[inline]
     pub fn deliver(&self, frame: &Bytes, except: Option<u64>) -> usize {
-        self.core
-            .deliver(&self.key, frame, except.map(|n| SocketId::new(7, n)));
+        self.core.deliver(
+            &self.key,
+            frame,
+            except.map(|n| SocketId::new(7, n)),
+            Some(1),
+        );
         self.conns.len()
     }
 
@@ -74,6 +78,41 @@ impl LocalFanout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sse_form_is_encoded_once_per_delivery_and_shared_by_every_stream() {
+        let f = LocalFanout::new(3, 1 << 20);
+        let streams: Vec<Rc<Conn>> = (100..104u64)
+            .map(|id| {
+                let mut c = Conn::detached(id, SocketId::new(7, id), 0, 1 << 20);
+                c.sse = true;
+                let c = Rc::new(c);
+                f.core.add_local_sub(&f.key, c.clone());
+                c
+            })
+            .collect();
+        let frame = ringcast_protocol::pusher::event_frame("e", "bench-channel", "a\nb", None);
+        f.core.deliver(&f.key, &frame, None, Some(42));
+        // WebSocket subscribers: the frame itself.
+        for c in &f.conns {
+            let q = c.queued();
+            assert_eq!(q.len(), 1);
+            assert_eq!(q[0].as_ptr(), frame.as_ptr());
+        }
+        // Streams: one SSE encoding, the same buffer in every queue (no copy per stream).
+        let first = streams[0].queued();
+        assert_eq!(first.len(), 1);
+        assert_eq!(&first[0][..], b"id: 42\nevent: e\ndata: a\ndata: b\n\n");
+        for c in &streams {
+            let q = c.queued();
+            assert_eq!(q.len(), 1);
+            assert_eq!(q[0].as_ptr(), first[0].as_ptr(), "shared, not copied");
+        }
+        // A frame that is not a numbered event (presence, counts) is not streamed.
+        f.core.deliver(&f.key, &frame, None, None);
+        assert_eq!(streams[0].queued().len(), 1);
+        assert_eq!(f.conns[0].queued().len(), 2);
+    }
 
     #[test]
     fn delivers_to_everyone_but_the_excluded_socket() {

@@ -86,6 +86,13 @@ pub mod defaults {
     pub const HISTORY_MAX_BYTES_PER_CORE: usize = 64 << 20;
     /// Cache channels: most last-event entries one core keeps (oldest expire first past it).
     pub const CACHE_MAX_ENTRIES_PER_CORE: usize = 100_000;
+    /// SSE streams (`GET /apps/{id}/stream`): seconds between `: heartbeat` comments.
+    pub const SSE_HEARTBEAT_SECS: u64 = 15;
+    /// SSE streams: most channels one stream may name in `?channels=`.
+    pub const SSE_MAX_CHANNELS: usize = 100;
+    /// SSE streams: the `retry:` (milliseconds) sent first, how long an `EventSource` waits
+    /// before it reconnects.
+    pub const SSE_RETRY_MS: u64 = 1_000;
     /// Webhooks: a delivery is retried (1 s, 5 s, 30 s, then every 60 s) for this long in all.
     pub const WEBHOOK_RETRY_BUDGET_SECS: u64 = 300;
     /// Webhooks: one request's timeout.
@@ -188,6 +195,8 @@ pub struct RawConfig {
     pub mesh_overflow_limit: Option<usize>,
     pub history_max_bytes_per_core: Option<usize>,
     pub cache_max_entries_per_core: Option<usize>,
+    /// Seconds between SSE heartbeat comments (`defaults::SSE_HEARTBEAT_SECS`).
+    pub sse_heartbeat_secs: Option<u64>,
     /// The `[api]` table: the HTTP API's own limits. Opaque to the engine; the control plane
     /// resolves and validates it.
     pub api: Option<toml::Table>,
@@ -341,6 +350,8 @@ pub struct Config {
     pub mesh_overflow_limit: usize,
     pub history_max_bytes_per_core: usize,
     pub cache_max_entries_per_core: usize,
+    /// Interval of the SSE streams' `: heartbeat` comment.
+    pub sse_heartbeat: Duration,
     pub admission: AdmissionConfig,
     /// `[tls]`: serve wss:// and https:// on the public port (files read at bind and on SIGHUP).
     pub tls: Option<crate::tls::TlsFiles>,
@@ -535,6 +546,11 @@ impl RawConfig {
             cache_max_entries_per_core: self
                 .cache_max_entries_per_core
                 .unwrap_or(defaults::CACHE_MAX_ENTRIES_PER_CORE),
+            sse_heartbeat: Duration::from_secs(
+                self.sse_heartbeat_secs
+                    .unwrap_or(defaults::SSE_HEARTBEAT_SECS)
+                    .max(1),
+            ),
             admission: self.admission.unwrap_or_default().resolve()?,
             tls: self.tls,
             apps,

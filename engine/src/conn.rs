@@ -62,6 +62,25 @@ pub(crate) struct ConnState {
     control: TokenBucket,
     /// Signed in by a `?token=` without the `write` permission: no client events.
     read_only: bool,
+    /// Signed in by a `?token=` without the `read` permission: no subscriptions.
+    no_read: bool,
+    /// Signed in by a `?token=` without the `presence` permission: no presence channels.
+    no_presence: bool,
+}
+
+impl ConnState {
+    pub(crate) fn new(client_events_per_sec: u32, control_per_sec: u32) -> ConnState {
+        ConnState {
+            subs: crate::maps::ConnMap::default(),
+            user: None,
+            gen: 0,
+            client_events: TokenBucket::new(client_events_per_sec),
+            control: TokenBucket::new(control_per_sec),
+            read_only: false,
+            no_read: false,
+            no_presence: false,
+        }
+    }
 }
 
 impl ConnState {
@@ -95,6 +114,8 @@ pub(crate) struct Conn {
     pub key: Box<str>,
     /// An alrt user socket (`/ws`): plain JSON, not the Pusher protocol.
     pub user_socket: bool,
+    /// An SSE stream (`GET /apps/{id}/stream`, sse.rs): `text/event-stream`, not WebSocket.
+    pub sse: bool,
     budget: usize,
     out: RefCell<Outbound>,
     writer_waker: Cell<Option<Waker>>,
@@ -160,13 +181,23 @@ impl Conn {
         self.wake_writer();
     }
 
+    /// What ends the stream on the wire: a WebSocket close frame, or an SSE stream's
+    /// `event: close`.
+    fn close_bytes(&self, code: u16, reason: &str) -> Bytes {
+        if self.sse {
+            crate::sse::close_bytes(code, reason)
+        } else {
+            ws::close_frame(code, reason)
+        }
+    }
+
     fn wake_writer(&self) {
         if let Some(w) = self.writer_waker.take() {
             w.wake();
         }
     }
 
-    fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         let out = self.out.borrow();
         out.closing.is_some() || out.done
     }
@@ -188,6 +219,31 @@ impl Conn {
 }
 
 impl Conn {
+    /// An SSE stream's connection (sse.rs): same queue, budget, writer and sweep as a
+    /// WebSocket's; it never reads client messages.
+    pub(crate) fn new_sse(core: &Core, app: AppIdx, key: Box<str>, fd: RawFd) -> Conn {
+        let id = core.next_conn_id();
+        let socket_id = SocketId::new(core.random() % 10_000_000_000, id);
+        Conn {
+            id,
+            socket_id,
+            socket_id_str: socket_id.to_string().into_boxed_str(),
+            app,
+            key,
+            user_socket: false,
+            sse: true,
+            budget: core.shared.config.outbound_budget_bytes,
+            out: RefCell::new(Outbound::default()),
+            writer_waker: Cell::new(None),
+            write_started: Cell::new(None),
+            last_read: Cell::new(core.shared.now()),
+            ping_sent: Cell::new(None),
+            state: RefCell::new(ConnState::new(1, 1)),
+            fd,
+            end_reason: Cell::new(None),
+        }
+    }
+
     /// A connection without a socket (its writer never runs): for the bench hook, which
     /// measures `Core::deliver` + `Conn::push` themselves. The writer counts as parked.
     pub(crate) fn detached(id: u64, socket_id: SocketId, app: AppIdx, budget: usize) -> Conn {
@@ -198,23 +254,23 @@ impl Conn {
             app,
             key: "".into(),
             user_socket: false,
+            sse: false,
             budget,
             out: RefCell::new(Outbound::default()),
             writer_waker: Cell::new(Some(Waker::noop().clone())),
             write_started: Cell::new(None),
             last_read: Cell::new(Instant::now()),
             ping_sent: Cell::new(None),
-            state: RefCell::new(ConnState {
-                subs: crate::maps::ConnMap::default(),
-                user: None,
-                gen: 0,
-                client_events: TokenBucket::new(1),
-                control: TokenBucket::new(1),
-                read_only: false,
-            }),
+            state: RefCell::new(ConnState::new(1, 1)),
             fd: -1,
             end_reason: Cell::new(None),
         }
+    }
+
+    /// The frames queued and not yet written (tests).
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> Vec<Bytes> {
+        self.out.borrow().frames.clone()
     }
 
     /// What the writer does after a write, without a socket: releases the queued frames
@@ -405,9 +461,22 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
         &mut ip_permit,
     ))
     .await;
-    if let Some((app, key, stream, leftover, token)) = accepted {
-        run(core, app, key, stream, leftover, token).await;
+    match accepted {
+        Some(Accepted::WebSocket(app, key, stream, leftover, token)) => {
+            run(core, app, key, stream, leftover, token).await;
+        }
+        Some(Accepted::Sse(req, stream)) => crate::sse::run(core, req, stream).await,
+        None => {}
     }
+}
+
+/// A request head that became a long-lived connection of this core.
+enum Accepted {
+    /// A WebSocket: its app, the key it connected with, the stream, bytes already read past
+    /// the head, the verified `?token=` claims.
+    WebSocket(AppIdx, Box<str>, ClientStream, Vec<u8>, Option<jwt::Claims>),
+    /// An SSE stream (`GET /apps/{id}/stream`), admitted.
+    Sse(crate::sse::SseRequest, ClientStream),
 }
 
 /// The TCP peer of a connection and whether it is a trusted proxy.
@@ -464,7 +533,7 @@ async fn handshake<'a>(
     adm: &'a Admission,
     handshake_permit: HandshakePermit<'a>,
     ip_permit: &mut Option<IpPermit<'a>>,
-) -> Option<(AppIdx, Box<str>, ClientStream, Vec<u8>, Option<jwt::Claims>)> {
+) -> Option<Accepted> {
     let _ = stream.set_nodelay(true);
     let shared = core.shared.clone();
     let cfg = &shared.config;
@@ -554,10 +623,33 @@ async fn handshake<'a>(
         other => other,
     };
 
-    // 2. Not a WebSocket upgrade: plain HTTP (health, REST API).
+    // 2. Not a WebSocket upgrade: an SSE stream is a subscriber of this core, like a
+    //    WebSocket (sse.rs); anything else is plain HTTP (health, REST API).
+    if head.websocket_key.is_none() && crate::sse::is_stream_request(&head) {
+        return match crate::sse::admit(&core, &head, client) {
+            Ok(req) => Some(Accepted::Sse(req, stream)),
+            Err(refusal) => {
+                refuse_stream(&core, &mut stream, refusal).await;
+                None
+            }
+        };
+    }
     let Some(ws_key) = head.websocket_key.clone() else {
         if let Some(svc) = core.shared_http() {
-            svc.serve(stream, head_buf, client).await;
+            // A later request on the kept-alive connection may be an SSE stream: handed back.
+            let (mut stream, head_bytes) = svc.serve(stream, head_buf, client).await?;
+            let later = ws::parse_request_head(&head_bytes, limits::MAX_REQUEST_HEAD_BYTES);
+            let Ok(Some(later)) = later else { return None };
+            if !crate::sse::is_stream_request(&later) {
+                return None;
+            }
+            return match crate::sse::admit(&core, &later, client) {
+                Ok(req) => Some(Accepted::Sse(req, stream)),
+                Err(refusal) => {
+                    refuse_stream(&core, &mut stream, refusal).await;
+                    None
+                }
+            };
         } else {
             let resp = if head.method == "GET" && head.path == "/health" {
                 health_response(&core)
@@ -727,7 +819,7 @@ async fn handshake<'a>(
         .await;
         return None;
     }
-    Some((
+    Some(Accepted::WebSocket(
         app_idx,
         params.app_key.as_str().into(),
         stream,
@@ -759,6 +851,14 @@ fn verify_connect_token(
         return Err("the token's user id is not valid".into());
     }
     Ok(Some(claims))
+}
+
+/// Answers a refused SSE stream request (4xx/503 JSON) and closes.
+async fn refuse_stream(core: &Core, stream: &mut ClientStream, refusal: crate::sse::Refusal) {
+    core.metrics().closed(CloseReason::Refused);
+    let _ =
+        monoio::time::timeout(Duration::from_secs(2), stream.write_all(refusal.response())).await;
+    let _ = stream.shutdown().await;
 }
 
 async fn reject(
@@ -802,20 +902,17 @@ async fn run(
         app: app_idx,
         key,
         user_socket: token.as_ref().is_some_and(|c| c.scope == "user"),
+        sse: false,
         budget: cfg.outbound_budget_bytes,
         out: RefCell::new(Outbound::default()),
         writer_waker: Cell::new(None),
         write_started: Cell::new(None),
         last_read: Cell::new(core.shared.now()),
         ping_sent: Cell::new(None),
-        state: RefCell::new(ConnState {
-            subs: crate::maps::ConnMap::default(),
-            user: None,
-            gen: 0,
-            client_events: TokenBucket::new(client_events_per_sec),
-            control: TokenBucket::new(cfg.control_messages_per_sec),
-            read_only: false,
-        }),
+        state: RefCell::new(ConnState::new(
+            client_events_per_sec,
+            cfg.control_messages_per_sec,
+        )),
         fd,
         end_reason: Cell::new(None),
     });
@@ -1069,7 +1166,22 @@ fn subscribe(
         }
     };
     let kind = name.kind();
-    let signed_in = conn.state.borrow().user.clone();
+    let (signed_in, no_read, no_presence) = {
+        let st = conn.state.borrow();
+        (st.user.clone(), st.no_read, st.no_presence)
+    };
+    // LatteStream token permissions (a connection signed in by `?token=`): `read` to
+    // subscribe at all, `presence` to join presence channels (docs/api.md).
+    if no_read {
+        let msg = "Subscription refused - the connection's token lacks the read permission";
+        sub_error(core, conn, d, channel, "AuthError", msg, 403);
+        return;
+    }
+    if no_presence && kind == ChannelKind::Presence {
+        let msg = "Subscription refused - the connection's token lacks the presence permission";
+        sub_error(core, conn, d, channel, "AuthError", msg, 403);
+        return;
+    }
     let mut member = None;
     match kind {
         ChannelKind::Public => {}
@@ -1185,9 +1297,10 @@ fn subscribe(
         );
         return;
     }
-    start_subscription(core, conn, &mut st, app.idx, name, member, false);
+    start_subscription(core, conn, &mut st, app.idx, name, member, false, None);
 }
 
+#[allow(clippy::too_many_arguments)] // one call shape for every kind of subscriber
 pub(crate) fn start_subscription(
     core: &Core,
     conn: &Conn,
@@ -1196,6 +1309,7 @@ pub(crate) fn start_subscription(
     name: ChannelName,
     member: Option<MemberInfo>,
     silent: bool,
+    resume: Option<crate::msg::Resume>,
 ) {
     st.gen = st.gen.wrapping_add(1);
     let gen = st.gen;
@@ -1215,6 +1329,7 @@ pub(crate) fn start_subscription(
             gen,
             from: core.idx as u16,
             member,
+            resume,
         },
     );
 }
@@ -1314,7 +1429,7 @@ fn signin(core: &Core, conn: &Rc<Conn>, app: &App, auth: &str, user_data: &str) 
     // Subscribe on the user's behalf so #server-to-user- events reach every signed-in
     // connection, whatever the client library does next.
     if !st.subs.contains_key(&name) {
-        start_subscription(core, conn, &mut st, app.idx, name, None, true);
+        start_subscription(core, conn, &mut st, app.idx, name, None, true, None);
     }
     drop(st);
     conn.push(pusher::signin_success_frame(d, user_data));
@@ -1336,9 +1451,11 @@ pub(crate) fn token_signin(core: &Core, conn: &Rc<Conn>, app: &App, claims: jwt:
     let user_id: Arc<str> = claims.sub.as_str().into();
     let mut st = conn.state.borrow_mut();
     st.read_only = !claims.allows("write");
+    st.no_read = !claims.allows("read");
+    st.no_presence = !claims.allows("presence");
     st.user = Some(user_id.clone());
     core.add_user(app.idx, user_id, conn.id);
-    start_subscription(core, conn, &mut st, app.idx, name, None, true);
+    start_subscription(core, conn, &mut st, app.idx, name, None, true, None);
     drop(st);
     let user_data = serde_json::json!({ "id": claims.sub }).to_string();
     conn.push(pusher::signin_success_frame(app.config.dialect, &user_data));
@@ -1480,7 +1597,7 @@ fn admit_client_event(core: &Core, conn: &Conn, d: Dialect, key: &ChanKey) -> bo
 }
 
 /// The writer task: one vectored write per wake-up, bounded by the write deadline.
-async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: ConnWriter) {
+pub(crate) async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: ConnWriter) {
     let mut batch = FrameBatch::default();
     loop {
         let c = conn.clone();
@@ -1553,7 +1670,7 @@ async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: ConnWriter) {
             // connection's writer task.
             let _ = Box::pin(monoio::time::timeout(
                 Duration::from_secs(1),
-                w.write_all(ws::close_frame(code, &reason)),
+                w.write_all(conn.close_bytes(code, &reason)),
             ))
             .await;
             break;
@@ -1566,18 +1683,8 @@ async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: ConnWriter) {
 
 /// Undoes everything the connection holds: subscriptions (local and at the owners), sign-in,
 /// quota, counters.
-fn cleanup(core: &Core, conn: &Conn) {
-    let st = std::mem::replace(
-        &mut *conn.state.borrow_mut(),
-        ConnState {
-            subs: crate::maps::ConnMap::default(),
-            user: None,
-            gen: 0,
-            client_events: TokenBucket::new(1),
-            control: TokenBucket::new(1),
-            read_only: false,
-        },
-    );
+pub(crate) fn cleanup(core: &Core, conn: &Conn) {
+    let st = std::mem::replace(&mut *conn.state.borrow_mut(), ConnState::new(1, 1));
     for (name, sub) in st.subs {
         let key = ChanKey {
             app: conn.app,

@@ -30,8 +30,8 @@ use crate::maps::{CoreMap, SubscriberMap};
 use crate::mesh::{MeshRx, MeshTx};
 use crate::metrics::{CloseReason, CoreMetrics};
 use crate::msg::{
-    AppIdx, ChanKey, ChannelCounts, ChannelSummary, Command, MemberInfo, Msg, PresenceUser,
-    SubOutcome,
+    AppIdx, ChanKey, ChannelCounts, ChannelSummary, Command, MemberInfo, Msg, PresenceUser, Replay,
+    Resume, SubOutcome,
 };
 use crate::shared::Shared;
 
@@ -55,6 +55,9 @@ pub(crate) struct OwnedChannel {
     /// Subscription-count broadcasts: when the last one went out, and whether one is owed.
     count_sent: Option<Instant>,
     count_dirty: bool,
+    /// Events fanned out while the channel is occupied: their sequence numbers for apps
+    /// without history (with history the history numbers them).
+    seq: u64,
 }
 
 /// One other node's share of a channel.
@@ -83,6 +86,7 @@ impl OwnedChannel {
             held_acks: None,
             count_sent: None,
             count_dirty: false,
+            seq: 0,
         }
     }
 
@@ -360,7 +364,8 @@ impl Core {
                 gen,
                 from,
                 member,
-            } => self.on_subscribe(key, socket, gen, from as usize, member),
+                resume,
+            } => self.on_subscribe(key, socket, gen, from as usize, member, resume),
             Msg::Unsubscribe {
                 key,
                 conn,
@@ -376,7 +381,12 @@ impl Core {
                 gen,
                 outcome,
             } => self.on_sub_ack(key, conn, gen, outcome),
-            Msg::Deliver { key, frame, except } => self.deliver(&key, &frame, except),
+            Msg::Deliver {
+                key,
+                frame,
+                except,
+                seq,
+            } => self.deliver(&key, &frame, except, seq),
             Msg::Lost { keys } => self.on_lost(&keys),
         }
     }
@@ -772,7 +782,7 @@ impl Core {
             let frame =
                 pusher::member_added_frame(app.config.dialect, key.name.as_str(), &user, &info);
             for c in &targets {
-                self.send_deliver(*c, &key, &frame, None);
+                self.send_deliver(*c, &key, &frame, None, None);
             }
             if let Some(obs) = obs {
                 obs.member_added(&app.config, &key.name, &user);
@@ -781,7 +791,7 @@ impl Core {
         for user in removed {
             let frame = pusher::member_removed_frame(app.config.dialect, key.name.as_str(), &user);
             for c in &targets {
-                self.send_deliver(*c, &key, &frame, None);
+                self.send_deliver(*c, &key, &frame, None, None);
             }
             if let Some(obs) = obs {
                 obs.member_removed(&app.config, &key.name, &user);
@@ -815,6 +825,16 @@ impl Core {
             {
                 conn.set_end_reason(CloseReason::SlowConsumerDeadline);
                 conn.shutdown_socket();
+                continue;
+            }
+            if conn.sse {
+                // SSE clients send nothing: a comment heartbeat keeps proxies from timing the
+                // stream out (`last_read` holds the last heartbeat's time), and a dead client
+                // shows as a failed write or a closed read.
+                if now.saturating_duration_since(conn.last_read.get()) >= cfg.sse_heartbeat {
+                    conn.last_read.set(now);
+                    conn.push(crate::sse::heartbeat());
+                }
                 continue;
             }
             match conn.ping_sent.get() {
@@ -867,6 +887,7 @@ impl Core {
         gen: u32,
         from: usize,
         member: Option<MemberInfo>,
+        resume: Option<Resume>,
     ) {
         let conn = socket.lo;
         let apps = self.shared.apps();
@@ -967,7 +988,12 @@ impl Core {
             key: key.clone(),
             conn,
             gen,
-            outcome: SubOutcome::Ok { snapshot, then },
+            outcome: SubOutcome::Ok {
+                snapshot,
+                then,
+                resume,
+                replay: None,
+            },
         };
         // Clustered: the node's first subscriber of a channel waits for the broker
         // subscription of its events (the bridge answers InterestReady).
@@ -1019,7 +1045,7 @@ impl Core {
                 &m.info_json,
             );
             for c in &targets {
-                self.send_deliver(*c, &key, &frame, Some(socket));
+                self.send_deliver(*c, &key, &frame, Some(socket), None);
             }
             if lifecycle {
                 if let Some(obs) = &self.shared.observer {
@@ -1064,7 +1090,7 @@ impl Core {
         drop(owned);
         let frame = pusher::subscription_count_frame(app.config.dialect, key.name.as_str(), total);
         for c in targets {
-            self.send_deliver(c, key, &frame, None);
+            self.send_deliver(c, key, &frame, None, None);
         }
         if let Some(obs) = self
             .shared
@@ -1191,7 +1217,7 @@ impl Core {
         if let (true, Some(uid)) = (removed_member, local_leave) {
             let frame = pusher::member_removed_frame(app.config.dialect, key.name.as_str(), &uid);
             for c in &targets {
-                self.send_deliver(*c, &key, &frame, None);
+                self.send_deliver(*c, &key, &frame, None, None);
             }
             if lifecycle {
                 if let Some(obs) = &self.shared.observer {
@@ -1241,19 +1267,27 @@ impl Core {
                 .borrow_mut()
                 .put(key, &frame, app.cache_ttl, self.shared.now());
         }
-        if app.history_size > 0 {
+        // The event's sequence number in its channel: the history's when the app keeps
+        // history (so an SSE stream can resume from it), else the owner's own count.
+        let recorded = if app.history_size > 0 {
             self.history.borrow_mut().record(
                 key,
                 &frame,
                 self.shared.now_ms(),
                 app.history_size,
                 app.history_max_age,
-            );
-        }
-        let owned = self.owned.borrow();
-        let Some(ch) = owned.get(key) else {
+            )
+        } else {
+            None
+        };
+        let mut owned = self.owned.borrow_mut();
+        let Some(ch) = owned.get_mut(key) else {
             return ChannelCounts::default();
         };
+        let seq = recorded.unwrap_or_else(|| {
+            ch.seq += 1;
+            ch.seq
+        });
         let counts = ChannelCounts {
             subscription_count: ch.total(),
             user_count: ch.user_count(),
@@ -1263,7 +1297,7 @@ impl Core {
         targets.extend(ch.target_cores());
         drop(owned);
         for &c in &targets {
-            self.send_deliver(c, key, &frame, except);
+            self.send_deliver(c, key, &frame, except, Some(seq));
         }
         *self.targets.borrow_mut() = targets;
         counts
@@ -1271,7 +1305,21 @@ impl Core {
 
     /// Sends a subscription answer. To this core's own connection it is handled at once, so it
     /// is ordered before any delivery the owner makes in place right after it.
-    fn ack(&self, to: usize, msg: Msg) {
+    fn ack(&self, to: usize, mut msg: Msg) {
+        if let Msg::SubAck {
+            key,
+            outcome:
+                SubOutcome::Ok {
+                    resume: Some(resume),
+                    replay,
+                    ..
+                },
+            ..
+        } = &mut msg
+        {
+            // Read now, as the answer leaves: every later event of the channel follows it.
+            *replay = Some(self.replay(key, *resume));
+        }
         if to == self.idx {
             if let Msg::SubAck {
                 key,
@@ -1287,10 +1335,17 @@ impl Core {
         }
     }
 
-    fn send_deliver(&self, core: usize, key: &ChanKey, frame: &Bytes, except: Option<SocketId>) {
+    fn send_deliver(
+        &self,
+        core: usize,
+        key: &ChanKey,
+        frame: &Bytes,
+        except: Option<SocketId>,
+        seq: Option<u64>,
+    ) {
         if core == self.idx {
             // Deliver in place: no queue hop for the owner's own subscribers.
-            self.deliver(key, frame, except);
+            self.deliver(key, frame, except, seq);
         } else {
             self.send(
                 core,
@@ -1298,8 +1353,48 @@ impl Core {
                     key: key.clone(),
                     frame: frame.clone(),
                     except,
+                    seq,
                 },
             );
+        }
+    }
+
+    /// What an SSE subscription gets from the channel's history (see `Resume`, `Replay`).
+    fn replay(&self, key: &ChanKey, resume: Resume) -> Replay {
+        let with_history = self
+            .shared
+            .apps()
+            .get(key.app)
+            .is_some_and(|a| a.config.history_size > 0);
+        let history = self.history.borrow();
+        let head = if with_history {
+            history.head(key)
+        } else {
+            self.owned.borrow().get(key).map_or(0, |c| c.seq)
+        };
+        match resume {
+            Resume::Fresh => Replay {
+                events: Vec::new(),
+                reset: false,
+                head,
+            },
+            Resume::After(n) if with_history && n == head => Replay {
+                events: Vec::new(),
+                reset: false,
+                head,
+            },
+            Resume::After(n) => match history.after(key, n).filter(|_| with_history) {
+                Some(events) => Replay {
+                    events,
+                    reset: false,
+                    head,
+                },
+                None => Replay {
+                    events: Vec::new(),
+                    reset: true,
+                    head,
+                },
+            },
         }
     }
 
@@ -1340,11 +1435,18 @@ impl Core {
     // ---------------------------------------------------------------- subscriber side
 
     /// Appends `frame` (shared, not copied) to every local subscriber's outbound queue.
-    pub(crate) fn deliver(&self, key: &ChanKey, frame: &Bytes, except: Option<SocketId>) {
+    pub(crate) fn deliver(
+        &self,
+        key: &ChanKey,
+        frame: &Bytes,
+        except: Option<SocketId>,
+        seq: Option<u64>,
+    ) {
         let subs = self.subs.borrow();
         let Some(list) = subs.get(key) else { return };
         let mut n = 0u64;
         let mut alt: Option<Option<Bytes>> = None;
+        let mut sse: Option<Option<Bytes>> = None;
         for (id, conn) in list.iter() {
             // The connection id is the socket id's low half, so the cheap compare comes first;
             // the exclusion holds only when the whole socket id matches.
@@ -1352,6 +1454,19 @@ impl Core {
                 if ex.lo == *id && conn.socket_id == ex {
                     continue;
                 }
+            }
+            if conn.sse {
+                // The SSE form (`id:`/`event:`/`data:`), encoded once per delivery on this
+                // core, only when the channel has SSE subscribers here; events only.
+                let Some(seq) = seq else { continue };
+                if sse.is_none() {
+                    sse = Some(crate::sse::event_bytes(frame, seq));
+                }
+                if let Some(Some(f)) = &sse {
+                    conn.push(f.clone());
+                    n += 1;
+                }
+                continue;
             }
             if conn.user_socket {
                 // The alrt user socket's JSON form, encoded once per delivery on this core.
@@ -1415,6 +1530,8 @@ impl Core {
             SubOutcome::Ok {
                 snapshot: frame,
                 then,
+                replay,
+                ..
             } => {
                 sub.state = SubState::Active;
                 drop(state);
@@ -1444,6 +1561,13 @@ impl Core {
                         pusher::subscription_succeeded_frame(dialect, key.name.as_str(), None)
                     });
                     conn.push(frame);
+                }
+                if conn.sse {
+                    // Before any delivery (they follow this answer): the replay or the reset.
+                    if let Some(r) = replay {
+                        crate::sse::on_subscribed(&conn, &key, r);
+                    }
+                    return;
                 }
                 if let Some(f) = then {
                     conn.push(f);
@@ -1632,6 +1756,7 @@ mod tests {
                 user_id: user.into(),
                 info_json: "null".into(),
             }),
+            resume: None,
         });
         core.flush();
     }

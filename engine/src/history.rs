@@ -102,6 +102,7 @@ impl History {
     }
 
     /// Records `frame` for `key`, keeping at most `size` events younger than `max_age`.
+    /// Returns the event's sequence number (`None` when history is off).
     pub fn record(
         &mut self,
         key: &ChanKey,
@@ -109,9 +110,9 @@ impl History {
         now_ms: u64,
         size: usize,
         max_age: Duration,
-    ) {
+    ) -> Option<u64> {
         if size == 0 || self.max_bytes == 0 {
-            return;
+            return None;
         }
         let ch = self
             .channels
@@ -137,6 +138,33 @@ impl History {
             }
         }
         self.enforce_cap();
+        Some(seq)
+    }
+
+    /// The newest sequence number held for `key` (0: none).
+    pub fn head(&self, key: &ChanKey) -> u64 {
+        self.channels
+            .get(key)
+            .and_then(|c| c.events.back())
+            .map_or(0, |e| e.seq)
+    }
+
+    /// Every held event of `key` after sequence number `after`, oldest first, when the history
+    /// still holds the one right after it (`None` otherwise: there would be a gap).
+    pub fn after(&self, key: &ChanKey, after: u64) -> Option<Vec<(u64, Bytes)>> {
+        let ch = self.channels.get(key)?;
+        let first = ch.events.front()?.seq;
+        let head = ch.events.back()?.seq;
+        if after >= head || first > after.saturating_add(1) {
+            return (after == head).then(Vec::new);
+        }
+        Some(
+            ch.events
+                .iter()
+                .filter(|e| e.seq > after)
+                .map(|e| (e.seq, e.frame.clone()))
+                .collect(),
+        )
     }
 
     fn enforce_cap(&mut self) {
@@ -317,6 +345,34 @@ mod tests {
         assert_eq!(got[0].data, serde_json::json!("4"));
         assert_eq!(got[0].event, "e");
         assert_eq!(h.channel_events(&k, 1).len(), 1);
+    }
+
+    #[test]
+    fn resume_after_a_sequence_number_only_without_a_gap() {
+        let mut h = History::new(1 << 20);
+        let k = key(0, "a");
+        assert_eq!(h.head(&k), 0);
+        assert!(h.after(&k, 0).is_none(), "nothing held");
+        for i in 1..=5u64 {
+            assert_eq!(
+                h.record(&k, &ev("a", "e", &i.to_string()), i, 3, HOUR),
+                Some(i)
+            );
+        }
+        // Holds 3, 4, 5.
+        assert_eq!(h.head(&k), 5);
+        let seqs =
+            |v: Option<Vec<(u64, Bytes)>>| v.map(|v| v.iter().map(|e| e.0).collect::<Vec<_>>());
+        assert_eq!(seqs(h.after(&k, 2)), Some(vec![3, 4, 5]));
+        assert_eq!(seqs(h.after(&k, 4)), Some(vec![5]));
+        assert_eq!(seqs(h.after(&k, 5)), Some(vec![]), "up to date");
+        assert_eq!(seqs(h.after(&k, 1)), None, "2 was evicted: a gap");
+        assert_eq!(seqs(h.after(&k, 9)), None, "an id from the future");
+        assert_eq!(
+            h.record(&k, &ev("a", "e", "x"), 6, 0, HOUR),
+            None,
+            "history off"
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod metrics;
 mod msg;
 mod server;
 mod shared;
+mod sse;
 mod tls;
 mod user_socket;
 
@@ -55,7 +56,7 @@ pub use crate::handle::{
 pub use crate::history::{HistoryEvent, HistoryQuery};
 pub use crate::metrics::{CloseReason, MetricsSnapshot};
 pub use crate::msg::{AppIdx, ChannelCounts, ChannelSummary, PresenceUser};
-pub use crate::server::{reuseport_listener, Engine, HttpService, RunningEngine};
+pub use crate::server::{reuseport_listener, Engine, HttpService, HttpServing, RunningEngine};
 pub use crate::shared::EngineObserver;
 pub use crate::tls::{
     ClientStream, HandshakeFailure, TlsAcceptor, TlsCounters, TlsError, TlsFiles, TlsStream,

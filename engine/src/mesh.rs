@@ -321,6 +321,7 @@ mod tests {
             key: key(name),
             frame: Bytes::from(vec![n]),
             except: None,
+            seq: None,
         }
     }
 

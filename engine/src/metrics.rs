@@ -126,6 +126,10 @@ pub struct CoreMetrics {
     pub mesh_pushback: Counter,
     pub history_bytes: Counter,
     pub cache_entries: Counter,
+    /// SSE streams (`GET /apps/{id}/stream`): opened, and open now (also counted in the
+    /// connection counters above).
+    pub sse_opened: Counter,
+    pub sse_current: Counter,
 }
 
 impl CoreMetrics {
@@ -181,6 +185,8 @@ impl Metrics {
             mesh_pushback: self.sum(|c| &c.mesh_pushback),
             history_bytes: self.sum(|c| &c.history_bytes),
             cache_entries: self.sum(|c| &c.cache_entries),
+            sse_opened: self.sum(|c| &c.sse_opened),
+            sse_current: self.sum(|c| &c.sse_current),
         }
     }
 }
@@ -213,6 +219,9 @@ pub struct MetricsSnapshot {
     pub history_bytes: u64,
     /// Cache-channel entries held (all cores).
     pub cache_entries: u64,
+    /// SSE streams opened, and open now (all cores; included in the connection counts).
+    pub sse_opened: u64,
+    pub sse_current: u64,
 }
 
 impl MetricsSnapshot {

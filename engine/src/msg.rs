@@ -33,9 +33,37 @@ pub(crate) enum SubOutcome {
     Ok {
         snapshot: Option<Bytes>,
         then: Option<Bytes>,
+        /// SSE streams: what the subscriber asked for; the owner fills `replay` when it
+        /// sends the answer.
+        resume: Option<Resume>,
+        replay: Option<Replay>,
     },
     /// Refused (presence member limit): frames to send to the connection.
     Refused(Vec<Bytes>),
+}
+
+/// What an SSE stream's subscription asks of the owner's history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// A new stream: only the channel's newest sequence number (the stream's first `id:`).
+    Fresh,
+    /// `Last-Event-ID`: the events after this sequence number. `u64::MAX` when the id names
+    /// no position in this channel (always a reset).
+    After(u64),
+}
+
+/// An SSE stream's resume, read from the owner's history at the moment the owner answers the
+/// subscription: every event after the asked sequence number up to that moment (later ones
+/// follow as deliveries, behind this answer on the FIFO mesh), so nothing is missed or doubled.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    /// `(seq, frame)`, oldest first.
+    pub events: Vec<(u64, Bytes)>,
+    /// History no longer holds the event right after the asked one (or never numbered it):
+    /// the stream gets a reset event instead of a replay.
+    pub reset: bool,
+    /// The channel's newest sequence number at that moment (0: none yet).
+    pub head: u64,
 }
 
 /// Subscription and delivery counts of one channel after a publish.
@@ -74,6 +102,9 @@ pub(crate) enum Msg {
         gen: u32,
         from: u16,
         member: Option<MemberInfo>,
+        /// SSE streams: what to answer with besides the subscription (see `Replay`); `None`
+        /// for every other subscription.
+        resume: Option<Resume>,
     },
     /// To the owner: a connection on core `from` left (or never completed) a subscription.
     Unsubscribe {
@@ -100,6 +131,9 @@ pub(crate) enum Msg {
         key: ChanKey,
         frame: Bytes,
         except: Option<SocketId>,
+        /// The event's sequence number in its channel (events only; `None` for presence and
+        /// count frames): an SSE stream's `id:`.
+        seq: Option<u64>,
     },
     /// From an owner to a core that could not take a delivery of these channels (its mesh
     /// was past the hard limit): close their local subscribers with 4100.

@@ -26,13 +26,20 @@ use crate::shared::{EngineObserver, Placement, Shared};
 /// client's address (behind a trusted proxy: the one its PROXY header or `X-Forwarded-For`
 /// names; `None` if unknown). The future runs on the accepting core and must not block it.
 pub trait HttpService: Send + Sync + 'static {
+    /// Serves the connection (keep-alive). Returns it when a later request on it belongs to
+    /// the engine (an SSE stream, `GET /apps/{id}/stream`, on a kept-alive connection), with
+    /// that request's head as bytes: the core then serves it as it would a fresh one.
     fn serve(
         &self,
         stream: crate::tls::ClientStream,
         buffered: Vec<u8>,
         client: Option<std::net::IpAddr>,
-    ) -> Pin<Box<dyn Future<Output = ()>>>;
+    ) -> HttpServing;
 }
+
+/// What `HttpService::serve` returns: the connection handed back with a request's head, or
+/// `None` when it is done.
+pub type HttpServing = Pin<Box<dyn Future<Output = Option<(crate::tls::ClientStream, Vec<u8>)>>>>;
 
 /// A bound, not yet running engine.
 pub struct Engine {

@@ -71,7 +71,7 @@ pub(crate) fn start(core: &Core, conn: &Rc<Conn>, app: &App, claims: jwt::Claims
     let mut st = conn.state.borrow_mut();
     st.user = Some(user.clone());
     core.add_user(app.idx, user, conn.id);
-    start_subscription(core, conn, &mut st, app.idx, name, None, true);
+    start_subscription(core, conn, &mut st, app.idx, name, None, true, None);
     drop(st);
     if app.config.single_connection_per_user {
         for c in 0..core.shared.config.workers {

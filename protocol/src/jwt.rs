@@ -29,6 +29,11 @@ pub struct Claims {
     /// LatteStream permissions (`read`, `write`, `presence`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permissions: Vec<String>,
+    /// Channel-name patterns (`*` matches any run of characters) the token lets its holder
+    /// read without a per-channel authorization: the private channels of an SSE stream
+    /// (`GET /apps/{id}/stream?token=`). Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
     /// What the token is for: `"access"` (LatteStream, `/app/{key}?token=`) or `"user"` (the
     /// alrt user socket).
     #[serde(default)]
@@ -40,6 +45,35 @@ impl Claims {
     pub fn allows(&self, permission: &str) -> bool {
         self.permissions.iter().any(|p| p == permission)
     }
+
+    /// Whether one of the `channels` patterns matches `channel`.
+    pub fn allows_channel(&self, channel: &str) -> bool {
+        self.channels.iter().any(|p| pattern_matches(p, channel))
+    }
+}
+
+/// Glob match with `*` (any run of characters, possibly empty); everything else literal.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let p = pattern.as_bytes();
+    let n = name.as_bytes();
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == b'*')
 }
 
 /// Why a token was refused.
@@ -165,6 +199,7 @@ mod tests {
             iat: 100,
             exp,
             permissions: vec!["read".into(), "write".into()],
+            channels: vec!["private-news-*".into()],
             scope: "access".into(),
         }
     }
@@ -176,6 +211,7 @@ mod tests {
         let c = Jwt::parse(&t).unwrap().verify(&secrets, 150).unwrap();
         assert_eq!(c, claims(200));
         assert!(c.allows("write") && !c.allows("presence"));
+        assert!(c.allows_channel("private-news-1") && !c.allows_channel("private-other"));
     }
 
     #[test]

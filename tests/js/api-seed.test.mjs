@@ -234,6 +234,15 @@ describe('--api-listen: the REST API on its own port', { timeout: 60_000 }, () =
     assert.equal(r.status, 404);
     r = await call(apiBase, 'GET', '/metrics');
     assert.equal(r.status, 200);
+    // SSE streams stay on the public port (the engine cores hold them); the API port says so.
+    r = await call(apiBase, 'GET', `/apps/app-id/stream?channels=${name}`);
+    assert.equal(r.status, 404);
+    assert.equal(r.json().code, 'stream_on_public_port');
+    const ctl = new AbortController();
+    const stream = await fetch(`${publicBase}/apps/app-id/stream?channels=${name}`, { signal: ctl.signal });
+    assert.equal(stream.status, 200);
+    assert.match(stream.headers.get('content-type'), /^text\/event-stream/);
+    ctl.abort();
     await delay(QUIET_MS / 2);
     assert.equal(got.count, 1);
   });

@@ -375,6 +375,48 @@ describe('LatteStream REST dialect, access tokens and rate limits', { timeout: 1
     assert.match(err.data.message, /write permission/);
   });
 
+  it('a token without read may not subscribe; one without presence may not join presence channels', { timeout: 30_000 }, async () => {
+    // Without `read`: every subscription is refused (403), the connection stays open.
+    let r = await call(base, 'POST', '/apps/token', { body: { api_key: KEY, socket_id: 'writer', permissions: ['write'] } });
+    assert.equal(r.status, 200, r.text);
+    const w = wsClient(server, `/app/app-key?protocol=7&token=${r.json().access_token}`);
+    sockets.push(w);
+    await w.next('pusher:connection_established');
+    await w.next('pusher:signin_success');
+    const pub = uniq('public-');
+    w.send({ event: 'pusher:subscribe', data: { channel: pub } });
+    let err = await w.next('pusher:subscription_error');
+    assert.equal(err.channel, pub);
+    assert.equal(err.data.status, 403);
+    assert.match(err.data.error, /read permission/);
+    // With `read` but not `presence`: public and private subscribe, presence is refused (403).
+    r = await call(base, 'POST', '/apps/token', { body: { api_key: KEY, socket_id: 'watcher', permissions: ['read'] } });
+    const c = wsClient(server, `/app/app-key?protocol=7&token=${r.json().access_token}`);
+    sockets.push(c);
+    const est = await c.next('pusher:connection_established');
+    await c.next('pusher:signin_success');
+    c.send({ event: 'pusher:subscribe', data: { channel: pub } });
+    assert.equal((await c.next('pusher_internal:subscription_succeeded')).channel, pub);
+    const room = uniq('presence-room-');
+    const channelData = JSON.stringify({ user_id: 'watcher' });
+    const { auth } = serverSdk(server).authorizeChannel(est.data.socket_id, room, JSON.parse(channelData));
+    c.send({ event: 'pusher:subscribe', data: { channel: room, auth, channel_data: channelData } });
+    err = await c.next('pusher:subscription_error');
+    assert.equal(err.channel, room);
+    assert.equal(err.data.status, 403);
+    assert.match(err.data.error, /presence permission/);
+    // With `presence` the same signed subscription is accepted.
+    r = await call(base, 'POST', '/apps/token', { body: { api_key: KEY, socket_id: 'member', permissions: ['read', 'presence'] } });
+    const p = wsClient(server, `/app/app-key?protocol=7&token=${r.json().access_token}`);
+    sockets.push(p);
+    const est2 = await p.next('pusher:connection_established');
+    await p.next('pusher:signin_success');
+    const cd2 = JSON.stringify({ user_id: 'member' });
+    const signed = serverSdk(server).authorizeChannel(est2.data.socket_id, room, JSON.parse(cd2));
+    p.send({ event: 'pusher:subscribe', data: { channel: room, auth: signed.auth, channel_data: cd2 } });
+    assert.equal((await p.next('pusher_internal:subscription_succeeded')).channel, room);
+  });
+
   it('refuses expired, forged and foreign tokens with close 4009', { timeout: 30_000 }, async () => {
     const now = Math.floor(Date.now() / 1000);
     const base_ = { sub: 'u9', app: 'app-id', iat: now - 100, scope: 'access', permissions: ['read'] };

@@ -270,6 +270,12 @@ impl RouteError {
 
     pub fn to_error(&self, method: &str, path: &str) -> ApiError {
         match self {
+            // Only reached on the `--api-listen` port (dialect/sse.rs).
+            RouteError::NotFound
+                if method == "GET" && crate::dialect::sse::is_stream_path(path) =>
+            {
+                crate::dialect::sse::not_on_api_listener()
+            }
             RouteError::NotFound => ApiError::not_found(path),
             RouteError::MethodNotAllowed { allow, .. } => ApiError::new(
                 405,

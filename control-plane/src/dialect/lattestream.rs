@@ -40,6 +40,8 @@ pub const DEFAULT_TOKEN_SECS: u64 = 3600;
 pub const MAX_TOKEN_SECS: u64 = 86_400;
 /// Permissions a token may carry; `read` is what a token gets when none are asked for.
 pub const PERMISSIONS: [&str; 3] = ["read", "write", "presence"];
+/// Most channel patterns one token may carry (`channels`, for SSE streams).
+pub const MAX_TOKEN_CHANNELS: usize = 100;
 
 fn invalid_key(msg: impl Into<String>) -> ApiError {
     ApiError::unauthorized("INVALID_API_KEY", msg)
@@ -366,6 +368,33 @@ impl Api {
                 ))
             }
         };
+        // Ringcast's addition: the private channels an SSE stream may read with this token.
+        let channels = match b.get("channels") {
+            None => Vec::new(),
+            Some(Value::Array(list)) if list.len() <= MAX_TOKEN_CHANNELS => {
+                let mut out = Vec::new();
+                for p in list {
+                    match p.as_str() {
+                        Some(p) if !p.is_empty() && p.len() <= 200 => out.push(p.to_owned()),
+                        _ => {
+                            return Err(ApiError::new(
+                                400,
+                                "INVALID_REQUEST",
+                                "`channels` items must be channel-name patterns of 1 to 200 bytes",
+                            ))
+                        }
+                    }
+                }
+                out
+            }
+            Some(_) => {
+                return Err(ApiError::new(
+                    400,
+                    "INVALID_REQUEST",
+                    format!("`channels` must be an array of at most {MAX_TOKEN_CHANNELS} patterns"),
+                ))
+            }
+        };
         let expires_in = match b.get("expires_in") {
             None => DEFAULT_TOKEN_SECS,
             Some(v) => match v.as_u64() {
@@ -386,6 +415,7 @@ impl Api {
             iat: now,
             exp: now + expires_in,
             permissions,
+            channels,
             scope: "access".into(),
         };
         let token = jwt::sign(&claims, ctx.app.primary_secret());

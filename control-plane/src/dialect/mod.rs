@@ -9,6 +9,7 @@
 //! | [`lattestream`] | LatteStream's REST clients | `/events`, `/batch_events`, `/apps/token`, `/auth`, `/channels` at the API root | `lsk_` API key (body `api_key`, `Bearer`, or `?api_key=` on GET) |
 //! | [`relay`] | the self-hosted relay ("seed") | the same paths with other shapes, `/apps/{id}/events/batch`, `/apps/{id}/auth` | `Bearer <app secret>` |
 //!
+//! | [`sse`] | AltoHost's SSE clients (`EventSource`) | `GET /apps/{id}/stream?channels=` (the stream itself, in the engine: `engine/src/sse.rs`) | none for public channels; an access token (`?token=`) for private ones |
 //! | [`user_socket`] | alrt's user-notification clients | `/apps/{id}/users/{user}/token`, `/apps/{id}/users/{user}/events` (HTTP); `GET /ws?token=` (the socket itself, in the engine: `engine/src/user_socket.rs`) | Pusher signature or `Bearer <app secret>`; the socket: a user token |
 //!
 //! See docs/api.md for every dialect's requests and answers.
@@ -16,4 +17,5 @@
 pub mod lattestream;
 pub mod pusher;
 pub mod relay;
+pub mod sse;
 pub mod user_socket;

@@ -64,29 +64,7 @@ pub fn users_object(users: &[PresenceUser]) -> Value {
     json!({ "users": list })
 }
 
-/// Glob match with `*` (any run of characters, possibly empty); everything else literal.
-pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    let p = pattern.as_bytes();
-    let n = name.as_bytes();
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == n[ni] {
-            pi += 1;
-            ni += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == b'*')
-}
+pub use ringcast_protocol::jwt::pattern_matches;
 
 /// Server-side channel authorization: signs `socket_id:channel_name[:channel_data]` with the
 /// app's primary secret, but only for channels matching one of the app's

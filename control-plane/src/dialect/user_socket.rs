@@ -60,6 +60,7 @@ impl Api {
             iat: now,
             exp: now + expires_in,
             permissions: Vec::new(),
+            channels: Vec::new(),
             scope: "user".into(),
         };
         let token = jwt::sign(&claims, ctx.app.primary_secret());

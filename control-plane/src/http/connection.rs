@@ -51,6 +51,11 @@ pub trait Handler {
     fn handle(&self, req: &Request) -> impl Future<Output = Response>;
     /// Observes a response the HTTP layer produced itself (parse errors, timeouts, panics).
     fn observe_http_error(&self, status: u16);
+    /// Whether this request belongs to the engine rather than the API (an SSE stream on a
+    /// kept-alive connection of the public port): `serve` then hands the connection back.
+    fn hands_back(&self, _req: &Request) -> bool {
+        false
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -61,14 +66,15 @@ enum Phase {
 }
 
 /// Serves one connection until the client closes, a limit is hit or keep-alive ends.
-/// `initial` is what was already read from the socket.
+/// `initial` is what was already read from the socket. Returns the connection, with the
+/// request's head as bytes, when the handler says a request belongs to the engine.
 pub async fn serve<H: Handler>(
     handler: &H,
     mut stream: ClientStream,
     initial: Vec<u8>,
     limits: Limits,
     timeouts: Timeouts,
-) {
+) -> Option<(ClientStream, Vec<u8>)> {
     let _ = stream.set_nodelay(true);
     let mut reader = RequestReader::new(limits, initial);
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -84,10 +90,13 @@ pub async fn serve<H: Handler>(
                 handler.observe_http_error(e.status);
                 let bytes = e.to_response().to_bytes(false, false);
                 let _ = write(&mut stream, bytes, timeouts.write).await;
-                return;
+                return None;
             }
         };
         let now_phase = match next {
+            Progress::Request(req) if handler.hands_back(&req) => {
+                return Some((stream, head_bytes(&req)));
+            }
             Progress::Request(req) => {
                 let head_only = req.method == "HEAD";
                 let resp = match monoio::time::timeout(
@@ -112,7 +121,7 @@ pub async fn serve<H: Handler>(
                 if !write(&mut stream, resp.to_bytes(keep, head_only), timeouts.write).await
                     || !keep
                 {
-                    return;
+                    return None;
                 }
                 phase = Phase::Idle;
                 deadline = Instant::now() + timeouts.idle;
@@ -134,7 +143,7 @@ pub async fn serve<H: Handler>(
                             {
                                 linger_close(stream, rbuf).await;
                             }
-                            return;
+                            return None;
                         }
                     }
                 }
@@ -146,7 +155,7 @@ pub async fn serve<H: Handler>(
                     )
                     .await
                 {
-                    return;
+                    return None;
                 }
                 Phase::Body
             }
@@ -178,15 +187,33 @@ pub async fn serve<H: Handler>(
                     )
                     .await;
                 }
-                return;
+                return None;
             }
         };
         rbuf = buf;
         match res {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => reader.feed(&rbuf[..n]),
         }
     }
+}
+
+/// A parsed request's head as HTTP/1.1 bytes (for the engine to parse again).
+fn head_bytes(req: &Request) -> Vec<u8> {
+    let mut out = format!("{} {}", req.method, req.path);
+    if !req.query.is_empty() {
+        out.push('?');
+        out.push_str(&req.query);
+    }
+    out.push_str(" HTTP/1.1\r\n");
+    for (k, v) in &req.headers {
+        out.push_str(k);
+        out.push_str(": ");
+        out.push_str(v);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
 }
 
 /// Closes a connection whose client may still be sending a body nobody will read: half-close,

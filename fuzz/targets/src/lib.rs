@@ -390,6 +390,7 @@ pub fn jwt(data: &[u8]) {
             .filter(|p| !p.is_empty())
             .map(str::to_owned)
             .collect(),
+        channels: vec![format!("private-{pick}-*")],
         scope: "access".into(),
     };
     let token = sign(&claims, SECRET);

@@ -11,6 +11,8 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { closeAllClients, closeClient, errorCode, serverSdk, uniq, waitForEvent, waitForState } from './client.mjs';
+import { EventSource } from 'eventsource';
+import { DEFAULT_APP } from './server.mjs';
 import { natsPublish, natsSubjects, redisPubsubChannels, redisPublish, startBroker } from './broker.mjs';
 import {
   apiGet,
@@ -306,6 +308,31 @@ export const basic = {
     await everyNode(nodes, (nd) => apiGet(nd, '/channels', { filter_by_prefix: prefix }), { channels: {} }, '/channels when empty');
     await countsEverywhere(nodes, pres, { occupied: false }, '');
     await countsEverywhere(nodes, pub, { occupied: false }, '');
+  },
+
+  async 'an SSE stream on one node gets the events published through another, in order'({ nodes }) {
+    const ch = uniq('sse-');
+    const streams = nodes.slice(1).map((nd) => {
+      const got = [];
+      const es = new EventSource(`http://127.0.0.1:${nd.port}/apps/${DEFAULT_APP.appId}/stream?channels=${ch}`);
+      for (const t of ['tick', 'ringcast:subscribed']) es.addEventListener(t, (e) => got.push({ type: t, id: e.lastEventId, data: e.data }));
+      return { es, got, node: nd.id };
+    });
+    try {
+      // `ringcast:subscribed` is sent when the owner answers, which clustered waits for the
+      // broker subscription of the channel's events: every later event reaches the stream.
+      for (const s of streams) await waitFor(() => s.got.some((e) => e.type === 'ringcast:subscribed'), `subscribed on ${s.node}`);
+      for (let i = 1; i <= 5; i += 1) await trigger(nodes[0], ch, 'tick', `n${i}\nline`);
+      for (const s of streams) {
+        await waitFor(() => s.got.filter((e) => e.type === 'tick').length >= 5, `5 ticks on ${s.node}`);
+        const ticks = s.got.filter((e) => e.type === 'tick');
+        assert.deepEqual(ticks.map((e) => e.data), [1, 2, 3, 4, 5].map((i) => `n${i}\nline`), `order on ${s.node}`);
+        // Each node numbers what its owner core fans out.
+        assert.deepEqual(ticks.map((e) => e.id), ['1', '2', '3', '4', '5'], `ids on ${s.node}`);
+      }
+    } finally {
+      for (const s of streams) s.es.close();
+    }
   },
 
   async 'per-channel order: events published through one node arrive in order on every node'({ nodes }) {
