@@ -703,7 +703,10 @@ impl Core {
         let Some(ch) = owned.get_mut(&key) else {
             return;
         };
-        let was_occupied = ch.total() > 0;
+        // Occupied = a subscriber or a member anywhere: a remote Join may arrive before
+        // that node's Count (they travel from different cores), and must not announce a
+        // member of a channel that was never announced occupied.
+        let was_occupied = !ch.is_empty();
         let before_count = ch.total();
         let idx = match ch.remote.iter().position(|r| &r.node == node) {
             Some(i) => i,
@@ -758,7 +761,7 @@ impl Core {
         if ch.remote[idx].count == 0 && ch.remote[idx].members.is_empty() {
             ch.remote.swap_remove(idx);
         }
-        let now_occupied = ch.total() > 0;
+        let now_occupied = !ch.is_empty();
         let count_moved = ch.total() != before_count;
         let empty = ch.is_empty();
         let targets = targets_of(ch);
@@ -899,7 +902,7 @@ impl Core {
         let ch = owned
             .entry(key.clone())
             .or_insert_with(|| OwnedChannel::new(workers, is_presence));
-        let was_occupied = ch.total() > 0;
+        let was_occupied = !ch.is_empty();
         let local_before = ch.local_total();
         // A user's first connection on this node (told to the other nodes) and, when the user
         // is not present elsewhere either, a new member of the merged view (member_added).
@@ -1159,7 +1162,7 @@ impl Core {
         let Some(ch) = owned.get_mut(&key) else {
             return;
         };
-        let was_occupied = ch.total() > 0;
+        let was_occupied = !ch.is_empty();
         let mut local_leave: Option<Arc<str>> = None;
         let mut removed_member = false;
         if let Some(members) = ch.members.as_mut() {
@@ -1184,8 +1187,8 @@ impl Core {
         }
         ch.per_core[from] -= 1;
         let local_total = ch.local_total();
-        let now_occupied = ch.total() > 0;
         let empty = ch.is_empty();
+        let now_occupied = !empty;
         let targets = targets_of(ch);
         if empty {
             owned.remove(&key);
