@@ -320,22 +320,12 @@ impl Management {
         f: impl FnOnce(&mut State) -> T + Send + 'static,
     ) -> Result<T, MgmtError> {
         let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(move |st| {
+        if !self.submit(move |st| {
             let _ = reply.send(f(st));
-        });
-        let sent = match &*self.tx.load() {
-            Some(tx) => tx.send(job).is_ok(),
-            None => false,
-        };
-        if !sent {
-            return Err(MgmtError::new(
-                503,
-                "stopped",
-                "the management plane is stopped",
-            ));
+        }) {
+            return Err(stopped());
         }
-        rx.await
-            .map_err(|_| MgmtError::new(503, "stopped", "the management plane is stopped"))
+        rx.await.map_err(|_| stopped())
     }
 
     /// Runs `f` on the management thread and waits (blocking: for the signal thread).
@@ -344,22 +334,12 @@ impl Management {
         f: impl FnOnce(&mut State) -> T + Send + 'static,
     ) -> Result<T, MgmtError> {
         let (reply, rx) = mpsc::channel();
-        let job: Job = Box::new(move |st| {
+        if !self.submit(move |st| {
             let _ = reply.send(f(st));
-        });
-        let sent = match &*self.tx.load() {
-            Some(tx) => tx.send(job).is_ok(),
-            None => false,
-        };
-        if !sent {
-            return Err(MgmtError::new(
-                503,
-                "stopped",
-                "the management plane is stopped",
-            ));
+        }) {
+            return Err(stopped());
         }
-        rx.recv()
-            .map_err(|_| MgmtError::new(503, "stopped", "the management plane is stopped"))
+        rx.recv().map_err(|_| stopped())
     }
 
     /// SIGHUP: replaces the config-file apps (already parsed and resolved by the caller) and
@@ -879,4 +859,9 @@ impl RawManagementConfig {
             admin_token: env_token.filter(|t| !t.is_empty()).or(self.admin_token),
         })
     }
+}
+
+/// The answer once the management thread has ended.
+fn stopped() -> MgmtError {
+    MgmtError::new(503, "stopped", "the management plane is stopped")
 }
