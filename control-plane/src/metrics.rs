@@ -435,6 +435,31 @@ pub fn render(m: &MetricsSnapshot, stats: &Stats, rest: &RestMetrics, app_ids: &
             "Publishes (REST 503, client-event errors) and subscriptions refused because a core's mesh was congested.",
             m.mesh_pushback,
         ),
+        (
+            "ringcast_flush_passes_total",
+            "Flush passes run by the cores (one pass writes every dirty connection of its core).",
+            m.flush_passes,
+        ),
+        (
+            "ringcast_flush_windowed_passes_total",
+            "Flush passes that first waited out the coalescing window (flush_window_us) because passes were backing up.",
+            m.flush_windowed_passes,
+        ),
+        (
+            "ringcast_flush_writes_total",
+            "Nonblocking sendmsg calls made by flush passes (one per dirty plaintext connection per pass).",
+            m.flush_writes,
+        ),
+        (
+            "ringcast_flush_frames_total",
+            "Frames (and close frames) written completely by flush passes.",
+            m.flush_frames,
+        ),
+        (
+            "ringcast_flush_slow_paths_total",
+            "Connections handed from a flush pass to the io_uring writer after a partial write or EAGAIN.",
+            m.flush_slow_paths,
+        ),
     ] {
         o.single(name, "counter", help, v);
     }

@@ -52,6 +52,13 @@ pub mod defaults {
     pub const MESH_OVERFLOW_LIMIT: usize = 1 << 20;
     /// Entries in the queue from the process (REST, control plane) into each core.
     pub const INJECT_QUEUE_CAPACITY: usize = 65_536;
+    /// Upper bound of the flush pass's coalescing window, in microseconds (engine/src/flush.rs):
+    /// while a core's flush passes back up, the next pass waits this long so that more events
+    /// share one write per socket. Never applied after a quiet period. 0 = never wait.
+    pub const FLUSH_WINDOW_US: u64 = 1_000;
+    /// The largest `flush_window_us` accepted (100 ms): a larger window would be added latency,
+    /// not coalescing.
+    pub const FLUSH_WINDOW_US_MAX: u64 = 100_000;
 
     /// The embedded default app, used when no config file declares any app.
     pub const DEFAULT_APP_ID: &str = "app-id";
@@ -193,6 +200,8 @@ pub struct RawConfig {
     pub shutdown_grace_ms: Option<u64>,
     pub mesh_queue_capacity: Option<usize>,
     pub mesh_overflow_limit: Option<usize>,
+    /// Bound of the flush pass's coalescing window (`defaults::FLUSH_WINDOW_US`).
+    pub flush_window_us: Option<u64>,
     pub history_max_bytes_per_core: Option<usize>,
     pub cache_max_entries_per_core: Option<usize>,
     /// Seconds between SSE heartbeat comments (`defaults::SSE_HEARTBEAT_SECS`).
@@ -348,6 +357,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub mesh_queue_capacity: usize,
     pub mesh_overflow_limit: usize,
+    /// Bound of the flush pass's coalescing window (zero: passes never wait).
+    pub flush_window: Duration,
     pub history_max_bytes_per_core: usize,
     pub cache_max_entries_per_core: usize,
     /// Interval of the SSE streams' `: heartbeat` comment.
@@ -477,6 +488,13 @@ impl RawConfig {
             0 => (131_072 / workers).clamp(1024, 32_768),
             n => n.max(16),
         };
+        let flush_window_us = self.flush_window_us.unwrap_or(defaults::FLUSH_WINDOW_US);
+        if flush_window_us > defaults::FLUSH_WINDOW_US_MAX {
+            return err(format!(
+                "flush_window_us must be at most {} (100 ms), got {flush_window_us}",
+                defaults::FLUSH_WINDOW_US_MAX
+            ));
+        }
         let mut apps = Vec::new();
         if self.apps.is_empty() {
             apps.push(AppConfig::embedded_default());
@@ -540,6 +558,7 @@ impl RawConfig {
                 .mesh_overflow_limit
                 .unwrap_or(defaults::MESH_OVERFLOW_LIMIT)
                 .max(1),
+            flush_window: Duration::from_micros(flush_window_us),
             history_max_bytes_per_core: self
                 .history_max_bytes_per_core
                 .unwrap_or(defaults::HISTORY_MAX_BYTES_PER_CORE),
@@ -796,6 +815,25 @@ const _ASSERT_LIMITS: () = assert!(limits::MAX_CHANNEL_NAME_LEN == 200);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flush_window_defaults_accepts_zero_and_rejects_above_100ms() {
+        let w = |t: &str| RawConfig::from_toml(t).unwrap().resolve(1);
+        assert_eq!(
+            w("").unwrap().flush_window,
+            Duration::from_micros(defaults::FLUSH_WINDOW_US)
+        );
+        assert_eq!(
+            w("flush_window_us = 0").unwrap().flush_window,
+            Duration::ZERO
+        );
+        assert_eq!(
+            w("flush_window_us = 100000").unwrap().flush_window,
+            Duration::from_millis(100)
+        );
+        let e = w("flush_window_us = 100001").unwrap_err().to_string();
+        assert!(e.contains("flush_window_us must be at most 100000"), "{e}");
+    }
 
     #[test]
     fn tls_table_is_parsed_and_its_mistakes_are_errors() {

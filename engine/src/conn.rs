@@ -1,7 +1,9 @@
-//! One client connection: HTTP upgrade, then a reader (the connection's main task) and a writer
-//! task. The reader decodes frames and acts on Pusher messages; everything the connection must
-//! send is appended to its outbound queue as shared `Bytes`, and the writer drains that queue
-//! with one vectored write per wake-up.
+//! One client connection: HTTP upgrade, then a reader (the connection's main task). The reader
+//! decodes frames and acts on Pusher messages; everything the connection must send is appended
+//! to its outbound queue as shared `Bytes`. A plaintext connection's queue is drained by its
+//! core's flush pass (crate::flush: one nonblocking `sendmsg` per dirty connection per pass),
+//! and by the io_uring writer (`write_loop`) only while the socket is full; a TLS connection
+//! keeps a writer task of its own.
 //!
 //! Slow consumers are policy: the outbound queue is capped by a byte budget and every batched
 //! write by a deadline; past either the connection is closed with 4100 and the reason counted.
@@ -31,7 +33,7 @@ use crate::shared::App;
 use crate::tls::{ClientStream, ConnWriter};
 
 /// Largest number of frames handed to one `writev` (Linux IOV_MAX is 1024).
-const MAX_IOV: usize = 1024;
+pub(crate) const MAX_IOV: usize = 1024;
 /// Read buffer size for a connection that sends little (most of them).
 const SMALL_READ: usize = 256;
 /// Largest read buffer a busy connection grows to.
@@ -90,19 +92,27 @@ impl ConnState {
     }
 }
 
-struct Closing {
-    code: u16,
-    reason: String,
-    why: CloseReason,
+pub(crate) struct Closing {
+    pub(crate) code: u16,
+    pub(crate) reason: String,
+    pub(crate) why: CloseReason,
+    /// The close frame is already in `frames` (the rest of a close frame a flush pass wrote
+    /// in part): the writer must not send it again.
+    pub(crate) framed: bool,
 }
 
+/// A connection's queued frames: one frame (the common case: one event per pass) is held
+/// inline, so pushing it allocates nothing and an emptied queue, reset to `Frames::new()`,
+/// holds no heap.
+pub(crate) type Frames = smallvec::SmallVec<[Bytes; 1]>;
+
 #[derive(Default)]
-struct Outbound {
-    frames: Vec<Bytes>,
-    bytes: usize,
-    closing: Option<Closing>,
+pub(crate) struct Outbound {
+    pub(crate) frames: Frames,
+    pub(crate) bytes: usize,
+    pub(crate) closing: Option<Closing>,
     /// The close frame went out (or the socket died): nothing more is queued.
-    done: bool,
+    pub(crate) done: bool,
 }
 
 pub(crate) struct Conn {
@@ -117,8 +127,12 @@ pub(crate) struct Conn {
     /// An SSE stream (`GET /apps/{id}/stream`, sse.rs): `text/event-stream`, not WebSocket.
     pub sse: bool,
     budget: usize,
-    out: RefCell<Outbound>,
+    pub(crate) out: RefCell<Outbound>,
     writer_waker: Cell<Option<Waker>>,
+    /// Who writes the queue now: the flush pass (idle or queued) or a writer task.
+    pub(crate) wstate: Cell<crate::flush::WState>,
+    /// The socket's writing half, or the writer task holding it (crate::flush).
+    pub(crate) writer: RefCell<crate::flush::Writer>,
     /// When the writer's current `writev` started (None when idle): the core's sweep enforces
     /// the write deadline on it.
     pub write_started: Cell<Option<Instant>>,
@@ -126,7 +140,7 @@ pub(crate) struct Conn {
     pub last_read: Cell<Instant>,
     pub ping_sent: Cell<Option<Instant>>,
     pub state: RefCell<ConnState>,
-    fd: RawFd,
+    pub(crate) fd: RawFd,
     /// Why the connection ended, recorded once for metrics.
     end_reason: Cell<Option<CloseReason>>,
 }
@@ -148,6 +162,7 @@ impl Conn {
                 code: close::SLOW_CONSUMER,
                 reason: "Slow consumer: outbound buffer limit exceeded".into(),
                 why: CloseReason::SlowConsumerBudget,
+                framed: false,
             });
             drop(out);
             self.set_end_reason(CloseReason::SlowConsumerBudget);
@@ -157,13 +172,13 @@ impl Conn {
                 // write deadline while memory stays pinned.
                 self.shutdown_socket();
             }
-            self.wake_writer();
+            self.notify();
             return;
         } else {
             out.frames.push(frame);
         }
         drop(out);
-        self.wake_writer();
+        self.notify();
     }
 
     /// Asks the writer to flush what is queued, then send a close frame and end the connection.
@@ -176,14 +191,29 @@ impl Conn {
             code,
             reason: reason.into(),
             why,
+            framed: false,
         });
         drop(out);
-        self.wake_writer();
+        self.notify();
+    }
+
+    /// Output is due: the flush pass's connections are put on the core's dirty list once (no
+    /// wake-up per connection); a connection a writer task holds wakes that task.
+    #[inline]
+    pub(crate) fn notify(&self) {
+        match self.wstate.get() {
+            crate::flush::WState::Idle => {
+                self.wstate.set(crate::flush::WState::Queued);
+                crate::flush::mark(self.id);
+            }
+            crate::flush::WState::Queued => {}
+            crate::flush::WState::Task => self.wake_writer(),
+        }
     }
 
     /// What ends the stream on the wire: a WebSocket close frame, or an SSE stream's
     /// `event: close`.
-    fn close_bytes(&self, code: u16, reason: &str) -> Bytes {
+    pub(crate) fn close_bytes(&self, code: u16, reason: &str) -> Bytes {
         if self.sse {
             crate::sse::close_bytes(code, reason)
         } else {
@@ -206,6 +236,12 @@ impl Conn {
         if self.end_reason.get().is_none() {
             self.end_reason.set(Some(r));
         }
+    }
+
+    /// Why the connection ended, if it has (tests).
+    #[cfg(test)]
+    pub(crate) fn end_reason(&self) -> Option<CloseReason> {
+        self.end_reason.get()
     }
 
     /// Wakes a pending read so the reader notices the end of the connection.
@@ -235,6 +271,8 @@ impl Conn {
             budget: core.shared.config.outbound_budget_bytes,
             out: RefCell::new(Outbound::default()),
             writer_waker: Cell::new(None),
+            wstate: Cell::new(crate::flush::WState::Task),
+            writer: RefCell::new(crate::flush::Writer::None),
             write_started: Cell::new(None),
             last_read: Cell::new(core.shared.now()),
             ping_sent: Cell::new(None),
@@ -258,6 +296,8 @@ impl Conn {
             budget,
             out: RefCell::new(Outbound::default()),
             writer_waker: Cell::new(Some(Waker::noop().clone())),
+            wstate: Cell::new(crate::flush::WState::Task),
+            writer: RefCell::new(crate::flush::Writer::None),
             write_started: Cell::new(None),
             last_read: Cell::new(Instant::now()),
             ping_sent: Cell::new(None),
@@ -270,7 +310,7 @@ impl Conn {
     /// The frames queued and not yet written (tests).
     #[cfg(test)]
     pub(crate) fn queued(&self) -> Vec<Bytes> {
-        self.out.borrow().frames.clone()
+        self.out.borrow().frames.to_vec()
     }
 
     /// What the writer does after a write, without a socket: releases the queued frames
@@ -319,7 +359,7 @@ impl TokenBucket {
 /// are reused across writes, so a steady-state write allocates nothing.
 #[derive(Default)]
 struct FrameBatch {
-    frames: Vec<Bytes>,
+    frames: Frames,
     iov: Vec<libc::iovec>,
     /// First iovec not yet fully written.
     start: usize,
@@ -906,6 +946,8 @@ async fn run(
         budget: cfg.outbound_budget_bytes,
         out: RefCell::new(Outbound::default()),
         writer_waker: Cell::new(None),
+        wstate: Cell::new(crate::flush::WState::Task),
+        writer: RefCell::new(crate::flush::Writer::None),
         write_started: Cell::new(None),
         last_read: Cell::new(core.shared.now()),
         ping_sent: Cell::new(None),
@@ -922,7 +964,7 @@ async fn run(
     m.connections_current.inc();
 
     let (mut reader, writer) = stream.into_split();
-    let writer_task = monoio::spawn(write_loop(core.clone(), conn.clone(), writer));
+    crate::flush::attach(&core, &conn, writer);
     if !conn.user_socket {
         conn.push(pusher::connection_established_frame(
             dialect,
@@ -1016,7 +1058,7 @@ async fn run(
     if !conn.is_closing() {
         conn.close(close::NORMAL, "", CloseReason::ClientClosed);
     }
-    let _ = writer_task.await;
+    crate::flush::finish(&core, &conn).await;
     cleanup(&core, &conn);
 }
 
@@ -1596,26 +1638,40 @@ fn admit_client_event(core: &Core, conn: &Conn, d: Dialect, key: &ChanKey) -> bo
     false
 }
 
-/// The writer task: one vectored write per wake-up, bounded by the write deadline.
-pub(crate) async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: ConnWriter) {
+/// The io_uring writer: one vectored write per wake-up, bounded by the write deadline. A TLS
+/// connection's writer task runs it for the connection's life; a flush pass's slow path
+/// (crate::flush) runs it with `until_idle` until the queue is empty, and then gets the writing
+/// half back (`Some`); the connection's end (crate::flush::finish) runs it to send what is
+/// left and the close frame. `None`: the connection is over.
+pub(crate) async fn write_loop(
+    core: Rc<Core>,
+    conn: Rc<Conn>,
+    mut w: ConnWriter,
+    until_idle: bool,
+) -> Option<ConnWriter> {
     let mut batch = FrameBatch::default();
     loop {
         let c = conn.clone();
         let tls_pending = &w;
-        std::future::poll_fn(move |cx| {
+        let due = std::future::poll_fn(move |cx| {
             let out = c.out.borrow();
             if !out.frames.is_empty()
                 || out.closing.is_some()
                 || out.done
                 || tls_pending.wants_flush()
             {
-                Poll::Ready(())
+                Poll::Ready(true)
+            } else if until_idle {
+                Poll::Ready(false)
             } else {
                 c.writer_waker.set(Some(cx.waker().clone()));
                 Poll::Pending
             }
         })
         .await;
+        if !due {
+            return Some(w);
+        }
         let closing = {
             let mut out = conn.out.borrow_mut();
             if out.done {
@@ -1630,7 +1686,7 @@ pub(crate) async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: ConnWriter
             if out.frames.is_empty() {
                 out.closing
                     .as_ref()
-                    .map(|c| (c.code, c.reason.clone(), c.why))
+                    .map(|c| (c.code, c.reason.clone(), c.why, c.framed))
             } else {
                 None
             }
@@ -1664,21 +1720,24 @@ pub(crate) async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut w: ConnWriter
             conn.set_end_reason(CloseReason::IoError);
             break;
         }
-        if let Some((code, reason, why)) = closing {
+        if let Some((code, reason, why, framed)) = closing {
             conn.set_end_reason(why);
-            // Boxed: the close path runs once, so its state should not widen every
-            // connection's writer task.
-            let _ = Box::pin(monoio::time::timeout(
-                Duration::from_secs(1),
-                w.write_all(conn.close_bytes(code, &reason)),
-            ))
-            .await;
+            if !framed {
+                // Boxed: the close path runs once, so its state should not widen every
+                // connection's writer task.
+                let _ = Box::pin(monoio::time::timeout(
+                    Duration::from_secs(1),
+                    w.write_all(conn.close_bytes(code, &reason)),
+                ))
+                .await;
+            }
             break;
         }
     }
     conn.out.borrow_mut().done = true;
     let _ = Box::pin(monoio::time::timeout(Duration::from_secs(1), w.shutdown())).await;
     conn.shutdown_socket();
+    None
 }
 
 /// Undoes everything the connection holds: subscriptions (local and at the owners), sign-in,

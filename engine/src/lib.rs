@@ -15,7 +15,7 @@
 //!                                   ▼
 //!                       core j: for each local subscriber: queue.push(frame.clone())
 //!                                   ▼
-//!                       writer task: one writev of all queued frames per wake-up
+//!                       flush pass (per core): one sendmsg of all due frames per dirty socket
 //! ```
 //!
 //! Cores share nothing but the mesh: tasks are `!Send`, each core owns its connections and
@@ -30,6 +30,7 @@ mod cluster;
 mod config;
 mod conn;
 mod core;
+mod flush;
 mod handle;
 mod history;
 mod maps;

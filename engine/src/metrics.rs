@@ -130,6 +130,14 @@ pub struct CoreMetrics {
     /// connection counters above).
     pub sse_opened: Counter,
     pub sse_current: Counter,
+    /// Flush passes (engine/src/flush.rs): passes run, passes that waited out the coalescing
+    /// window first, nonblocking `sendmsg` calls made by passes, frames those calls completed,
+    /// and connections handed to the io_uring slow path (partial write or `EAGAIN`).
+    pub flush_passes: Counter,
+    pub flush_windowed_passes: Counter,
+    pub flush_writes: Counter,
+    pub flush_frames: Counter,
+    pub flush_slow_paths: Counter,
 }
 
 impl CoreMetrics {
@@ -187,6 +195,11 @@ impl Metrics {
             cache_entries: self.sum(|c| &c.cache_entries),
             sse_opened: self.sum(|c| &c.sse_opened),
             sse_current: self.sum(|c| &c.sse_current),
+            flush_passes: self.sum(|c| &c.flush_passes),
+            flush_windowed_passes: self.sum(|c| &c.flush_windowed_passes),
+            flush_writes: self.sum(|c| &c.flush_writes),
+            flush_frames: self.sum(|c| &c.flush_frames),
+            flush_slow_paths: self.sum(|c| &c.flush_slow_paths),
         }
     }
 }
@@ -222,6 +235,13 @@ pub struct MetricsSnapshot {
     /// SSE streams opened, and open now (all cores; included in the connection counts).
     pub sse_opened: u64,
     pub sse_current: u64,
+    /// Flush passes run, passes that waited out the coalescing window, `sendmsg` calls and
+    /// frames written by passes, connections handed to the slow path (all cores).
+    pub flush_passes: u64,
+    pub flush_windowed_passes: u64,
+    pub flush_writes: u64,
+    pub flush_frames: u64,
+    pub flush_slow_paths: u64,
 }
 
 impl MetricsSnapshot {

@@ -291,6 +291,7 @@ async fn worker_main(
 ) {
     monoio::spawn(core.clone().drain_loop());
     monoio::spawn(core.clone().tick_loop());
+    monoio::spawn(crate::flush::flush_loop(core.clone()));
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {

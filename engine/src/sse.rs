@@ -43,7 +43,7 @@ use ringcast_protocol::{close, jwt, ws, ChannelKind, ChannelName};
 use serde_json::{json, Value};
 
 use crate::admission::origin_allowed;
-use crate::conn::{cleanup, start_subscription, write_loop, Conn};
+use crate::conn::{cleanup, start_subscription, Conn};
 use crate::core::Core;
 use crate::metrics::CloseReason;
 use crate::msg::{AppIdx, ChanKey, Replay, Resume};
@@ -383,7 +383,7 @@ pub(crate) async fn run(core: Rc<Core>, req: SseRequest, stream: ClientStream) {
     }
     core.flush();
     let (mut reader, writer) = stream.into_split();
-    let writer_task = monoio::spawn(write_loop(core.clone(), conn.clone(), writer));
+    crate::flush::attach(&core, &conn, writer);
     // The client sends nothing after its request: read (and drop) until it hangs up, which
     // is how a closed EventSource shows. The writer ends the socket when the server closes.
     let mut buf = Vec::with_capacity(64);
@@ -410,7 +410,7 @@ pub(crate) async fn run(core: Rc<Core>, req: SseRequest, stream: ClientStream) {
     if !conn.is_closing() {
         conn.close(close::NORMAL, "", CloseReason::ClientClosed);
     }
-    let _ = writer_task.await;
+    crate::flush::finish(&core, &conn).await;
     cleanup(&core, &conn);
     let m = core.metrics();
     m.sse_current.set(m.sse_current.get().saturating_sub(1));

@@ -707,6 +707,12 @@ pub(crate) enum ConnWriter {
 }
 
 impl ConnWriter {
+    /// TLS: the connection must encrypt what it sends, so it keeps a writer task of its own.
+    #[inline]
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ConnWriter::Tls(_))
+    }
+
     /// Writes a whole vectored batch of `total` bytes. Plaintext: `writev` until done. TLS:
     /// each frame is encrypted into the session's records (no re-serialisation), flushed as
     /// the session's send buffer fills and at the end.

@@ -1,0 +1,658 @@
+//! The write side of plaintext connections: one flush pass per core instead of one writer task
+//! per connection.
+//!
+//! `Conn::push` / `Conn::close` put a connection on its core's dirty list once
+//! ([`mark`]; `WState::Idle` -> `Queued`), with no wake-up per connection. The core's
+//! [`flush_loop`] task runs passes: a pass takes the whole dirty list and, for each connection,
+//! [`flush_direct`] makes one nonblocking `sendmsg` (`MSG_DONTWAIT | MSG_NOSIGNAL`) whose iovec
+//! holds every due frame (the shared `Bytes`, never copied) and, once every frame is in, the
+//! close frame.
+//!
+//! - Complete: done; the queue's vector is released, so an idle connection holds no queue heap.
+//! - Partial write or `EAGAIN`: the written prefix is dropped (a partly written frame is cut
+//!   with `Bytes::advance`, a reference, not a copy) and the connection goes to the slow path
+//!   ([`start_slow_path`]): a task runs the io_uring writer (`conn::write_loop`) until the queue
+//!   is empty, then hands the writing half back and the connection returns to the pass model.
+//!   While it runs, the slow-consumer policy applies exactly as before: the byte budget
+//!   (`Conn::push`, 4100 `slow_consumer_budget`), the write deadline (`write_started`, enforced
+//!   by the core's sweep, `slow_consumer_deadline`).
+//! - Close: the close frame goes last in the same `sendmsg` as the frames before it
+//!   (close-after-flush), or, if the socket is full, after them on the slow path; then the
+//!   socket is shut down, which ends the reader, which runs [`finish`].
+//!
+//! TLS connections keep a writer task for their whole life (they encrypt per connection).
+//!
+//! **The coalescing window** ([`coalescing_window`]): a pass runs at once after a quiet period
+//! (no added latency for a lightly loaded core); only while passes back up does the next pass
+//! first wait `flush_window_us`, so that more events share one write per socket.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use monoio::task::JoinHandle;
+
+use crate::conn::{write_loop, Conn, Frames, MAX_IOV};
+use crate::core::Core;
+use crate::metrics::CloseReason;
+use crate::tls::ConnWriter;
+
+/// Who writes a connection's queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WState {
+    /// The flush pass's, nothing due.
+    Idle,
+    /// The flush pass's, on the core's dirty list.
+    Queued,
+    /// A writer task's (TLS, the slow path, the connection's end; before `attach`): `push`
+    /// wakes it.
+    Task,
+}
+
+/// Where a connection's writing half is.
+pub(crate) enum Writer {
+    /// Not attached yet, or the connection is over.
+    None,
+    /// With the connection (the flush pass writes through the fd).
+    Here(ConnWriter),
+    /// Held by a writer task (TLS, slow path), which puts it back when it is done.
+    Away(JoinHandle<()>),
+}
+
+/// A core's dirty list: ids of connections with output due. One per worker thread (a core
+/// is one thread), so `Conn::push` reaches it without a pointer in every connection.
+struct FlushQueue {
+    dirty: RefCell<Vec<u64>>,
+    /// The flush loop, parked on an empty list.
+    waker: Cell<Option<Waker>>,
+}
+
+thread_local! {
+    static QUEUE: FlushQueue = const {
+        FlushQueue {
+            dirty: RefCell::new(Vec::new()),
+            waker: Cell::new(None),
+        }
+    };
+}
+
+/// Puts a connection on its core's dirty list (once: the caller moved it `Idle` -> `Queued`).
+/// Wakes the flush loop only when the list was empty: one wake-up per pass.
+pub(crate) fn mark(id: u64) {
+    QUEUE.with(|q| {
+        let mut d = q.dirty.borrow_mut();
+        d.push(id);
+        if d.len() == 1 {
+            drop(d);
+            if let Some(w) = q.waker.take() {
+                w.wake();
+            }
+        }
+    });
+}
+
+/// The wait before a pass.
+///
+/// - `max`: `flush_window_us` (zero disables the window);
+/// - `last_pass`: how long the previous pass took;
+/// - `quiet`: from the end of the previous pass until this pass's work woke the flush loop.
+///
+/// The rule: passes are *backing up* when the previous pass took at least `max` and the core
+/// then stayed quiet for less time than that pass took (it spends more than half its time
+/// flushing). Only then does the next pass wait `max`; otherwise it runs at once. So a core
+/// that is idle between events never delays them, and a saturated one trades at most `max`
+/// of latency per pass for several frames per write.
+pub(crate) fn coalescing_window(max: Duration, last_pass: Duration, quiet: Duration) -> Duration {
+    if !max.is_zero() && last_pass >= max && quiet < last_pass {
+        max
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// Hands a new connection's writing half to the write side: plaintext to the flush pass (the
+/// half stays with the connection), TLS to a writer task of its own. Output queued before
+/// (an SSE response head) is flushed.
+pub(crate) fn attach(core: &Rc<Core>, conn: &Rc<Conn>, w: ConnWriter) {
+    if w.is_tls() {
+        conn.wstate.set(WState::Task);
+        let task = monoio::spawn(writer_task(core.clone(), conn.clone(), w));
+        *conn.writer.borrow_mut() = Writer::Away(task);
+        return;
+    }
+    *conn.writer.borrow_mut() = Writer::Here(w);
+    conn.wstate.set(WState::Idle);
+    let due = {
+        let out = conn.out.borrow();
+        !out.frames.is_empty() || out.closing.is_some()
+    };
+    if due {
+        conn.notify();
+    }
+}
+
+/// A TLS connection's writer, for the connection's life.
+async fn writer_task(core: Rc<Core>, conn: Rc<Conn>, w: ConnWriter) {
+    let _ = write_loop(core, conn, w, false).await;
+}
+
+/// The connection's end (its reader has stopped and asked for the close): takes the writing
+/// half back from any writer task, then sends what is left and the close frame with the
+/// io_uring writer (deadlines as ever), and returns when the socket is done.
+pub(crate) async fn finish(core: &Rc<Core>, conn: &Rc<Conn>) {
+    loop {
+        let slot = std::mem::replace(&mut *conn.writer.borrow_mut(), Writer::None);
+        match slot {
+            // It returns the half (queue drained) or ends the connection itself.
+            Writer::Away(task) => task.await,
+            Writer::Here(w) => {
+                conn.wstate.set(WState::Task);
+                let _ = write_loop(core.clone(), conn.clone(), w, false).await;
+                return;
+            }
+            Writer::None => return,
+        }
+    }
+}
+
+/// The core's flush task: waits for a dirty connection, applies the coalescing window, runs a
+/// pass.
+pub(crate) async fn flush_loop(core: Rc<Core>) {
+    let max = core.shared.config.flush_window;
+    let mut pass = Pass::default();
+    let mut last_pass = Duration::ZERO;
+    let mut last_end = core.shared.now();
+    loop {
+        std::future::poll_fn(|cx| {
+            QUEUE.with(|q| {
+                if q.dirty.borrow().is_empty() {
+                    q.waker.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+        })
+        .await;
+        let woke = core.shared.now();
+        let window = coalescing_window(max, last_pass, woke.saturating_duration_since(last_end));
+        if !window.is_zero() {
+            core.metrics().flush_windowed_passes.inc();
+            monoio::time::sleep(window).await;
+        }
+        let start: Instant = core.shared.now();
+        pass.run(&core);
+        let end = core.shared.now();
+        last_pass = end.saturating_duration_since(start);
+        last_end = end;
+    }
+}
+
+/// A pass's scratch, reused: the dirty ids taken from the list, and the iovec of the write
+/// being made (emptied after every write, so no pointer outlives its frame).
+#[derive(Default)]
+struct Pass {
+    ids: Vec<u64>,
+    iov: Vec<libc::iovec>,
+}
+
+impl Pass {
+    fn run(&mut self, core: &Rc<Core>) {
+        QUEUE.with(|q| std::mem::swap(&mut *q.dirty.borrow_mut(), &mut self.ids));
+        core.metrics().flush_passes.inc();
+        for id in self.ids.drain(..) {
+            let Some(conn) = core.conns.borrow().get(&id).cloned() else {
+                continue;
+            };
+            // A writer task may have taken it since it was marked (slow path, the end).
+            if conn.wstate.get() != WState::Queued {
+                continue;
+            }
+            conn.wstate.set(WState::Idle);
+            flush_direct(core, &conn, &mut self.iov);
+        }
+    }
+}
+
+/// What one direct write did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Direct {
+    /// Nothing was due (or the connection is over).
+    Nothing,
+    /// Every frame taken went out; `more`: the queue held more than one write's worth.
+    Complete {
+        frames: usize,
+        bytes: usize,
+        more: bool,
+    },
+    /// The frames and the close frame went out: the connection is done.
+    Closed { frames: usize, bytes: usize },
+    /// The socket took a prefix (possibly nothing: `EAGAIN`); the rest stays queued in order.
+    Partial { frames: usize, bytes: usize },
+    /// The write failed: the connection is done (`io_error`).
+    Failed,
+}
+
+/// One write of everything due on `conn`, through `send` (a nonblocking `sendmsg` in the
+/// engine; a fake in the tests). Updates the queue, the byte count and the close state; the
+/// caller acts on the result (metrics, slow path, socket shutdown).
+pub(crate) fn write_due(
+    conn: &Conn,
+    iov: &mut Vec<libc::iovec>,
+    send: impl FnOnce(&[libc::iovec]) -> io::Result<usize>,
+) -> Direct {
+    let mut out = conn.out.borrow_mut();
+    if out.done {
+        return Direct::Nothing;
+    }
+    // One iovec is kept for the close frame.
+    let take = out.frames.len().min(MAX_IOV - 1);
+    let closing_now = take == out.frames.len() && out.closing.is_some();
+    let close = match &out.closing {
+        Some(c) if closing_now && !c.framed => Some(conn.close_bytes(c.code, &c.reason)),
+        _ => None,
+    };
+    if take == 0 && !closing_now {
+        return Direct::Nothing;
+    }
+    iov.clear();
+    let mut frame_bytes = 0;
+    for f in out.frames[..take].iter().chain(close.as_ref()) {
+        iov.push(libc::iovec {
+            iov_base: f.as_ptr() as *mut libc::c_void,
+            iov_len: f.len(),
+        });
+        frame_bytes += f.len();
+    }
+    let total = frame_bytes;
+    let frame_bytes = frame_bytes - close.as_ref().map_or(0, Bytes::len);
+    let res = if total == 0 { Ok(0) } else { send(iov) };
+    iov.clear();
+    let written = match res {
+        Ok(n) => n,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            0
+        }
+        Err(_) => {
+            out.done = true;
+            out.frames = Frames::new();
+            out.bytes = 0;
+            drop(out);
+            conn.set_end_reason(CloseReason::IoError);
+            return Direct::Failed;
+        }
+    };
+    if written >= total {
+        out.frames.drain(..take);
+        out.bytes = out.bytes.saturating_sub(frame_bytes);
+        if closing_now {
+            let why = out
+                .closing
+                .as_ref()
+                .map_or(CloseReason::ClientClosed, |c| c.why);
+            out.done = true;
+            out.frames = Frames::new();
+            drop(out);
+            conn.set_end_reason(why);
+            return Direct::Closed {
+                frames: take,
+                bytes: frame_bytes,
+            };
+        }
+        let more = !out.frames.is_empty();
+        if !more {
+            // An idle connection holds no queue vector.
+            out.frames = Frames::new();
+        }
+        return Direct::Complete {
+            frames: take,
+            bytes: frame_bytes,
+            more,
+        };
+    }
+    // Partial (or nothing): drop what went out, keep the rest in order.
+    let mut left = written;
+    let mut whole = 0;
+    while whole < take && left >= out.frames[whole].len() {
+        left -= out.frames[whole].len();
+        whole += 1;
+    }
+    let mut bytes = written;
+    if whole < take {
+        if left > 0 {
+            out.frames[whole].advance(left);
+        }
+    } else if let Some(mut c) = close {
+        // Every frame went out and part of the close frame: its rest is queued as a frame,
+        // and the writer must not send the close frame again.
+        if left > 0 {
+            c.advance(left);
+            bytes -= left;
+            out.frames.push(c);
+            if let Some(cl) = out.closing.as_mut() {
+                cl.framed = true;
+            }
+        }
+    }
+    out.frames.drain(..whole);
+    out.bytes = out.bytes.saturating_sub(bytes);
+    Direct::Partial {
+        frames: whole,
+        bytes,
+    }
+}
+
+/// One nonblocking `sendmsg` of `iov` on `fd`.
+fn sendmsg(fd: std::os::fd::RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid (no name, no control data); the iovec pointer and
+    // count come from a live slice whose entries point into `Bytes` the caller's queue holds
+    // for the duration of this call, and sendmsg only reads them.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One pass's write for one connection, and what follows from it.
+pub(crate) fn flush_direct(core: &Rc<Core>, conn: &Rc<Conn>, iov: &mut Vec<libc::iovec>) {
+    let fd = conn.fd;
+    let r = write_due(conn, iov, |v| sendmsg(fd, v));
+    let m = core.metrics();
+    let (frames, bytes) = match r {
+        Direct::Nothing => return,
+        Direct::Complete { frames, bytes, .. }
+        | Direct::Closed { frames, bytes }
+        | Direct::Partial { frames, bytes } => (frames as u64, bytes as u64),
+        Direct::Failed => (0, 0),
+    };
+    m.flush_writes.inc();
+    m.flush_frames.add(frames);
+    m.messages_out.add(frames);
+    m.bytes_out.add(bytes);
+    match r {
+        // More than one write's worth: the rest goes in the next pass.
+        Direct::Complete { more: true, .. } => conn.notify(),
+        // Wakes the reader, which ends the connection (`finish`, `cleanup`).
+        Direct::Closed { .. } | Direct::Failed => conn.shutdown_socket(),
+        Direct::Partial { .. } => start_slow_path(core, conn),
+        _ => {}
+    }
+}
+
+/// The socket is full: a task takes the writing half and runs the io_uring writer until the
+/// queue is empty (or the connection ends), then gives it back to the pass model.
+pub(crate) fn start_slow_path(core: &Rc<Core>, conn: &Rc<Conn>) {
+    let w = match std::mem::replace(&mut *conn.writer.borrow_mut(), Writer::None) {
+        Writer::Here(w) => w,
+        other => {
+            // Already with a task (cannot happen for a connection in the pass model).
+            *conn.writer.borrow_mut() = other;
+            return;
+        }
+    };
+    conn.wstate.set(WState::Task);
+    core.metrics().flush_slow_paths.inc();
+    let task = monoio::spawn(slow_path(core.clone(), conn.clone(), w));
+    *conn.writer.borrow_mut() = Writer::Away(task);
+}
+
+async fn slow_path(core: Rc<Core>, conn: Rc<Conn>, w: ConnWriter) {
+    if let Some(w) = write_loop(core, conn.clone(), w, true).await {
+        // Drained: back to the pass model, without the writer's vectors.
+        *conn.writer.borrow_mut() = Writer::Here(w);
+        conn.out.borrow_mut().frames = Frames::new();
+        conn.wstate.set(WState::Idle);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringcast_protocol::{close, ws, SocketId};
+
+    /// A socket-less connection in the pass model.
+    fn conn() -> Conn {
+        let c = Conn::detached(1, SocketId::new(1, 1), 0, 1 << 20);
+        c.wstate.set(WState::Idle);
+        c
+    }
+
+    fn frame(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    /// The bytes an iovec points at.
+    fn gather(iov: &[libc::iovec]) -> Vec<u8> {
+        iov.iter()
+            .flat_map(|v| {
+                // SAFETY: the iovecs point into `Bytes` the queue holds during the send call.
+                unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) }
+            })
+            .copied()
+            .collect()
+    }
+
+    fn queued_bytes(c: &Conn) -> Vec<u8> {
+        c.out
+            .borrow()
+            .frames
+            .iter()
+            .flat_map(|f| f.to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn push_marks_a_connection_dirty_once() {
+        let c = conn();
+        c.push(frame("a"));
+        assert_eq!(c.wstate.get(), WState::Queued);
+        c.push(frame("b"));
+        let ids = QUEUE.with(|q| std::mem::take(&mut *q.dirty.borrow_mut()));
+        assert_eq!(ids, vec![1], "one entry for two frames");
+    }
+
+    #[test]
+    fn a_pass_writes_every_due_frame_in_one_write_and_releases_the_queue() {
+        let c = conn();
+        for f in ["one", "two", "three"] {
+            c.push(frame(f));
+        }
+        let mut iov = Vec::new();
+        let mut calls = 0;
+        let r = write_due(&c, &mut iov, |v| {
+            calls += 1;
+            assert_eq!(v.len(), 3);
+            assert_eq!(gather(v), b"onetwothree");
+            Ok(11)
+        });
+        assert_eq!(calls, 1);
+        assert_eq!(
+            r,
+            Direct::Complete {
+                frames: 3,
+                bytes: 11,
+                more: false
+            }
+        );
+        let out = c.out.borrow();
+        assert!(out.frames.is_empty());
+        assert!(
+            !out.frames.spilled(),
+            "an idle connection holds no queue heap"
+        );
+        assert_eq!(out.bytes, 0);
+        assert!(iov.is_empty(), "no pointer outlives the write");
+    }
+
+    #[test]
+    fn a_partial_write_keeps_the_rest_in_order() {
+        let c = conn();
+        for f in ["alpha", "beta", "gamma"] {
+            c.push(frame(f));
+        }
+        let mut iov = Vec::new();
+        // 5 + 2: "alpha" and "be" went out.
+        let r = write_due(&c, &mut iov, |_| Ok(7));
+        assert_eq!(
+            r,
+            Direct::Partial {
+                frames: 1,
+                bytes: 7
+            }
+        );
+        assert_eq!(queued_bytes(&c), b"tagamma");
+        assert_eq!(c.out.borrow().bytes, 7);
+        // EAGAIN: nothing went out, nothing is lost.
+        let r = write_due(&c, &mut iov, |_| {
+            Err(io::Error::from(io::ErrorKind::WouldBlock))
+        });
+        assert_eq!(
+            r,
+            Direct::Partial {
+                frames: 0,
+                bytes: 0
+            }
+        );
+        assert_eq!(queued_bytes(&c), b"tagamma");
+        // The rest goes out in one write, from where it stopped.
+        let r = write_due(&c, &mut iov, |v| {
+            assert_eq!(gather(v), b"tagamma");
+            Ok(7)
+        });
+        assert!(matches!(r, Direct::Complete { frames: 2, .. }), "{r:?}");
+    }
+
+    #[test]
+    fn close_goes_out_after_every_queued_frame_in_the_same_write() {
+        let c = conn();
+        c.push(frame("last-event"));
+        c.close(close::RECONNECT, "bye", CloseReason::Shutdown);
+        // Nothing is queued after the close.
+        c.push(frame("too-late"));
+        let mut iov = Vec::new();
+        let expect = [
+            &b"last-event"[..],
+            &ws::close_frame(close::RECONNECT, "bye"),
+        ]
+        .concat();
+        let r = write_due(&c, &mut iov, |v| {
+            assert_eq!(v.len(), 2);
+            assert_eq!(gather(v), expect);
+            Ok(expect.len())
+        });
+        assert_eq!(
+            r,
+            Direct::Closed {
+                frames: 1,
+                bytes: 10
+            }
+        );
+        assert!(c.out.borrow().done);
+        assert_eq!(c.end_reason(), Some(CloseReason::Shutdown));
+        assert_eq!(
+            write_due(&c, &mut iov, |_| panic!("no write")),
+            Direct::Nothing
+        );
+    }
+
+    #[test]
+    fn a_close_frame_written_in_part_is_finished_not_resent() {
+        let c = conn();
+        c.push(frame("ab"));
+        c.close(
+            close::SLOW_CONSUMER,
+            "slow",
+            CloseReason::SlowConsumerDeadline,
+        );
+        let cf = ws::close_frame(close::SLOW_CONSUMER, "slow");
+        let mut iov = Vec::new();
+        let r = write_due(&c, &mut iov, |_| Ok(3));
+        assert_eq!(
+            r,
+            Direct::Partial {
+                frames: 1,
+                bytes: 2
+            }
+        );
+        assert_eq!(queued_bytes(&c), &cf[1..]);
+        assert!(c.out.borrow().closing.as_ref().unwrap().framed);
+        // The next write sends only the rest of the close frame, then the connection is done.
+        let r = write_due(&c, &mut iov, |v| {
+            assert_eq!(gather(v), &cf[1..]);
+            Ok(cf.len() - 1)
+        });
+        assert!(matches!(r, Direct::Closed { .. }), "{r:?}");
+        assert!(c.out.borrow().done);
+    }
+
+    #[test]
+    fn a_failed_write_ends_the_connection_as_an_io_error() {
+        let c = conn();
+        c.push(frame("x"));
+        let mut iov = Vec::new();
+        let r = write_due(&c, &mut iov, |_| {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        });
+        assert_eq!(r, Direct::Failed);
+        assert!(c.out.borrow().done);
+        assert_eq!(c.end_reason(), Some(CloseReason::IoError));
+    }
+
+    #[test]
+    fn more_than_one_writes_worth_is_left_for_the_next_pass() {
+        let c = conn();
+        for _ in 0..MAX_IOV + 10 {
+            c.push(frame("f"));
+        }
+        let mut iov = Vec::new();
+        let r = write_due(&c, &mut iov, |v| Ok(v.len()));
+        assert_eq!(
+            r,
+            Direct::Complete {
+                frames: MAX_IOV - 1,
+                bytes: MAX_IOV - 1,
+                more: true
+            }
+        );
+        assert_eq!(c.out.borrow().frames.len(), 11);
+    }
+
+    #[test]
+    fn the_window_is_zero_when_idle_and_applies_only_while_passes_back_up() {
+        let ms = Duration::from_millis;
+        let max = ms(1);
+        // Idle core: a short pass, or a long quiet period after a long one.
+        assert_eq!(
+            coalescing_window(max, Duration::ZERO, ms(0)),
+            Duration::ZERO
+        );
+        assert_eq!(coalescing_window(max, ms(4), ms(6)), Duration::ZERO);
+        assert_eq!(
+            coalescing_window(max, Duration::from_micros(900), ms(0)),
+            Duration::ZERO
+        );
+        // Backing up: the pass took at least the window and the quiet was shorter than it.
+        assert_eq!(coalescing_window(max, ms(4), ms(1)), max);
+        assert_eq!(coalescing_window(max, ms(40), Duration::ZERO), max);
+        // Disabled.
+        assert_eq!(
+            coalescing_window(Duration::ZERO, ms(40), Duration::ZERO),
+            Duration::ZERO
+        );
+    }
+}
