@@ -452,7 +452,7 @@ pub fn render(m: &MetricsSnapshot, stats: &Stats, rest: &RestMetrics, app_ids: &
         ),
         (
             "ringcast_flush_frames_total",
-            "Frames (and close frames) written completely by flush passes.",
+            "Frames written completely by flush passes (frames / writes = the coalescing achieved).",
             m.flush_frames,
         ),
         (
