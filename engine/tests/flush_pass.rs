@@ -32,7 +32,11 @@ fn publish_seq(s: &Server, channel: &str, from: usize, to: usize, pad: &str) {
 fn seq_of(m: &Value) -> usize {
     assert_eq!(m["event"], "seq", "{m}");
     let d = m["data"].as_str().expect("data is a string");
-    d.split(' ').next().unwrap().parse().expect("a sequence number")
+    d.split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a sequence number")
 }
 
 #[test]
@@ -136,7 +140,11 @@ fn a_subscriber_that_stops_reading_is_cut_off_and_the_others_get_everything() {
     }))
     .expect("publish");
     for r in readers {
-        assert_eq!(r.join().unwrap(), published, "every event reached every fast subscriber");
+        assert_eq!(
+            r.join().unwrap(),
+            published,
+            "every event reached every fast subscriber"
+        );
     }
     // The slow subscriber got a gap-free prefix, then its connection ended.
     let mut next = 0;
@@ -157,7 +165,10 @@ fn a_subscriber_that_stops_reading_is_cut_off_and_the_others_get_everything() {
             Err(_) => break,
         }
     }
-    assert!(next < published, "the slow subscriber did not get everything");
+    assert!(
+        next < published,
+        "the slow subscriber did not get everything"
+    );
 }
 
 #[test]
