@@ -110,7 +110,8 @@ pub(crate) type Frames = smallvec::SmallVec<[Bytes; 1]>;
 pub(crate) struct Outbound {
     pub(crate) frames: Frames,
     pub(crate) bytes: usize,
-    pub(crate) closing: Option<Closing>,
+    /// Boxed: a connection closes once, and an open one should not carry the close's fields.
+    pub(crate) closing: Option<Box<Closing>>,
     /// The close frame went out (or the socket died): nothing more is queued.
     pub(crate) done: bool,
 }
@@ -132,7 +133,7 @@ pub(crate) struct Conn {
     /// Who writes the queue now: the flush pass (idle or queued) or a writer task.
     pub(crate) wstate: Cell<crate::flush::WState>,
     /// The socket's writing half, or the writer task holding it (crate::flush).
-    pub(crate) writer: RefCell<crate::flush::Writer>,
+    pub(crate) writer: Cell<crate::flush::Writer>,
     /// When the writer's current `writev` started (None when idle): the core's sweep enforces
     /// the write deadline on it.
     pub write_started: Cell<Option<Instant>>,
@@ -158,12 +159,12 @@ impl Conn {
         if out.bytes > self.budget {
             out.frames.clear();
             out.bytes = 0;
-            out.closing = Some(Closing {
+            out.closing = Some(Box::new(Closing {
                 code: close::SLOW_CONSUMER,
                 reason: "Slow consumer: outbound buffer limit exceeded".into(),
                 why: CloseReason::SlowConsumerBudget,
                 framed: false,
-            });
+            }));
             drop(out);
             self.set_end_reason(CloseReason::SlowConsumerBudget);
             if self.write_started.get().is_some() {
@@ -187,12 +188,12 @@ impl Conn {
         if out.closing.is_some() || out.done {
             return;
         }
-        out.closing = Some(Closing {
+        out.closing = Some(Box::new(Closing {
             code,
             reason: reason.into(),
             why,
             framed: false,
-        });
+        }));
         drop(out);
         self.notify();
     }
@@ -272,7 +273,7 @@ impl Conn {
             out: RefCell::new(Outbound::default()),
             writer_waker: Cell::new(None),
             wstate: Cell::new(crate::flush::WState::Task),
-            writer: RefCell::new(crate::flush::Writer::None),
+            writer: Cell::new(crate::flush::Writer::None),
             write_started: Cell::new(None),
             last_read: Cell::new(core.shared.now()),
             ping_sent: Cell::new(None),
@@ -297,7 +298,7 @@ impl Conn {
             out: RefCell::new(Outbound::default()),
             writer_waker: Cell::new(Some(Waker::noop().clone())),
             wstate: Cell::new(crate::flush::WState::Task),
-            writer: RefCell::new(crate::flush::Writer::None),
+            writer: Cell::new(crate::flush::Writer::None),
             write_started: Cell::new(None),
             last_read: Cell::new(Instant::now()),
             ping_sent: Cell::new(None),
@@ -947,7 +948,7 @@ async fn run(
         out: RefCell::new(Outbound::default()),
         writer_waker: Cell::new(None),
         wstate: Cell::new(crate::flush::WState::Task),
-        writer: RefCell::new(crate::flush::Writer::None),
+        writer: Cell::new(crate::flush::Writer::None),
         write_started: Cell::new(None),
         last_read: Cell::new(core.shared.now()),
         ping_sent: Cell::new(None),

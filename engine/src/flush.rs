@@ -120,10 +120,10 @@ pub(crate) fn attach(core: &Rc<Core>, conn: &Rc<Conn>, w: ConnWriter) {
     if w.is_tls() {
         conn.wstate.set(WState::Task);
         let task = monoio::spawn(writer_task(core.clone(), conn.clone(), w));
-        *conn.writer.borrow_mut() = Writer::Away(task);
+        conn.writer.set(Writer::Away(task));
         return;
     }
-    *conn.writer.borrow_mut() = Writer::Here(w);
+    conn.writer.set(Writer::Here(w));
     conn.wstate.set(WState::Idle);
     let due = {
         let out = conn.out.borrow();
@@ -144,7 +144,7 @@ async fn writer_task(core: Rc<Core>, conn: Rc<Conn>, w: ConnWriter) {
 /// io_uring writer (deadlines as ever), and returns when the socket is done.
 pub(crate) async fn finish(core: &Rc<Core>, conn: &Rc<Conn>) {
     loop {
-        let slot = std::mem::replace(&mut *conn.writer.borrow_mut(), Writer::None);
+        let slot = conn.writer.replace(Writer::None);
         match slot {
             // It returns the half (queue drained) or ends the connection itself.
             Writer::Away(task) => task.await,
@@ -397,24 +397,24 @@ pub(crate) fn flush_direct(core: &Rc<Core>, conn: &Rc<Conn>, iov: &mut Vec<libc:
 /// The socket is full: a task takes the writing half and runs the io_uring writer until the
 /// queue is empty (or the connection ends), then gives it back to the pass model.
 pub(crate) fn start_slow_path(core: &Rc<Core>, conn: &Rc<Conn>) {
-    let w = match std::mem::replace(&mut *conn.writer.borrow_mut(), Writer::None) {
+    let w = match conn.writer.replace(Writer::None) {
         Writer::Here(w) => w,
         other => {
             // Already with a task (cannot happen for a connection in the pass model).
-            *conn.writer.borrow_mut() = other;
+            conn.writer.set(other);
             return;
         }
     };
     conn.wstate.set(WState::Task);
     core.metrics().flush_slow_paths.inc();
     let task = monoio::spawn(slow_path(core.clone(), conn.clone(), w));
-    *conn.writer.borrow_mut() = Writer::Away(task);
+    conn.writer.set(Writer::Away(task));
 }
 
 async fn slow_path(core: Rc<Core>, conn: Rc<Conn>, w: ConnWriter) {
     if let Some(w) = write_loop(core, conn.clone(), w, true).await {
         // Drained: back to the pass model, without the writer's vectors.
-        *conn.writer.borrow_mut() = Writer::Here(w);
+        conn.writer.set(Writer::Here(w));
         conn.out.borrow_mut().frames = Frames::new();
         conn.wstate.set(WState::Idle);
     }
