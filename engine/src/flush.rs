@@ -150,7 +150,9 @@ pub(crate) async fn finish(core: &Rc<Core>, conn: &Rc<Conn>) {
             Writer::Away(task) => task.await,
             Writer::Here(w) => {
                 conn.wstate.set(WState::Task);
-                let _ = write_loop(core.clone(), conn.clone(), w, false).await;
+                // Boxed: the writer's state lives only while the connection ends, instead of
+                // widening every connection's task by it for the connection's life.
+                let _ = Box::pin(write_loop(core.clone(), conn.clone(), w, false)).await;
                 return;
             }
             Writer::None => return,
