@@ -657,4 +657,109 @@ mod tests {
             Duration::ZERO
         );
     }
+
+    /// A real core (one, no peers) for the socket test below.
+    fn test_core() -> Rc<Core> {
+        use crate::config::{defaults, RawConfig};
+        use crate::mesh::{self, MeshShared};
+        use crate::shared::{Placement, Shared};
+        use std::sync::Arc;
+        let config = RawConfig::default().resolve(1).expect("defaults resolve");
+        let mesh_shared = Arc::new(MeshShared::new(1, defaults::INJECT_QUEUE_CAPACITY));
+        let (tx, rx) = mesh::build(1, 16, 16, mesh_shared.clone())
+            .pop()
+            .expect("one core's mesh ends");
+        let shared = Arc::new(Shared::new(
+            config,
+            mesh_shared,
+            None,
+            Placement::with_key([1, 2, 3, 4]),
+        ));
+        Rc::new(Core::new(0, shared, tx, rx, 1))
+    }
+
+    #[test]
+    fn a_full_socket_goes_to_the_slow_path_and_comes_back_with_order_kept() {
+        use std::io::Read;
+        const FRAMES: usize = 200;
+        const SIZE: usize = 1024;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        client
+            .connect(&listener.local_addr().unwrap().into())
+            .unwrap();
+        let mut client: std::net::TcpStream = client.into();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (server, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        server.set_nonblocking(true).unwrap();
+        // Frame i is SIZE bytes of the byte i % 251.
+        let frames: Vec<Bytes> = (0..FRAMES)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; SIZE]))
+            .collect();
+        let expect: Vec<u8> = frames
+            .iter()
+            .flat_map(|f| f.to_vec())
+            .chain(b"after".iter().copied())
+            .collect();
+        let total = expect.len();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; total];
+            client.read_exact(&mut got).expect("every byte arrives");
+            got
+        });
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let core = test_core();
+            let stream = monoio::net::TcpStream::from_std(server).unwrap();
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            let conn = Rc::new(Conn::new_sse(&core, 0, "k".into(), fd));
+            core.conns.borrow_mut().insert(conn.id, conn.clone());
+            let (_reader, writer) = crate::tls::ClientStream::Plain(stream).into_split();
+            attach(&core, &conn, writer);
+            assert_eq!(conn.wstate.get(), WState::Idle);
+            for f in &frames {
+                conn.push(f.clone());
+            }
+            let mut pass = Pass::default();
+            pass.run(&core);
+            // 200 KiB do not fit a 4 KiB socket: the pass wrote a prefix and handed over.
+            assert_eq!(conn.wstate.get(), WState::Task);
+            assert_eq!(core.metrics().flush_slow_paths.get(), 1);
+            assert!(core.metrics().flush_frames.get() < FRAMES as u64);
+            // The io_uring writer drains the rest as the client reads, then gives the
+            // connection back to the pass model with no queue heap.
+            for _ in 0..10_000 {
+                if conn.wstate.get() == WState::Idle {
+                    break;
+                }
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(conn.wstate.get(), WState::Idle, "the slow path ended");
+            match conn.writer.replace(Writer::None) {
+                Writer::Here(w) => conn.writer.set(Writer::Here(w)),
+                _ => panic!("the writing half is back with the connection"),
+            }
+            assert!(!conn.out.borrow().frames.spilled());
+            assert_eq!(conn.out.borrow().bytes, 0);
+            // Back in the pass model: the next frame goes out in a pass, after the others.
+            conn.push(Bytes::from_static(b"after"));
+            assert_eq!(conn.wstate.get(), WState::Queued);
+            pass.run(&core);
+            assert_eq!(conn.wstate.get(), WState::Idle);
+        });
+        assert!(
+            reader.join().unwrap() == expect,
+            "bytes out of order or lost"
+        );
+    }
 }
