@@ -15,6 +15,7 @@
 
 pub mod clock;
 pub mod compare;
+pub mod epoll_receiver;
 pub mod floor;
 pub mod gen;
 pub mod http;

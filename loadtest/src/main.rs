@@ -11,7 +11,9 @@ use ringcast_loadtest::net::{self, Target};
 use ringcast_loadtest::procfs;
 use ringcast_loadtest::report;
 use ringcast_loadtest::scenario::connect::{self, ConnectPlan};
-use ringcast_loadtest::scenario::fanout::{FanoutPlan, Part, PhaseResult, PublishMode, Session};
+use ringcast_loadtest::scenario::fanout::{
+    FanoutPlan, Part, PhaseResult, PublishMode, ReceiveMode, Session,
+};
 use ringcast_loadtest::scenario::presence::{self, PresencePlan};
 use ringcast_loadtest::scenario::rest::Pipelining;
 use ringcast_loadtest::serverwatch::{self, Sampler};
@@ -198,9 +200,15 @@ struct LoadArgs {
     /// Channel name prefix (default `private-lt-` for client events, `lt-` for REST).
     #[arg(long)]
     channel_prefix: Option<String>,
-    /// Read buffer per connection, bytes.
+    /// Read buffer per connection, bytes (the task receive path and connection setup).
     #[arg(long, default_value_t = 8192)]
     read_buf: usize,
+    /// How subscriber sockets are read. `epoll`: one epoll instance per generator thread,
+    /// `recv` of up to 64 KiB per ready socket into one buffer, frames parsed in place (the
+    /// way the minimal C client of bench/fanfloor reads; least generator CPU per delivery).
+    /// `tasks`: one runtime task per connection. TLS subscribers always use tasks.
+    #[arg(long, value_enum, default_value_t = ReceiveMode::Epoll)]
+    receive: ReceiveMode,
     /// Connection handshakes in flight per generator thread during setup.
     #[arg(long, default_value_t = 64)]
     setup_concurrency: usize,
@@ -249,6 +257,7 @@ impl LoadArgs {
             part: Part::default(),
             max_publish_lag_ms: self.max_publish_lag_ms,
             read_buf: self.read_buf,
+            receive: self.receive,
             setup_concurrency: self.setup_concurrency,
             setup_timeout: Duration::from_secs(c.timeout),
             gen: c.gen()?,

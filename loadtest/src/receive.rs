@@ -43,6 +43,33 @@ impl Default for PingFinder {
     }
 }
 
+/// Records one text message received at `now`: a stamped delivery updates `t`. Returns true
+/// if it was a `pusher:ping` (to be answered with a `pusher:pong`). Shared by both receive
+/// paths (the per-connection tasks and [`crate::epoll_receiver`]), so they count the same.
+#[inline]
+pub fn on_text(
+    text: &[u8],
+    finder: &StampFinder,
+    ping: &PingFinder,
+    now: u64,
+    t: &mut Tally<'_>,
+) -> bool {
+    if let Some(stamp) = finder.find(text) {
+        if stamp.phase != t.phase {
+            *t.stale += 1;
+        } else if stamp.k % t.channels != t.channel {
+            *t.misrouted += 1;
+        } else {
+            t.tracker.record(stamp.k / t.channels);
+            t.lat.record(now, stamp.intended_ns);
+        }
+        *t.delivered += 1;
+        false
+    } else {
+        ping.0.find(text).is_some()
+    }
+}
+
 /// Takes every complete frame buffered in `rd`, received at `now` (one clock reading per
 /// read): records each stamped delivery in `t`.
 pub fn take_frames(
@@ -56,17 +83,7 @@ pub fn take_frames(
     rd.drain(|f| {
         match f {
             Frame::Text(text) => {
-                if let Some(stamp) = finder.find(text) {
-                    if stamp.phase != t.phase {
-                        *t.stale += 1;
-                    } else if stamp.k % t.channels != t.channel {
-                        *t.misrouted += 1;
-                    } else {
-                        t.tracker.record(stamp.k / t.channels);
-                        t.lat.record(now, stamp.intended_ns);
-                    }
-                    *t.delivered += 1;
-                } else if ping.0.find(text).is_some() {
+                if on_text(text, finder, ping, now, t) {
                     c.pusher_ping = true;
                 }
             }

@@ -57,7 +57,13 @@ pub struct TlsState {
     pending: Vec<u8>,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
+    /// Plaintext scratch (initialised once, reused): reads land here and are copied into the
+    /// caller's uninitialised buffer, which is never zeroed.
+    plain: Vec<u8>,
 }
+
+/// Largest plaintext read at once (a TLS record holds at most 16 KiB).
+const MAX_PLAIN: usize = 64 * 1024;
 
 fn feed(
     session: &RefCell<ClientConnection>,
@@ -110,7 +116,25 @@ impl TlsState {
             pending: Vec::new(),
             rbuf: Vec::new(),
             wbuf: Vec::new(),
+            plain: Vec::new(),
         }
+    }
+
+    /// Reads up to `want` plaintext bytes into the scratch buffer (grown, and so zeroed, only
+    /// when a larger read than ever before is asked for). The bytes are `self.plain[..n]`.
+    async fn read_scratch<R: AsyncReadRent>(
+        &mut self,
+        r: &mut R,
+        want: usize,
+    ) -> io::Result<usize> {
+        let want = want.min(MAX_PLAIN);
+        let mut scratch = std::mem::take(&mut self.plain);
+        if scratch.len() < want {
+            scratch.resize(want, 0);
+        }
+        let res = self.read_plain(r, &mut scratch[..want]).await;
+        self.plain = scratch;
+        res
     }
 
     async fn read_plain<R: AsyncReadRent>(
@@ -265,17 +289,18 @@ async fn read_into<R: AsyncReadRent, T: IoBufMut>(
     mut buf: T,
 ) -> BufResult<usize, T> {
     let total = buf.bytes_total();
-    let ptr = buf.write_ptr();
-    // SAFETY: `ptr` points to `total` writable bytes owned by `buf`, held until the slice's
-    // last use; zeroing them first makes them initialised.
-    let out = unsafe {
-        std::ptr::write_bytes(ptr, 0, total);
-        std::slice::from_raw_parts_mut(ptr, total)
-    };
-    let res = tls.read_plain(r, out).await;
+    if total == 0 {
+        return (Ok(0), buf);
+    }
+    let res = tls.read_scratch(r, total).await;
     if let Ok(n) = res {
-        // SAFETY: `read_plain` wrote `n <= total` bytes at the start of the buffer.
-        unsafe { buf.set_init(n) };
+        // SAFETY: `write_ptr()` names `total >= n` writable bytes owned by `buf`; the scratch
+        // holds `n` initialised bytes and is a different allocation. After the copy the first
+        // `n` bytes are initialised.
+        unsafe {
+            std::ptr::copy_nonoverlapping(tls.plain.as_ptr(), buf.write_ptr(), n);
+            buf.set_init(n);
+        }
     }
     (res, buf)
 }
@@ -288,17 +313,17 @@ async fn readv_into<R: AsyncReadRent, T: IoVecBufMut>(
     if buf.write_iovec_len() == 0 {
         return (Ok(0), buf);
     }
-    // SAFETY: `write_iovec_len() > 0` valid iovecs at `write_iovec_ptr()`; the first names
-    // `iov_len` writable bytes owned by `buf`, held until the slice's last use.
-    let out = unsafe {
-        let iov = *buf.write_iovec_ptr();
-        std::ptr::write_bytes(iov.iov_base as *mut u8, 0, iov.iov_len);
-        std::slice::from_raw_parts_mut(iov.iov_base as *mut u8, iov.iov_len)
-    };
-    let res = tls.read_plain(r, out).await;
+    // SAFETY: `write_iovec_len() > 0` valid iovecs at `write_iovec_ptr()`.
+    let want = unsafe { (*buf.write_iovec_ptr()).iov_len };
+    let res = tls.read_scratch(r, want).await;
     if let Ok(n) = res {
-        // SAFETY: `n` bytes were written at the start of the first iovec.
-        unsafe { buf.set_init(n) };
+        // SAFETY: the first iovec names `want >= n` writable bytes owned by `buf` (read again
+        // after the await); the scratch holds `n` initialised bytes in another allocation.
+        unsafe {
+            let iov = *buf.write_iovec_ptr();
+            std::ptr::copy_nonoverlapping(tls.plain.as_ptr(), iov.iov_base as *mut u8, n);
+            buf.set_init(n);
+        }
     }
     (res, buf)
 }

@@ -73,92 +73,30 @@ impl FrameReader {
         self.buf.len() - self.start
     }
 
+    /// The bytes not yet taken as frames, and a fragmented message in progress (to hand a
+    /// connection over to another reader, e.g. [`crate::epoll_receiver`]).
+    pub fn into_parts(mut self) -> (Vec<u8>, Option<(u8, Vec<u8>)>) {
+        self.buf.drain(..self.start);
+        (self.buf, self.frag)
+    }
+
     /// Calls `f` for every complete message buffered; stops early when `f` returns false.
     pub fn drain(&mut self, mut f: impl FnMut(Frame<'_>) -> bool) -> Result<(), FrameError> {
         loop {
             let b = &self.buf[self.start..];
-            if b.len() < 2 {
+            let Some(h) = parse_header(b)? else {
                 break;
-            }
-            let fin = b[0] & 0x80 != 0;
-            if b[0] & 0x70 != 0 {
-                return Err(FrameError("reserved bits set"));
-            }
-            let op = b[0] & 0x0f;
-            if b[1] & 0x80 != 0 {
-                return Err(FrameError("masked server frame"));
-            }
-            let (len, hdr) = match b[1] & 0x7f {
-                126 => {
-                    if b.len() < 4 {
-                        break;
-                    }
-                    (u64::from(u16::from_be_bytes([b[2], b[3]])), 4)
-                }
-                127 => {
-                    if b.len() < 10 {
-                        break;
-                    }
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(&b[2..10]);
-                    (u64::from_be_bytes(a), 10)
-                }
-                n => (u64::from(n), 2),
             };
-            if len > MAX_MESSAGE as u64 {
-                return Err(FrameError("frame too large"));
-            }
-            let len = len as usize;
-            if b.len() < hdr + len {
-                if self.buf.capacity() < self.start + hdr + len {
+            if b.len() < h.total() {
+                if self.buf.capacity() < self.start + h.total() {
                     // Make room for the whole frame before the next read.
-                    self.buf.reserve(hdr + len);
+                    self.buf.reserve(h.total());
                 }
                 break;
             }
-            let payload = &b[hdr..hdr + len];
-            self.start += hdr + len;
-            let keep_going = match op {
-                0x0 => {
-                    let Some((fop, acc)) = self.frag.as_mut() else {
-                        return Err(FrameError("continuation without a first fragment"));
-                    };
-                    if acc.len() + payload.len() > MAX_MESSAGE {
-                        return Err(FrameError("message too large"));
-                    }
-                    acc.extend_from_slice(payload);
-                    if fin {
-                        let fop = *fop;
-                        // Invariant: frag is Some (checked above).
-                        let (_, acc) = self.frag.take().expect("fragment in progress");
-                        if fop == 0x1 {
-                            f(Frame::Text(&acc))
-                        } else {
-                            f(Frame::Binary(&acc))
-                        }
-                    } else {
-                        true
-                    }
-                }
-                0x1 | 0x2 if !fin => {
-                    if self.frag.is_some() {
-                        return Err(FrameError("new message inside a fragmented one"));
-                    }
-                    self.frag = Some((op, payload.to_vec()));
-                    true
-                }
-                0x1 => f(Frame::Text(payload)),
-                0x2 => f(Frame::Binary(payload)),
-                0x8 => {
-                    let code =
-                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                    f(Frame::Close(code))
-                }
-                0x9 => f(Frame::Ping(payload)),
-                0xA => f(Frame::Pong),
-                _ => return Err(FrameError("reserved opcode")),
-            };
-            if !keep_going {
+            let payload = &b[h.hdr..h.total()];
+            self.start += h.total();
+            if !dispatch(&mut self.frag, h, payload, &mut f)? {
                 break;
             }
         }
@@ -171,6 +109,128 @@ impl FrameReader {
         }
         Ok(())
     }
+}
+
+/// The header of one server frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub fin: bool,
+    pub op: u8,
+    /// Header length (2, 4 or 10: server frames are unmasked).
+    pub hdr: usize,
+    /// Payload length.
+    pub len: usize,
+}
+
+impl Header {
+    /// Header and payload.
+    #[inline]
+    pub fn total(&self) -> usize {
+        self.hdr + self.len
+    }
+}
+
+/// How many bytes the header starting at `b[0]` takes (2 while fewer than 2 are known).
+#[inline]
+pub fn header_len(b: &[u8]) -> usize {
+    match b.get(1).map(|x| x & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    }
+}
+
+/// Parses the header of the server frame at `b[0]`: None while it is incomplete.
+#[inline]
+pub fn parse_header(b: &[u8]) -> Result<Option<Header>, FrameError> {
+    if b.len() < 2 {
+        return Ok(None);
+    }
+    let fin = b[0] & 0x80 != 0;
+    if b[0] & 0x70 != 0 {
+        return Err(FrameError("reserved bits set"));
+    }
+    let op = b[0] & 0x0f;
+    if b[1] & 0x80 != 0 {
+        return Err(FrameError("masked server frame"));
+    }
+    let (len, hdr) = match b[1] & 0x7f {
+        126 => {
+            if b.len() < 4 {
+                return Ok(None);
+            }
+            (u64::from(u16::from_be_bytes([b[2], b[3]])), 4)
+        }
+        127 => {
+            if b.len() < 10 {
+                return Ok(None);
+            }
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[2..10]);
+            (u64::from_be_bytes(a), 10)
+        }
+        n => (u64::from(n), 2),
+    };
+    if len > MAX_MESSAGE as u64 {
+        return Err(FrameError("frame too large"));
+    }
+    Ok(Some(Header {
+        fin,
+        op,
+        hdr,
+        len: len as usize,
+    }))
+}
+
+/// Hands the complete frame `h` (payload `payload`) to `f` as a message, reassembling
+/// fragmented messages in `frag`. Returns what `f` returned (true while a message is still
+/// being reassembled).
+#[inline]
+pub fn dispatch(
+    frag: &mut Option<(u8, Vec<u8>)>,
+    h: Header,
+    payload: &[u8],
+    f: &mut impl FnMut(Frame<'_>) -> bool,
+) -> Result<bool, FrameError> {
+    Ok(match h.op {
+        0x0 => {
+            let Some((fop, acc)) = frag.as_mut() else {
+                return Err(FrameError("continuation without a first fragment"));
+            };
+            if acc.len() + payload.len() > MAX_MESSAGE {
+                return Err(FrameError("message too large"));
+            }
+            acc.extend_from_slice(payload);
+            if h.fin {
+                let fop = *fop;
+                // Invariant: frag is Some (checked above).
+                let (_, acc) = frag.take().expect("fragment in progress");
+                if fop == 0x1 {
+                    f(Frame::Text(&acc))
+                } else {
+                    f(Frame::Binary(&acc))
+                }
+            } else {
+                true
+            }
+        }
+        0x1 | 0x2 if !h.fin => {
+            if frag.is_some() {
+                return Err(FrameError("new message inside a fragmented one"));
+            }
+            *frag = Some((h.op, payload.to_vec()));
+            true
+        }
+        0x1 => f(Frame::Text(payload)),
+        0x2 => f(Frame::Binary(payload)),
+        0x8 => {
+            let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            f(Frame::Close(code))
+        }
+        0x9 => f(Frame::Ping(payload)),
+        0xA => f(Frame::Pong),
+        _ => return Err(FrameError("reserved opcode")),
+    })
 }
 
 /// A masked client text frame. The mask need not be secret for a load generator; it varies per

@@ -13,13 +13,14 @@ use monoio::io::AsyncWriteRentExt;
 use serde::Serialize;
 
 use crate::clock::now_ns;
+use crate::epoll_receiver::{self, EpollSet, Got};
 use crate::gen::{self, lock, Ctl, Gate, GenConfig, PhaseSpec};
 use crate::latency::{Latency, LatencySummary};
 use crate::loss::{events_for_channel, expected_deliveries, LossReport, SeqTracker};
 use crate::net::{self, Target};
 use crate::payload::{self, StampFinder};
 use crate::procfs;
-use crate::receive::{take_frames, PingFinder, Tally};
+use crate::receive::{on_text, take_frames, PingFinder, Tally};
 use crate::wsframe::{self, Frame, FrameReader};
 
 use super::rest::{self, Pipelining, RestReport};
@@ -31,6 +32,20 @@ pub enum PublishMode {
     Client,
     /// Signed REST `POST /apps/{id}/events` on keep-alive connections (pipelined).
     Rest,
+}
+
+/// How subscriber sockets are read.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiveMode {
+    /// One epoll instance per generator thread for every plaintext subscriber socket
+    /// ([`crate::epoll_receiver`]); TLS subscribers keep their tasks.
+    #[default]
+    Epoll,
+    /// One monoio task per subscriber connection (reads through the runtime).
+    Tasks,
 }
 
 /// Everything a fan-out session needs.
@@ -56,6 +71,10 @@ pub struct FanoutPlan {
     /// Publish lag (p99) the generator may have before a phase counts as its fault.
     pub max_publish_lag_ms: f64,
     pub read_buf: usize,
+    /// How subscriber sockets are read (older plans, e.g. from a `--procs` parent of an
+    /// earlier build, mean the default).
+    #[serde(default)]
+    pub receive: ReceiveMode,
     /// Connections set up at once per generator thread.
     pub setup_concurrency: usize,
     pub setup_timeout: Duration,
@@ -189,16 +208,35 @@ pub(crate) struct Local {
     pub(crate) sockets: Rc<gen::Sockets>,
     /// The REST publishers' pools on this thread.
     pub(crate) pools: RefCell<Vec<Rc<rest::Pool>>>,
+    /// The thread's epoll receiver (`--receive epoll`): plaintext subscribers are handed to it
+    /// once subscribed. Each connection keeps its socket registration (for the stop).
+    epoll: Option<RefCell<EpollSet<gen::SocketGuard>>>,
+    ping: PingFinder,
+    /// Scratch for pongs written by the epoll receiver.
+    pong: RefCell<Vec<u8>>,
 }
 
 impl Local {
+    /// The statistics before the first phase: deliveries that arrive then (e.g. events left
+    /// on a channel by an earlier run) carry another phase's stamp and are counted as `stale`,
+    /// and [`Self::begin`] hands that count to the first phase.
+    fn stats_before_phases(subs: usize) -> Stats {
+        Stats {
+            trackers: vec![SeqTracker::new(); subs],
+            ..Default::default()
+        }
+    }
+
     fn begin(&self, spec: PhaseSpec) {
         let mut st = self.stats.borrow_mut();
         let (td, tp) = (st.total_delivered, st.total_published);
+        // Stale deliveries that arrived before the first phase are reported with it.
+        let early = if st.phase == 0 { st.stale } else { 0 };
         *st = Stats {
             phase: spec.phase,
             events: spec.events,
             trackers: vec![SeqTracker::new(); self.subs.len()],
+            stale: early,
             total_delivered: td,
             total_published: tp,
             ..Default::default()
@@ -259,20 +297,38 @@ async fn thread_main(
         .map(|i| (i, i % plan.channels))
         .collect();
     let pubs: Vec<usize> = plan.my_publishers(idx).collect();
+    let epoll = match plan.receive {
+        ReceiveMode::Epoll if !subs.is_empty() => match EpollSet::new() {
+            Ok(set) => Some(RefCell::new(set)),
+            Err(e) => {
+                ctl.note(format!(
+                    "epoll unavailable ({e}): subscribers are read by tasks instead"
+                ));
+                None
+            }
+        },
+        _ => None,
+    };
     let l = Rc::new(Local {
         idx,
         setup_total: subs.len() + pubs.len(),
+        stats: RefCell::new(Local::stats_before_phases(subs.len())),
         subs,
         gate: Gate::new(plan.setup_concurrency),
         plan: plan.clone(),
         ctl: ctl.clone(),
-        stats: RefCell::new(Stats::default()),
         finder: StampFinder::new(),
         spec: Cell::new(PhaseSpec::default()),
         setup_done: Cell::new(0),
         sockets: Rc::new(gen::Sockets::default()),
         pools: RefCell::new(Vec::new()),
+        epoll,
+        ping: PingFinder::default(),
+        pong: RefCell::new(Vec::new()),
     });
+    if l.epoll.is_some() {
+        monoio::spawn(epoll_receive(l.clone()));
+    }
     for li in 0..l.subs.len() {
         monoio::spawn(receiver(l.clone(), li));
     }
@@ -294,6 +350,9 @@ async fn control(l: Rc<Local>, tx: mpsc::Sender<ThreadResult>) {
     let mut last_live = Instant::now();
     loop {
         if ctl.stop.load(Relaxed) {
+            if let Some(ep) = &l.epoll {
+                ep.borrow().wake();
+            }
             l.sockets.close_all(Duration::from_secs(3)).await;
             break;
         }
@@ -377,8 +436,13 @@ async fn receiver(l: Rc<Local>, li: usize) {
         }
     };
     l.ctl.counters[l.idx].connected.fetch_add(1, Relaxed);
+    if let (Some(ep), crate::tls::Stream::Plain(tcp)) = (&l.epoll, &s) {
+        hand_over(&l, ep, li, std::os::fd::AsRawFd::as_raw_fd(tcp), rd);
+        // The epoll receiver reads a duplicate of the socket from now on.
+        return;
+    }
     let channels = l.plan.channels as u64;
-    let ping = PingFinder::default();
+    let ping = &l.ping;
     loop {
         match net::read_some(&mut s, &mut rd).await {
             Ok(true) => {}
@@ -405,7 +469,7 @@ async fn receiver(l: Rc<Local>, li: usize) {
                 misrouted: &mut st.misrouted,
                 delivered: &mut st.total_delivered,
             };
-            let res = take_frames(&mut rd, &l.finder, &ping, now, &mut t);
+            let res = take_frames(&mut rd, &l.finder, ping, now, &mut t);
             l.ctl.counters[l.idx]
                 .delivered
                 .store(st.total_delivered, Relaxed);
@@ -442,6 +506,176 @@ async fn receiver(l: Rc<Local>, li: usize) {
             }
         }
     }
+}
+
+/// Gives subscriber `li`'s socket (`fd`, subscribed) and what its reader had buffered to the
+/// thread's epoll receiver. The receiver owns a duplicate descriptor (registered for the stop
+/// in place of the task's); the caller drops its stream.
+fn hand_over(
+    l: &Local,
+    ep: &RefCell<EpollSet<gen::SocketGuard>>,
+    li: usize,
+    fd: std::os::fd::RawFd,
+    rd: FrameReader,
+) {
+    let i = l.subs[li].0;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) takes no pointers; a non-negative result is a new
+    // descriptor of the same socket that we own.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    let mut st = l.stats.borrow_mut();
+    if dup < 0 {
+        st.closed += 1;
+        l.ctl.error(format!(
+            "subscriber {i}: cannot hand the socket to epoll: {}",
+            std::io::Error::last_os_error()
+        ));
+        return;
+    }
+    // SAFETY: `dup` is open and owned by nobody else.
+    let dup = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+    let guard = l.sockets.register(std::os::fd::AsRawFd::as_raw_fd(&dup));
+    let (initial, frag) = rd.into_parts();
+    let added = ep
+        .borrow_mut()
+        .add(dup, li, guard, &initial, frag, now_ns(), &mut |ctx, got| {
+            on_epoll(l, &mut st, ctx, got)
+        });
+    l.ctl.counters[l.idx]
+        .delivered
+        .store(st.total_delivered, Relaxed);
+    if let Err(e) = added {
+        st.closed += 1;
+        l.ctl.error(format!(
+            "subscriber {i}: cannot watch the socket with epoll: {e}"
+        ));
+    }
+}
+
+/// The epoll receiver's handler: counts exactly what the task path counts (the same
+/// `on_text`; a close frame, a bad frame or the end of the stream closes the connection and is
+/// counted in `closed` with an error), and answers pings at once.
+fn on_epoll(l: &Local, st: &mut Stats, ctx: &epoll_receiver::Ctx, got: Got<'_>) -> bool {
+    let li = ctx.key;
+    let (i, c) = l.subs[li];
+    let pong = |st: &mut Stats, frame: &[u8]| match ctx.send(frame) {
+        Ok(()) => true,
+        Err(e) => {
+            st.closed += 1;
+            l.ctl.error(format!(
+                "subscriber {i}: could not answer a ping ({e}); closed"
+            ));
+            false
+        }
+    };
+    match got {
+        Got::Frame(Frame::Text(text)) => {
+            let mut t = Tally {
+                phase: st.phase,
+                channels: l.plan.channels as u64,
+                channel: c as u64,
+                tracker: &mut st.trackers[li],
+                lat: &mut st.lat,
+                stale: &mut st.stale,
+                misrouted: &mut st.misrouted,
+                delivered: &mut st.total_delivered,
+            };
+            if on_text(text, &l.finder, &l.ping, ctx.now, &mut t) {
+                let mut out = l.pong.borrow_mut();
+                out.clear();
+                wsframe::client_text(PUSHER_PONG, i as u32, &mut out);
+                return pong(st, &out);
+            }
+            true
+        }
+        Got::Frame(Frame::Ping(p)) => {
+            let mut out = l.pong.borrow_mut();
+            out.clear();
+            ringcast_protocol::encode_client_frame_into(
+                ringcast_protocol::ws::OpCode::Pong,
+                p,
+                [9, 8, 7, 6],
+                &mut out,
+            );
+            pong(st, &out)
+        }
+        Got::Frame(Frame::Close(code)) => {
+            st.closed += 1;
+            l.ctl.error(format!(
+                "subscriber {i}: server closed or sent a bad frame (close {code:?})"
+            ));
+            false
+        }
+        Got::Frame(_) => true,
+        Got::BadFrame(e) => {
+            st.closed += 1;
+            l.ctl.error(format!(
+                "subscriber {i}: server closed or sent a bad frame ({e})"
+            ));
+            false
+        }
+        Got::Eof | Got::ReadError(_) => {
+            st.closed += 1;
+            if !l.ctl.stop.load(Relaxed) {
+                l.ctl
+                    .error(format!("subscriber {i}: connection closed by the server"));
+            }
+            false
+        }
+    }
+}
+
+const PUSHER_PONG: &[u8] = br#"{"event":"pusher:pong","data":{}}"#;
+
+/// The thread's epoll receive loop: waits (in the runtime) until some subscriber socket is
+/// ready, then serves every ready one; ends at the stop, closing them all.
+async fn epoll_receive(l: Rc<Local>) {
+    let Some(ep) = &l.epoll else {
+        return;
+    };
+    let ready = match ep.borrow().readiness() {
+        Ok(r) => r,
+        Err(e) => {
+            l.ctl.error(format!(
+                "thread {}: cannot wait for the epoll descriptor: {e}",
+                l.idx
+            ));
+            return;
+        }
+    };
+    loop {
+        if l.ctl.stop.load(Relaxed) {
+            break;
+        }
+        let polled = {
+            let mut guard = l.stats.borrow_mut();
+            let st = &mut *guard;
+            let r = ep
+                .borrow_mut()
+                .poll(0, &mut |ctx, got| on_epoll(&l, st, ctx, got));
+            l.ctl.counters[l.idx]
+                .delivered
+                .store(st.total_delivered, Relaxed);
+            r
+        };
+        if let Err(e) = polled {
+            l.ctl
+                .error(format!("thread {}: epoll_wait failed: {e}", l.idx));
+            break;
+        }
+        // Ready at once if sockets are still ready: the other tasks get their turn first.
+        if let Err(e) = ready.readable(false).await {
+            l.ctl
+                .error(format!("thread {}: waiting for epoll failed: {e}", l.idx));
+            break;
+        }
+    }
+    // Closing every connection ends their registrations, so the stop need not wait. Before
+    // the stop (epoll failed) each one closed is counted as a closed connection.
+    let mut set = ep.borrow_mut();
+    if !l.ctl.stop.load(Relaxed) {
+        l.stats.borrow_mut().closed += set.len() as u64;
+    }
+    set.clear();
 }
 
 /// Remaining events of publisher `j` from `k` on (step `n`) below `events`.
