@@ -37,7 +37,8 @@ const WAKE_KEY: u64 = u64::MAX;
 /// What a connection produced.
 #[derive(Debug)]
 pub enum Got<'a> {
-    /// A complete message (fragmented messages are reassembled).
+    /// A complete message (fragmented messages are reassembled). WebSocket pings are
+    /// answered by the set itself (a masked pong echoing the payload) and not handed on.
     Frame(Frame<'a>),
     /// The server closed the connection (end of stream).
     Eof,
@@ -45,6 +46,8 @@ pub enum Got<'a> {
     ReadError(io::Error),
     /// The server broke the WebSocket protocol.
     BadFrame(FrameError),
+    /// A pong could not be written (the connection is closed: a partial frame may be out).
+    SendError(io::Error),
 }
 
 /// The connection a [`Got`] belongs to, for the handler.
@@ -259,8 +262,8 @@ impl<T> EpollSet<T> {
 
     /// Waits at most `timeout_ms` (0: not at all) for ready connections, reads each (up to
     /// [`READS_PER_WAKE`] reads of [`READ_CHUNK`]) and hands every complete frame to `on`.
-    /// `on` returns false to close the connection; after `Eof`, `ReadError` and `BadFrame`
-    /// the connection is closed whatever it returns.
+    /// `on` returns false to close the connection; after `Eof`, `ReadError`, `BadFrame` and
+    /// `SendError` the connection is closed whatever it returns.
     pub fn poll(
         &mut self,
         timeout_ms: i32,
@@ -363,6 +366,46 @@ fn service<T>(
     true
 }
 
+/// A pong answering `ping`: header, mask and masked payload (control payloads are at most
+/// 125 bytes), built on the stack.
+fn pong(ping: &[u8], out: &mut [u8; 131]) -> Result<usize, FrameError> {
+    if ping.len() > 125 {
+        return Err(FrameError("ping payload longer than 125 bytes"));
+    }
+    const MASK: [u8; 4] = [9, 8, 7, 6];
+    out[0] = 0x8A;
+    out[1] = 0x80 | ping.len() as u8;
+    out[2..6].copy_from_slice(&MASK);
+    for (i, b) in ping.iter().enumerate() {
+        out[6 + i] = b ^ MASK[i % 4];
+    }
+    Ok(6 + ping.len())
+}
+
+/// Hands one message to the handler; answers a ping itself. False: the connection ends.
+#[inline]
+fn deliver(ctx: &Ctx, f: Frame<'_>, on: &mut impl FnMut(&Ctx, Got<'_>) -> bool) -> bool {
+    match f {
+        Frame::Ping(p) => {
+            let mut out = [0u8; 131];
+            match pong(p, &mut out) {
+                Ok(n) => match ctx.send(&out[..n]) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        on(ctx, Got::SendError(e));
+                        false
+                    }
+                },
+                Err(e) => {
+                    on(ctx, Got::BadFrame(e));
+                    false
+                }
+            }
+        }
+        f => on(ctx, Got::Frame(f)),
+    }
+}
+
 /// Takes the frames of `data` (just read), after completing the carried one. False: the
 /// connection ended (bad frame, or the handler said so).
 fn feed<T>(
@@ -396,7 +439,7 @@ fn feed<T>(
             match h {
                 Some(h) if rest.len() >= h.total() => {
                     let payload = &c.carry[used + h.hdr..used + h.total()];
-                    match dispatch(&mut c.frag, h, payload, &mut |f| on(&ctx, Got::Frame(f))) {
+                    match dispatch(&mut c.frag, h, payload, &mut |f| deliver(&ctx, f, on)) {
                         Ok(true) => used += h.total(),
                         Ok(false) => return false,
                         Err(e) => {
@@ -437,7 +480,7 @@ fn feed<T>(
             }
             Ok(Some(h)) if b.len() >= h.total() => {
                 let payload = &b[h.hdr..h.total()];
-                match dispatch(&mut c.frag, h, payload, &mut |f| on(&ctx, Got::Frame(f))) {
+                match dispatch(&mut c.frag, h, payload, &mut |f| deliver(&ctx, f, on)) {
                     Ok(true) => b = &b[h.total()..],
                     Ok(false) => return false,
                     Err(e) => {

@@ -553,7 +553,8 @@ fn hand_over(
 
 /// The epoll receiver's handler: counts exactly what the task path counts (the same
 /// `on_text`; a close frame, a bad frame or the end of the stream closes the connection and is
-/// counted in `closed` with an error), and answers pings at once.
+/// counted in `closed` with an error) and answers `pusher:ping` at once (WebSocket pings are
+/// answered by the set).
 fn on_epoll(l: &Local, st: &mut Stats, ctx: &epoll_receiver::Ctx, got: Got<'_>) -> bool {
     let li = ctx.key;
     let (i, c) = l.subs[li];
@@ -587,17 +588,6 @@ fn on_epoll(l: &Local, st: &mut Stats, ctx: &epoll_receiver::Ctx, got: Got<'_>) 
             }
             true
         }
-        Got::Frame(Frame::Ping(p)) => {
-            let mut out = l.pong.borrow_mut();
-            out.clear();
-            ringcast_protocol::encode_client_frame_into(
-                ringcast_protocol::ws::OpCode::Pong,
-                p,
-                [9, 8, 7, 6],
-                &mut out,
-            );
-            pong(st, &out)
-        }
         Got::Frame(Frame::Close(code)) => {
             st.closed += 1;
             l.ctl.error(format!(
@@ -606,6 +596,13 @@ fn on_epoll(l: &Local, st: &mut Stats, ctx: &epoll_receiver::Ctx, got: Got<'_>) 
             false
         }
         Got::Frame(_) => true,
+        Got::SendError(e) => {
+            st.closed += 1;
+            l.ctl.error(format!(
+                "subscriber {i}: could not answer a ping ({e}); closed"
+            ));
+            false
+        }
         Got::BadFrame(e) => {
             st.closed += 1;
             l.ctl.error(format!(
