@@ -82,11 +82,7 @@ pub fn take_frames(
     let mut c = Control::default();
     rd.drain(|f| {
         match f {
-            Frame::Text(text) => {
-                if on_text(text, finder, ping, now, t) {
-                    c.pusher_ping = true;
-                }
-            }
+            Frame::Text(text) if on_text(text, finder, ping, now, t) => c.pusher_ping = true,
             Frame::Ping(p) => c.ws_ping = Some(p.to_vec()),
             Frame::Close(_) => c.closed = true,
             _ => {}
