@@ -2,7 +2,8 @@
 //! at every byte of a wire, many frames and a frame larger than a read, bytes handed over from
 //! the handshake reader, pings answered, close/EOF/bad frames ending the connection), and the
 //! whole `fanout` scenario against an in-process Ringcast with `--receive epoll` and
-//! `--receive tasks`, which must count the same.
+//! `--receive tasks`, which must count the same, and against a tiny Pusher server that sends
+//! events before the first phase (counted stale on both paths; the task path used to panic).
 
 mod common;
 
@@ -325,4 +326,129 @@ fn fanout_counts_the_same_with_epoll_and_with_tasks() {
         assert!(r["gen_cpu_us_per_delivery"].as_f64().is_some(), "{r}");
     }
     e.shutdown_and_join();
+}
+
+/// One connection of a tiny Pusher server: upgrade, `connection_established`, and for every
+/// `pusher:subscribe` the success followed, in the same write, by an event stamped with phase
+/// 99, then a second such event in a write of its own. Nothing else is answered or relayed.
+fn serve_early_events(mut s: TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(e) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break e + 4;
+        }
+        assert!(head.len() < 16 * 1024, "request head too large");
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let mut hello = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n".to_vec();
+    encode_frame_into(
+        OpCode::Text,
+        br#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"1.1\",\"activity_timeout\":120}"}"#,
+        &mut hello,
+    );
+    s.write_all(&hello).expect("write");
+    let mut dec = ringcast_protocol::FrameDecoder::new(ringcast_protocol::Role::Server, 1 << 20);
+    dec.handle_bytes(&head[end..]);
+    for _ in 0..100_000 {
+        while let Ok(Some(m)) = dec.poll_message() {
+            let ringcast_protocol::Message::Text(t) = m else {
+                continue;
+            };
+            let v: serde_json::Value = match serde_json::from_slice(&t) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            if v["event"] != "pusher:subscribe" {
+                continue;
+            }
+            let ch = v["data"]["channel"].as_str().unwrap_or("").to_string();
+            let mut data = Vec::new();
+            ringcast_loadtest::payload::encode(99, 0, 1, 100, &mut data);
+            let ev = ringcast_protocol::event(
+                "client-lt",
+                &ch,
+                std::str::from_utf8(&data).expect("ascii"),
+                None,
+            );
+            let mut out = Vec::new();
+            encode_frame_into(
+                OpCode::Text,
+                format!(
+                    r#"{{"event":"pusher_internal:subscription_succeeded","channel":"{ch}","data":"{{}}"}}"#
+                )
+                .as_bytes(),
+                &mut out,
+            );
+            encode_frame_into(OpCode::Text, ev.as_bytes(), &mut out);
+            if s.write_all(&out).is_err() {
+                return;
+            }
+            out.clear();
+            encode_frame_into(OpCode::Text, ev.as_bytes(), &mut out);
+            if s.write_all(&out).is_err() {
+                return;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => dec.handle_bytes(&chunk[..n]),
+        }
+    }
+}
+
+#[test]
+fn events_before_the_first_phase_are_counted_stale_on_both_paths() {
+    for receive in ["epoll", "tasks"] {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("ws://{}", l.local_addr().expect("addr"));
+        // One subscriber and one publisher.
+        let server = std::thread::spawn(move || {
+            let conns: Vec<_> = (0..2)
+                .map(|_| {
+                    let (s, _) = l.accept().expect("accept");
+                    std::thread::spawn(move || serve_early_events(s))
+                })
+                .collect();
+            for c in conns {
+                c.join().expect("connection thread");
+            }
+        });
+        let dir = common::tmp(&format!("early-{receive}"));
+        let v = common::run(
+            &[
+                "fanout",
+                "--ws-url",
+                &url,
+                "--subscribers",
+                "1",
+                "--publishers",
+                "1",
+                "--rate",
+                "10",
+                "--duration",
+                "0.3",
+                "--drain",
+                "0.3",
+                "--max-publish-lag-ms",
+                "1000",
+                "--receive",
+                receive,
+            ],
+            &dir.join("out.json"),
+            Duration::from_secs(60),
+        );
+        let r = &v["results"][0];
+        // Both early events (one buffered with the subscription's success, one read after
+        // it) are stale: counted with the first phase, not lost and not a panic.
+        assert_eq!(r["stale"].as_u64(), Some(2), "{receive}: {r}");
+        assert_eq!(r["loss"]["delivered"].as_u64(), Some(0), "{receive}: {r}");
+        assert_eq!(r["connections_closed"].as_u64(), Some(0), "{receive}: {r}");
+        server.join().expect("server");
+    }
 }
