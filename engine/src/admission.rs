@@ -222,6 +222,44 @@ impl Drop for IpPermit<'_> {
     }
 }
 
+/// An established connection's permits, owned: the connection's own task holds them (for as
+/// long as it runs) without borrowing the handshake's state. One open connection in the
+/// process-wide count, and its client address's slots (none when exempt or unlimited).
+pub(crate) struct ConnPermits {
+    shared: std::sync::Arc<crate::shared::Shared>,
+    ip_slots: Option<[u32; 2]>,
+}
+
+impl ConnPermits {
+    /// Takes over the handshake's borrowed permits (taken from `shared.admission`).
+    pub(crate) fn new(
+        shared: std::sync::Arc<crate::shared::Shared>,
+        conn: ConnPermit<'_>,
+        ip: Option<IpPermit<'_>>,
+    ) -> ConnPermits {
+        debug_assert!(std::ptr::eq(conn.0, &shared.admission));
+        std::mem::forget(conn);
+        let ip_slots = ip.map(|p| {
+            let slots = [p.slots[0] as u32, p.slots[1] as u32];
+            std::mem::forget(p);
+            slots
+        });
+        ConnPermits { shared, ip_slots }
+    }
+}
+
+impl Drop for ConnPermits {
+    fn drop(&mut self) {
+        let adm = &self.shared.admission;
+        adm.connections.fetch_sub(1, Relaxed);
+        if let Some(slots) = self.ip_slots {
+            for (t, s) in slots.iter().enumerate() {
+                adm.conns[t][*s as usize].fetch_sub(1, Relaxed);
+            }
+        }
+    }
+}
+
 fn table<T: Default>() -> Box<[T]> {
     (0..SLOTS).map(|_| T::default()).collect()
 }

@@ -47,7 +47,7 @@ impl LocalFanout {
         let conns: Vec<Rc<Conn>> = (0..subscribers as u64)
             .map(|i| {
                 let id = i + 1;
-                let conn = Rc::new(Conn::detached(id, SocketId::new(7, id), 0, budget));
+                let conn = Rc::new(Conn::detached(SocketId::new(7, id), 0, budget));
                 core.add_local_sub(&key, conn.clone());
                 conn
             })
@@ -75,6 +75,21 @@ impl LocalFanout {
     }
 }
 
+static CONN_FUTURE_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Records the size of an established connection's task future (`conn::run`), taken with
+/// `size_of_val` just before it is spawned.
+pub(crate) fn note_conn_future(bytes: usize) {
+    CONN_FUTURE_BYTES.fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The largest established-connection task future spawned so far in this process, in bytes
+/// (0 before the first connection): what every idle WebSocket connection's task holds beside
+/// the runtime's task header.
+pub fn conn_future_bytes() -> usize {
+    CONN_FUTURE_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,7 +99,7 @@ mod tests {
         let f = LocalFanout::new(3, 1 << 20);
         let streams: Vec<Rc<Conn>> = (100..104u64)
             .map(|id| {
-                let mut c = Conn::detached(id, SocketId::new(7, id), 0, 1 << 20);
+                let mut c = Conn::detached(SocketId::new(7, id), 0, 1 << 20);
                 c.sse = true;
                 let c = Rc::new(c);
                 f.core.add_local_sub(&f.key, c.clone());

@@ -25,19 +25,24 @@ use ringcast_protocol::{
 };
 use std::time::Instant;
 
-use crate::admission::{origin_allowed, Admission, HandshakePermit, IpPermit, Refusal};
+use crate::admission::{
+    origin_allowed, Admission, ConnPermits, HandshakePermit, IpPermit, Refusal,
+};
 use crate::core::Core;
 use crate::metrics::CloseReason;
 use crate::msg::{AppIdx, ChanKey, MemberInfo, Msg};
 use crate::shared::App;
-use crate::tls::{ClientStream, ConnWriter};
+use crate::tls::{ClientStream, ConnReader, ConnWriter, Received};
 
+/// What a `Conn` may take (checked by a unit test): an idle connection's bytes are mostly
+/// this struct and its task (tests/idle_memory.rs).
+#[cfg(test)]
+const CONN_BYTES_BUDGET: usize = 400;
 /// Largest number of frames handed to one `writev` (Linux IOV_MAX is 1024).
 pub(crate) const MAX_IOV: usize = 1024;
-/// Read buffer size for a connection that sends little (most of them).
+/// Read buffer size for the handshake's request head (an established connection reads into
+/// the core's scratch, crate::read_scratch).
 const SMALL_READ: usize = 256;
-/// Largest read buffer a busy connection grows to.
-const LARGE_READ: usize = 16 * 1024;
 
 pub(crate) enum SubState {
     /// Sent to the owner, not yet acknowledged. `silent`: the server subscribed on the client's
@@ -117,9 +122,9 @@ pub(crate) struct Outbound {
 }
 
 pub(crate) struct Conn {
-    pub id: u64,
+    /// The connection's id on its core is `socket_id.lo` ([`Conn::id`]); its text form is
+    /// rendered when needed (auth signatures, activity records), not kept.
     pub socket_id: SocketId,
-    pub socket_id_str: Box<str>,
     pub app: AppIdx,
     /// The app key this connection connected with (revoking it closes the connection).
     pub key: Box<str>,
@@ -147,6 +152,12 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// The connection's id on its core (unique per core; the socket id's part after the dot).
+    #[inline]
+    pub fn id(&self) -> u64 {
+        self.socket_id.lo
+    }
+
     /// Queues a frame (a reference-count bump, not a copy). Over the byte budget the connection
     /// is closed as a slow consumer and its queue dropped.
     #[inline]
@@ -205,7 +216,7 @@ impl Conn {
         match self.wstate.get() {
             crate::flush::WState::Idle => {
                 self.wstate.set(crate::flush::WState::Queued);
-                crate::flush::mark(self.id);
+                crate::flush::mark(self.id());
             }
             crate::flush::WState::Queued => {}
             crate::flush::WState::Task => self.wake_writer(),
@@ -262,9 +273,7 @@ impl Conn {
         let id = core.next_conn_id();
         let socket_id = SocketId::new(core.random() % 10_000_000_000, id);
         Conn {
-            id,
             socket_id,
-            socket_id_str: socket_id.to_string().into_boxed_str(),
             app,
             key,
             user_socket: false,
@@ -285,11 +294,9 @@ impl Conn {
 
     /// A connection without a socket (its writer never runs): for the bench hook, which
     /// measures `Core::deliver` + `Conn::push` themselves. The writer counts as parked.
-    pub(crate) fn detached(id: u64, socket_id: SocketId, app: AppIdx, budget: usize) -> Conn {
+    pub(crate) fn detached(socket_id: SocketId, app: AppIdx, budget: usize) -> Conn {
         Conn {
-            id,
             socket_id,
-            socket_id_str: socket_id.to_string().into_boxed_str(),
             app,
             key: "".into(),
             user_socket: false,
@@ -327,28 +334,40 @@ impl Conn {
     }
 }
 
-/// A simple token bucket on monoio's clock.
+/// A token bucket in 16 bytes: tokens in thousandths, refilled by the milliseconds elapsed on a
+/// process-wide monotonic clock. The clock is a `u32` of milliseconds (it wraps after ~49
+/// days): an interval is a wrapping difference, so a bucket untouched for a multiple of ~49
+/// days may refill less than full once, never more.
 struct TokenBucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
+    milli_tokens: u64,
+    rate: u32,
+    last_ms: u32,
+}
+
+/// Milliseconds since this process first asked (the token buckets' clock).
+fn bucket_clock_ms() -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u32
 }
 
 impl TokenBucket {
     fn new(per_sec: u32) -> TokenBucket {
         TokenBucket {
-            rate: per_sec as f64,
-            tokens: per_sec as f64,
-            last: Instant::now(),
+            milli_tokens: u64::from(per_sec) * 1000,
+            rate: per_sec,
+            last_ms: bucket_clock_ms(),
         }
     }
     fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + dt * self.rate).min(self.rate);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        self.take_at(bucket_clock_ms())
+    }
+    fn take_at(&mut self, now_ms: u32) -> bool {
+        let dt = u64::from(now_ms.wrapping_sub(self.last_ms));
+        self.last_ms = now_ms;
+        let cap = u64::from(self.rate) * 1000;
+        self.milli_tokens = (self.milli_tokens + dt * u64::from(self.rate)).min(cap);
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
             true
         } else {
             false
@@ -434,7 +453,7 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
     // handshake permit until the request head is in).
     let shared = core.shared.clone();
     let adm = &shared.admission;
-    let (_conn_permit, handshake_permit) = match adm.accept() {
+    let (conn_permit, handshake_permit) = match adm.accept() {
         Ok(p) => p,
         Err(r) => {
             adm.refuse(r);
@@ -504,7 +523,13 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
     .await;
     match accepted {
         Some(Accepted::WebSocket(app, key, stream, leftover, token)) => {
-            run(core, app, key, stream, leftover, token).await;
+            // The connection's long-lived task holds only what its loop needs: everything
+            // above (the handshake's state, this task) is freed once it is spawned.
+            let permits = ConnPermits::new(shared.clone(), conn_permit, ip_permit);
+            let (conn, reader, pending) = establish(&core, app, key, stream, leftover, token);
+            let task = run(core, conn, reader, pending, permits);
+            crate::bench_support::note_conn_future(std::mem::size_of_val(&task));
+            monoio::spawn(task);
         }
         Some(Accepted::Sse(req, stream)) => crate::sse::run(core, req, stream).await,
         None => {}
@@ -917,15 +942,18 @@ async fn reject(
     let _ = stream.shutdown().await;
 }
 
-/// The established connection: spawns the writer, runs the reader, cleans up.
-async fn run(
-    core: Rc<Core>,
+/// The upgraded connection, set up synchronously: registered on the core, the writer spawned,
+/// `connection_established` queued, a `?token=` signed in, and the bytes read past the request
+/// head decoded. Returns what the connection's task needs: the connection, its reader, the
+/// writer task, and the decoder when those bytes ended mid-frame.
+fn establish(
+    core: &Rc<Core>,
     app_idx: AppIdx,
     key: Box<str>,
     stream: ClientStream,
     leftover: Vec<u8>,
     token: Option<jwt::Claims>,
-) {
+) -> (Rc<Conn>, ConnReader, Option<Box<FrameDecoder>>) {
     let shared = core.shared.clone();
     let cfg = &shared.config;
     let (dialect, client_events_per_sec) = {
@@ -937,9 +965,7 @@ async fn run(
     let socket_id = SocketId::new(core.random() % 10_000_000_000, id);
     let fd = stream.as_raw_fd();
     let conn = Rc::new(Conn {
-        id,
         socket_id,
-        socket_id_str: socket_id.to_string().into_boxed_str(),
         app: app_idx,
         key,
         user_socket: token.as_ref().is_some_and(|c| c.scope == "user"),
@@ -964,8 +990,8 @@ async fn run(
     m.connections_opened.inc();
     m.connections_current.inc();
 
-    let (mut reader, writer) = stream.into_split();
-    crate::flush::attach(&core, &conn, writer);
+    let (reader, writer) = stream.into_split();
+    crate::flush::attach(core, &conn, writer);
     if !conn.user_socket {
         conn.push(pusher::connection_established_frame(
             dialect,
@@ -977,90 +1003,166 @@ async fn run(
         app_idx,
         crate::activity::ActivityKind::Connect,
         None,
-        Some(&conn.socket_id_str),
+        Some(conn.socket_id),
         token.as_ref().map(|c| c.sub.as_str()),
         None,
     );
     if let Some(claims) = token {
         let apps = shared.apps();
         if conn.user_socket {
-            crate::user_socket::start(&core, &conn, apps.app(app_idx), claims);
+            crate::user_socket::start(core, &conn, apps.app(app_idx), claims);
         } else {
-            token_signin(&core, &conn, apps.app(app_idx), claims);
+            token_signin(core, &conn, apps.app(app_idx), claims);
         }
     }
-
-    let mut decoder = FrameDecoder::new(Role::Server, cfg.max_message_bytes);
+    let mut pending = None;
     if !leftover.is_empty() {
-        decoder.handle_bytes(&leftover);
+        decode_into(&mut pending, cfg.max_message_bytes, &leftover);
     }
-    drop(leftover);
-    let mut rbuf = Vec::with_capacity(SMALL_READ);
-    'conn: loop {
-        // Decode everything buffered, against the current apps table (a lock-free load per
-        // read, dropped before the next await): changed limits apply to the next message.
-        let apps = shared.apps();
-        let app = apps.app(app_idx);
-        loop {
-            match decoder.poll_message() {
-                Ok(Some(msg)) => {
-                    if !on_frame(&core, &conn, app, msg) {
-                        break 'conn;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    core.metrics().protocol_errors.inc();
-                    conn.set_end_reason(CloseReason::ProtocolError);
-                    conn.close(e.close_code(), &e.to_string(), CloseReason::ProtocolError);
-                    break 'conn;
-                }
+    (conn, reader, pending)
+}
+
+/// Feeds `bytes` to the connection's decoder: the boxed one when a frame is mid-way, else a
+/// new one on the stack, boxed only if the bytes end mid-frame (or leave messages to handle).
+fn decode_into(pending: &mut Option<Box<FrameDecoder>>, max_message: usize, bytes: &[u8]) {
+    match pending {
+        Some(d) => d.handle_bytes(bytes),
+        None => {
+            let mut d = FrameDecoder::new(Role::Server, max_message);
+            d.handle_bytes(bytes);
+            if !d.is_idle() {
+                *pending = Some(Box::new(d));
             }
         }
-        drop(apps);
+    }
+}
+
+/// How a connection's read step ended.
+enum Step {
+    /// Go on reading.
+    Continue,
+    /// The connection ends (the reason is recorded).
+    End,
+}
+
+/// Handles every message the decoder holds, against the current apps table (a lock-free load
+/// per read, dropped before the next await: changed limits apply to the next message), and
+/// drops the decoder once it is idle so an idle connection keeps none.
+fn handle_decoded(core: &Core, conn: &Rc<Conn>, pending: &mut Option<Box<FrameDecoder>>) -> Step {
+    let Some(decoder) = pending.as_mut() else {
+        return Step::Continue;
+    };
+    let apps = core.shared.apps();
+    let app = apps.app(conn.app);
+    loop {
+        match decoder.poll_message() {
+            Ok(Some(msg)) => {
+                if !on_frame(core, conn, app, msg) {
+                    return Step::End;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                core.metrics().protocol_errors.inc();
+                conn.set_end_reason(CloseReason::ProtocolError);
+                conn.close(e.close_code(), &e.to_string(), CloseReason::ProtocolError);
+                return Step::End;
+            }
+        }
+    }
+    if decoder.is_idle() {
+        *pending = None;
+    }
+    Step::Continue
+}
+
+/// One read: a nonblocking receive into the core's scratch (crate::read_scratch), every
+/// complete frame decoded and handled straight from it; an incomplete frame's bytes stay in
+/// the connection's boxed decoder.
+fn read_step(
+    core: &Core,
+    conn: &Rc<Conn>,
+    reader: &mut ConnReader,
+    pending: &mut Option<Box<FrameDecoder>>,
+    first: bool,
+) -> Step {
+    let max_message = core.shared.config.max_message_bytes;
+    let mut got = false;
+    let res = crate::read_scratch::with(|scratch| {
+        let sink = |b: &[u8]| {
+            got = true;
+            decode_into(pending, max_message, b);
+        };
+        if first {
+            reader.drain_buffered(scratch, sink)
+        } else {
+            reader.recv(scratch, sink)
+        }
+    });
+    if got {
+        conn.last_read.set(core.shared.now());
+        conn.ping_sent.set(None);
+    }
+    let ended = match res {
+        Ok(Received::Data) => false,
+        Ok(Received::End) => {
+            conn.set_end_reason(CloseReason::ClientClosed);
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => {
+            conn.set_end_reason(CloseReason::IoError);
+            true
+        }
+    };
+    if reader.wants_flush() {
+        conn.wake_writer();
+    }
+    // Messages that arrived before the end are still handled (a close frame is answered).
+    match handle_decoded(core, conn, pending) {
+        Step::End => Step::End,
+        Step::Continue if ended => Step::End,
+        Step::Continue => Step::Continue,
+    }
+}
+
+/// The established connection's task: waits for readability holding no buffer, reads, and
+/// cleans up when the connection ends. Its state is what the loop needs and nothing else
+/// (checked by the future-size test, tests/idle_memory.rs).
+async fn run(
+    core: Rc<Core>,
+    conn: Rc<Conn>,
+    mut reader: ConnReader,
+    mut pending: Option<Box<FrameDecoder>>,
+    permits: ConnPermits,
+) {
+    // Bytes read with the request head, and what a TLS session already holds.
+    let mut step = match handle_decoded(&core, &conn, &mut pending) {
+        Step::End => Step::End,
+        Step::Continue => read_step(&core, &conn, &mut reader, &mut pending, true),
+    };
+    while let Step::Continue = step {
         core.flush();
         if conn.is_closing() {
             break;
         }
         // No timer per read: the core's once-a-second sweep (`Core::sweep_connections`) pings
-        // silent connections and closes those that do not answer.
-        let (res, b) = reader.read(rbuf).await;
-        rbuf = b;
-        match res {
-            Ok(0) => {
-                conn.set_end_reason(CloseReason::ClientClosed);
-                break;
-            }
-            Err(_) => {
-                conn.set_end_reason(CloseReason::IoError);
-                break;
-            }
-            Ok(n) => {
-                if reader.wants_flush() {
-                    conn.wake_writer();
-                }
-                conn.last_read.set(core.shared.now());
-                conn.ping_sent.set(None);
-                decoder.handle_bytes(&rbuf[..n]);
-                // Grow for busy senders, shrink back for idle ones (an idle connection's pending
-                // read holds its buffer, so it must stay small).
-                let want = if n == rbuf.capacity() {
-                    (n * 2).min(LARGE_READ)
-                } else {
-                    SMALL_READ
-                };
-                if want != rbuf.capacity() {
-                    rbuf = Vec::with_capacity(want);
-                }
-            }
+        // silent connections and closes those that do not answer (a connection that went
+        // silent mid-frame too).
+        if reader.readable().await.is_err() {
+            conn.set_end_reason(CloseReason::IoError);
+            break;
         }
+        step = read_step(&core, &conn, &mut reader, &mut pending, false);
     }
+    drop(pending);
     // Let the writer send what is queued (and the close frame); it has its own deadlines.
     if !conn.is_closing() {
         conn.close(close::NORMAL, "", CloseReason::ClientClosed);
     }
     crate::flush::finish(&core, &conn).await;
     cleanup(&core, &conn);
+    drop(permits);
 }
 
 /// Handles one decoded WebSocket message. Returns false when the connection must end.
@@ -1240,7 +1342,7 @@ fn subscribe(
             if let Err(e) = ringcast_protocol::verify_channel_auth(
                 &conn.key,
                 app.config.secrets_for(&conn.key).unwrap_or_default(),
-                &conn.socket_id_str,
+                &conn.socket_id.to_string(),
                 &name,
                 channel_data,
                 auth,
@@ -1383,7 +1485,7 @@ fn unsubscribe(core: &Core, conn: &Conn, app: &App, name: ChannelName) {
     };
     let key = ChanKey { app: app.idx, name };
     if matches!(sub.state, SubState::Active) {
-        core.remove_local_sub(&key, conn.id);
+        core.remove_local_sub(&key, conn.id());
     }
     let user = sub
         .presence_user
@@ -1393,7 +1495,7 @@ fn unsubscribe(core: &Core, conn: &Conn, app: &App, name: ChannelName) {
         app.idx,
         crate::activity::ActivityKind::Unsubscribe,
         Some(key.name.as_str()),
-        Some(&conn.socket_id_str),
+        Some(conn.socket_id),
         user.as_deref(),
         None,
     );
@@ -1401,7 +1503,7 @@ fn unsubscribe(core: &Core, conn: &Conn, app: &App, name: ChannelName) {
         &key.clone(),
         Msg::Unsubscribe {
             key,
-            conn: conn.id,
+            conn: conn.id(),
             from: core.idx as u16,
             user_id: sub.presence_user,
         },
@@ -1413,7 +1515,7 @@ fn signin(core: &Core, conn: &Rc<Conn>, app: &App, auth: &str, user_data: &str) 
     if let Err(e) = ringcast_protocol::verify_signin(
         &conn.key,
         app.config.secrets_for(&conn.key).unwrap_or_default(),
-        &conn.socket_id_str,
+        &conn.socket_id.to_string(),
         user_data,
         auth,
     ) {
@@ -1468,7 +1570,7 @@ fn signin(core: &Core, conn: &Rc<Conn>, app: &App, auth: &str, user_data: &str) 
         return;
     }
     st.user = Some(user_id.clone());
-    core.add_user(app.idx, user_id, conn.id);
+    core.add_user(app.idx, user_id, conn.id());
     // Subscribe on the user's behalf so #server-to-user- events reach every signed-in
     // connection, whatever the client library does next.
     if !st.subs.contains_key(&name) {
@@ -1497,7 +1599,7 @@ pub(crate) fn token_signin(core: &Core, conn: &Rc<Conn>, app: &App, claims: jwt:
     st.no_read = !claims.allows("read");
     st.no_presence = !claims.allows("presence");
     st.user = Some(user_id.clone());
-    core.add_user(app.idx, user_id, conn.id);
+    core.add_user(app.idx, user_id, conn.id());
     start_subscription(core, conn, &mut st, app.idx, name, None, true, None);
     drop(st);
     let user_data = serde_json::json!({ "id": claims.sub }).to_string();
@@ -1599,7 +1701,7 @@ fn client_event(
         app.idx,
         crate::activity::ActivityKind::ClientEvent,
         Some(name.as_str()),
-        Some(&conn.socket_id_str),
+        Some(conn.socket_id),
         actor.as_deref(),
         Some(event),
     );
@@ -1751,13 +1853,13 @@ pub(crate) fn cleanup(core: &Core, conn: &Conn) {
             name,
         };
         if matches!(sub.state, SubState::Active) {
-            core.remove_local_sub(&key, conn.id);
+            core.remove_local_sub(&key, conn.id());
         }
         core.to_owner(
             &key.clone(),
             Msg::Unsubscribe {
                 key,
-                conn: conn.id,
+                conn: conn.id(),
                 from: core.idx as u16,
                 user_id: sub.presence_user,
             },
@@ -1767,14 +1869,14 @@ pub(crate) fn cleanup(core: &Core, conn: &Conn) {
         conn.app,
         crate::activity::ActivityKind::Disconnect,
         None,
-        Some(&conn.socket_id_str),
+        Some(conn.socket_id),
         st.user.as_deref(),
         None,
     );
     if let Some(u) = st.user {
-        core.remove_user(conn.app, u, conn.id);
+        core.remove_user(conn.app, u, conn.id());
     }
-    core.conns.borrow_mut().remove(&conn.id);
+    core.conns.borrow_mut().remove(&conn.id());
     core.app_connections_dec(conn.app);
     let m = core.metrics();
     m.connections_current
@@ -1855,6 +1957,34 @@ mod tests {
         }
         assert_eq!(n, b.iov.len() - b.start);
         out
+    }
+
+    #[test]
+    fn token_bucket_is_compact_and_refills_by_elapsed_time() {
+        assert!(std::mem::size_of::<TokenBucket>() <= 16);
+        let mut b = TokenBucket {
+            milli_tokens: 2000,
+            rate: 2,
+            last_ms: 1000,
+        };
+        assert!(b.take_at(1000) && b.take_at(1000), "starts full: 2 tokens");
+        assert!(!b.take_at(1000), "empty");
+        assert!(!b.take_at(1400), "0.8 of a token after 400 ms");
+        assert!(b.take_at(1500), "a whole token after 500 ms");
+        assert!(b.take_at(u32::MAX), "refills to the cap after a long pause");
+        assert!(b.take_at(u32::MAX));
+        assert!(!b.take_at(u32::MAX), "never more than the cap");
+        assert!(b.take_at(999), "the clock wraps: 1,000 ms later");
+        let mut none = TokenBucket::new(0);
+        assert!(!none.take(), "a zero rate allows nothing");
+    }
+
+    #[test]
+    fn conn_is_compact() {
+        // An idle connection's share of the core: the struct itself (behind its `Rc`). Its
+        // fields are the queue, the state and the timestamps; no copy of another field.
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= CONN_BYTES_BUDGET, "Conn is {size} bytes");
     }
 
     #[test]

@@ -1415,7 +1415,7 @@ impl Core {
         app: AppIdx,
         kind: crate::activity::ActivityKind,
         channel: Option<&str>,
-        socket_id: Option<&str>,
+        socket_id: Option<SocketId>,
         user_id: Option<&str>,
         event_name: Option<&str>,
     ) {
@@ -1423,12 +1423,14 @@ impl Core {
         if cap == 0 {
             return;
         }
+        // Rendered only for a record that is kept (a connection does not store its text).
+        let socket_id = socket_id.map(|s| s.to_string());
         self.activity.borrow_mut().record(
             app,
             cap,
             kind,
             channel,
-            socket_id,
+            socket_id.as_deref(),
             user_id,
             event_name,
             self.shared.now_ms(),
@@ -1556,7 +1558,7 @@ impl Core {
                         key.app,
                         crate::activity::ActivityKind::Subscribe,
                         Some(key.name.as_str()),
-                        Some(&conn.socket_id_str),
+                        Some(conn.socket_id),
                         user.as_deref(),
                         None,
                     );
@@ -1593,7 +1595,7 @@ impl Core {
             .borrow_mut()
             .entry(key.clone())
             .or_default()
-            .insert(conn.id, conn);
+            .insert(conn.id(), conn);
     }
 
     /// Removes a connection's active subscription from the local index.

@@ -429,7 +429,7 @@ mod tests {
 
     /// A socket-less connection in the pass model.
     fn conn() -> Conn {
-        let c = Conn::detached(1, SocketId::new(1, 1), 0, 1 << 20);
+        let c = Conn::detached(SocketId::new(1, 1), 0, 1 << 20);
         c.wstate.set(WState::Idle);
         c
     }
@@ -723,7 +723,7 @@ mod tests {
             let stream = monoio::net::TcpStream::from_std(server).unwrap();
             let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
             let conn = Rc::new(Conn::new_sse(&core, 0, "k".into(), fd));
-            core.conns.borrow_mut().insert(conn.id, conn.clone());
+            core.conns.borrow_mut().insert(conn.id(), conn.clone());
             let (_reader, writer) = crate::tls::ClientStream::Plain(stream).into_split();
             attach(&core, &conn, writer);
             assert_eq!(conn.wstate.get(), WState::Idle);

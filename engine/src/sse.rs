@@ -347,7 +347,7 @@ fn resume_points(names: &[ChannelName], last_id: Option<&str>) -> Vec<(ChannelNa
 /// The stream: a connection of this core until either side ends it.
 pub(crate) async fn run(core: Rc<Core>, req: SseRequest, stream: ClientStream) {
     let conn = Rc::new(Conn::new_sse(&core, req.app, req.key, stream.as_raw_fd()));
-    core.conns.borrow_mut().insert(conn.id, conn.clone());
+    core.conns.borrow_mut().insert(conn.id(), conn.clone());
     let m = core.metrics();
     m.connections_opened.inc();
     m.connections_current.inc();
@@ -358,7 +358,7 @@ pub(crate) async fn run(core: Rc<Core>, req: SseRequest, stream: ClientStream) {
         req.app,
         crate::activity::ActivityKind::Connect,
         None,
-        Some(&conn.socket_id_str),
+        Some(conn.socket_id),
         req.user.as_deref(),
         None,
     );
@@ -366,7 +366,7 @@ pub(crate) async fn run(core: Rc<Core>, req: SseRequest, stream: ClientStream) {
         let mut st = conn.state.borrow_mut();
         if let Some(u) = req.user {
             st.user = Some(u.clone());
-            core.add_user(req.app, u, conn.id);
+            core.add_user(req.app, u, conn.id());
         }
         for (name, resume) in req.channels {
             start_subscription(

@@ -441,6 +441,77 @@ impl TlsState {
     }
 }
 
+/// `recv(2)` with `MSG_DONTWAIT` into `buf`: the byte count (0 at the end of the stream), or
+/// `WouldBlock` (also for an interrupted call: the caller waits for readiness again).
+fn recv_nonblocking(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid, exclusively borrowed region of `buf.len()` bytes for the
+    // duration of the call; `fd` is the connection's open socket.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast::<libc::c_void>(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::Interrupted {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    Err(e)
+}
+
+impl TlsState {
+    /// Feeds received ciphertext to the session and hands all the plaintext it yields to
+    /// `sink` (read out through `plain`), alternating while the session's plaintext buffer
+    /// fills up. `End` once the peer's close_notify is in.
+    fn absorb(
+        &mut self,
+        data: &[u8],
+        plain: &mut [u8],
+        mut sink: impl FnMut(&[u8]),
+    ) -> io::Result<Received> {
+        let mut rest = data;
+        loop {
+            {
+                let mut s = self.session.borrow_mut();
+                while !rest.is_empty() {
+                    match s.read_tls(&mut rest) {
+                        Ok(_) => {
+                            s.process_new_packets().map_err(io::Error::other)?;
+                        }
+                        Err(_) => {
+                            // The received-plaintext buffer is full: drain it below, then
+                            // feed the rest. With nothing to drain the peer is misbehaving.
+                            let st = s.process_new_packets().map_err(io::Error::other)?;
+                            if st.plaintext_bytes_to_read() == 0 {
+                                return Err(io::Error::other("TLS input not accepted"));
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+            loop {
+                let r = self.session.borrow_mut().reader().read(plain);
+                match r {
+                    Ok(0) => return Ok(Received::End),
+                    Ok(n) => sink(&plain[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Received::End),
+                    Err(e) => return Err(e),
+                }
+            }
+            if rest.is_empty() {
+                return Ok(Received::Data);
+            }
+        }
+    }
+}
+
 /// An established server-side TLS connection over TCP.
 pub struct TlsStream {
     tcp: TcpStream,
@@ -508,6 +579,14 @@ impl ClientStream {
                 let TlsStream { tcp, tls } = *t;
                 let (r, w) = tcp.into_split();
                 let session = tls.session.clone();
+                // The reader receives into the core's scratch (crate::read_scratch): the
+                // handshake's read and write buffers are not kept.
+                let tls = TlsState {
+                    session: tls.session,
+                    pending: tls.pending,
+                    rbuf: Vec::new(),
+                    wbuf: Vec::new(),
+                };
                 (
                     ConnReader::Tls(Box::new((r, tls))),
                     ConnWriter::Tls(Box::new((
@@ -676,8 +755,19 @@ pub(crate) enum ConnReader {
     Tls(Box<(OwnedReadHalf<TcpStream>, TlsState)>),
 }
 
+/// What one nonblocking receive found ([`ConnReader::recv`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Received {
+    /// Bytes arrived (for TLS possibly no plaintext yet: a partial record).
+    Data,
+    /// The end of the stream: the TCP end, or a TLS close_notify.
+    End,
+}
+
 impl ConnReader {
-    /// Reads into `buf` (its spare capacity).
+    /// Reads into `buf` (its spare capacity). An SSE stream's reader, which only waits for the
+    /// client to hang up; WebSocket connections use [`readable`](Self::readable) and
+    /// [`recv`](Self::recv).
     #[inline]
     pub async fn read(&mut self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
         match self {
@@ -685,6 +775,70 @@ impl ConnReader {
             ConnReader::Tls(b) => {
                 let (r, tls) = &mut **b;
                 tls_read_into(tls, r, buf).await
+            }
+        }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        let half = match self {
+            ConnReader::Plain(r) => r,
+            ConnReader::Tls(b) => &b.0,
+        };
+        // SAFETY: monoio's split halves share the stream through `Rc<UnsafeCell<TcpStream>>`
+        // on this one thread (tasks are `!Send`). Only the socket's fd is read through this
+        // reference (its number, and a clone of its `SharedFd` for a poll op); the writer half
+        // never replaces the stream or its fd, so nothing it mutates is observed here.
+        unsafe { &*half.0.get() }
+    }
+
+    /// Waits until the socket is readable: an io_uring POLL_ADD (a readiness poll on the
+    /// legacy driver), which holds no buffer while the connection is idle. Then
+    /// [`recv`](Self::recv).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.tcp().readable(false).await
+    }
+
+    /// One nonblocking receive into `scratch` (the core's buffer, crate::read_scratch),
+    /// handing every plaintext byte to `sink` before returning. TLS: the ciphertext goes into
+    /// the first half of `scratch` and the session's plaintext is read out through the second.
+    /// `Err(WouldBlock)` when there was nothing to read after all.
+    pub fn recv(&mut self, scratch: &mut [u8], sink: impl FnMut(&[u8])) -> io::Result<Received> {
+        use std::os::fd::AsRawFd;
+        let fd = self.tcp().as_raw_fd();
+        match self {
+            ConnReader::Plain(_) => match recv_nonblocking(fd, scratch)? {
+                0 => Ok(Received::End),
+                n => {
+                    let mut sink = sink;
+                    sink(&scratch[..n]);
+                    Ok(Received::Data)
+                }
+            },
+            ConnReader::Tls(b) => {
+                let tls = &mut b.1;
+                let (cipher, plain) = scratch.split_at_mut(scratch.len() / 2);
+                match recv_nonblocking(fd, cipher)? {
+                    0 => Ok(Received::End),
+                    n => tls.absorb(&cipher[..n], plain, sink),
+                }
+            }
+        }
+    }
+
+    /// Hands to `sink` what the TLS session already holds from the handshake's reads
+    /// (ciphertext it did not take yet, plaintext past the request head), so that nothing
+    /// waits for a readiness that will not come. Plaintext: nothing.
+    pub fn drain_buffered(
+        &mut self,
+        scratch: &mut [u8],
+        sink: impl FnMut(&[u8]),
+    ) -> io::Result<Received> {
+        match self {
+            ConnReader::Plain(_) => Ok(Received::Data),
+            ConnReader::Tls(b) => {
+                let tls = &mut b.1;
+                let pending = std::mem::take(&mut tls.pending);
+                tls.absorb(&pending, scratch, sink)
             }
         }
     }

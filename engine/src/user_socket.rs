@@ -70,7 +70,7 @@ pub(crate) fn start(core: &Core, conn: &Rc<Conn>, app: &App, claims: jwt::Claims
     let user: Arc<str> = claims.sub.as_str().into();
     let mut st = conn.state.borrow_mut();
     st.user = Some(user.clone());
-    core.add_user(app.idx, user, conn.id);
+    core.add_user(app.idx, user, conn.id());
     start_subscription(core, conn, &mut st, app.idx, name, None, true, None);
     drop(st);
     if app.config.single_connection_per_user {
@@ -78,7 +78,7 @@ pub(crate) fn start(core: &Core, conn: &Rc<Conn>, app: &App, claims: jwt::Claims
             let cmd = Command::ReplaceUserSocket {
                 app: app.idx,
                 user_id: claims.sub.clone(),
-                keep: conn.id,
+                keep: conn.id(),
             };
             if core.shared.mesh.inject(c, cmd).is_err() {
                 tracing::warn!(

@@ -215,6 +215,21 @@ impl FrameDecoder {
             + self.queue.capacity() * std::mem::size_of::<Message>()
     }
 
+    /// True when nothing is pending: no partial header, frame or fragmented message, no queued
+    /// message, no error and no Close seen. An idle decoder is equivalent to a new one, so a
+    /// caller may drop it and start afresh with the next bytes (an idle connection then keeps
+    /// no decoder at all).
+    pub fn is_idle(&self) -> bool {
+        self.hdr_len == 0
+            && self.frame.is_none()
+            && self.msg_opcode.is_none()
+            && self.msg.is_empty()
+            && self.ctrl.is_empty()
+            && self.queue.is_empty()
+            && self.error.is_none()
+            && !self.closed
+    }
+
     /// True once a Close frame has been decoded (later input is ignored).
     pub fn is_closed(&self) -> bool {
         self.closed
@@ -665,6 +680,36 @@ mod tests {
             }
         }
         (msgs, None)
+    }
+
+    #[test]
+    fn idle_only_between_whole_messages() {
+        let mut d = FrameDecoder::new(Role::Server, 1 << 20);
+        assert!(d.is_idle(), "new");
+        let wire = [
+            raw_client(0x01, b"frag"), // text, not FIN: a message is open
+            raw_client(0x80, b"ment"), // FIN continuation
+        ]
+        .concat();
+        for (i, b) in wire.iter().enumerate() {
+            d.handle_bytes(&[*b]);
+            if i + 1 < wire.len() {
+                assert!(!d.is_idle(), "mid-message after byte {i}");
+                assert!(d.poll_message().unwrap().is_none());
+            }
+        }
+        assert!(!d.is_idle(), "a completed message is still queued");
+        assert_eq!(
+            drain(&mut d).unwrap(),
+            vec![Message::Text(Bytes::from_static(b"fragment"))]
+        );
+        assert!(d.is_idle(), "drained");
+        d.handle_bytes(&client(OpCode::Close, &[]));
+        drain(&mut d).unwrap();
+        assert!(!d.is_idle(), "closed is not idle (later input is ignored)");
+        let mut e = FrameDecoder::new(Role::Server, 1 << 20);
+        e.handle_bytes(&[0x81, 0x05]); // unmasked client frame: an error
+        assert!(!e.is_idle(), "an error is not idle");
     }
 
     /// Decodes `wire` whole, split at every byte boundary into two parts, split into three parts
