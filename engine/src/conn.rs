@@ -34,10 +34,10 @@ use crate::msg::{AppIdx, ChanKey, MemberInfo, Msg};
 use crate::shared::App;
 use crate::tls::{ClientStream, ConnReader, ConnWriter, Received};
 
-/// What a `Conn` may take (checked by a unit test): an idle connection's bytes are mostly
-/// this struct and its task (tests/idle_memory.rs).
+/// What a `Conn` may take (checked by a unit test; 272 bytes in the debug test profile): an
+/// idle connection's bytes are mostly this struct and its task (tests/idle_memory.rs).
 #[cfg(test)]
-const CONN_BYTES_BUDGET: usize = 400;
+const CONN_BYTES_BUDGET: usize = 300;
 /// Largest number of frames handed to one `writev` (Linux IOV_MAX is 1024).
 pub(crate) const MAX_IOV: usize = 1024;
 /// Read buffer size for the handshake's request head (an established connection reads into
@@ -143,8 +143,8 @@ pub(crate) struct Conn {
     /// the write deadline on it.
     pub write_started: Cell<Option<Instant>>,
     /// Last time the client sent anything, and when we pinged it (liveness, see the sweep).
-    pub last_read: Cell<Instant>,
-    pub ping_sent: Cell<Option<Instant>>,
+    pub last_read: Cell<Stamp>,
+    pub ping_sent: Cell<Option<Stamp>>,
     pub state: RefCell<ConnState>,
     pub(crate) fd: RawFd,
     /// Why the connection ended, recorded once for metrics.
@@ -284,7 +284,7 @@ impl Conn {
             wstate: Cell::new(crate::flush::WState::Task),
             writer: Cell::new(crate::flush::Writer::None),
             write_started: Cell::new(None),
-            last_read: Cell::new(core.shared.now()),
+            last_read: Cell::new(Stamp::of(core.shared.now())),
             ping_sent: Cell::new(None),
             state: RefCell::new(ConnState::new(1, 1)),
             fd,
@@ -307,7 +307,7 @@ impl Conn {
             wstate: Cell::new(crate::flush::WState::Task),
             writer: Cell::new(crate::flush::Writer::None),
             write_started: Cell::new(None),
-            last_read: Cell::new(Instant::now()),
+            last_read: Cell::new(Stamp::of(Instant::now())),
             ping_sent: Cell::new(None),
             state: RefCell::new(ConnState::new(1, 1)),
             fd: -1,
@@ -344,10 +344,40 @@ struct TokenBucket {
     last_ms: u32,
 }
 
-/// Milliseconds since this process first asked (the token buckets' clock).
-fn bucket_clock_ms() -> u32 {
+/// The process-wide origin of the compact clocks ([`Stamp`], token buckets): the first time
+/// either is asked for, before any engine clock reading is converted.
+fn clock_epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u32
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`clock_epoch`] (the token buckets' clock).
+fn bucket_clock_ms() -> u32 {
+    clock_epoch().elapsed().as_millis() as u32
+}
+
+/// A point on the engine's clock in 4 bytes (a connection keeps two: when the client last
+/// sent something and when it was pinged): milliseconds since [`clock_epoch`], wrapping.
+/// Intervals are wrapping differences, exact while shorter than ~24 days; the intervals that
+/// matter (activity timeout, pong timeout, SSE heartbeat) are minutes, and a connection's
+/// last-read time is renewed or the connection closed within them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp(std::num::NonZeroU32);
+
+impl Stamp {
+    /// The stamp of `t` (an engine clock reading, `Shared::now`). 0 is nudged to 1 ms so
+    /// that `Option<Stamp>` stays 4 bytes.
+    pub(crate) fn of(t: Instant) -> Stamp {
+        let ms = t.saturating_duration_since(clock_epoch()).as_millis() as u32;
+        Stamp(std::num::NonZeroU32::new(ms).unwrap_or(std::num::NonZeroU32::MIN))
+    }
+
+    /// Time from `self` to `now` (zero if `now` is not later).
+    pub(crate) fn until(self, now: Stamp) -> Duration {
+        let d = now.0.get().wrapping_sub(self.0.get());
+        // A difference in the upper half is `now` before `self` (a reading taken earlier).
+        Duration::from_millis(if d > u32::MAX / 2 { 0 } else { u64::from(d) })
+    }
 }
 
 impl TokenBucket {
@@ -976,7 +1006,7 @@ fn establish(
         wstate: Cell::new(crate::flush::WState::Task),
         writer: Cell::new(crate::flush::Writer::None),
         write_started: Cell::new(None),
-        last_read: Cell::new(core.shared.now()),
+        last_read: Cell::new(Stamp::of(core.shared.now())),
         ping_sent: Cell::new(None),
         state: RefCell::new(ConnState::new(
             client_events_per_sec,
@@ -1100,7 +1130,7 @@ fn read_step(
         }
     });
     if got {
-        conn.last_read.set(core.shared.now());
+        conn.last_read.set(Stamp::of(core.shared.now()));
         conn.ping_sent.set(None);
     }
     let ended = match res {
@@ -1977,6 +2007,21 @@ mod tests {
         assert!(b.take_at(999), "the clock wraps: 1,000 ms later");
         let mut none = TokenBucket::new(0);
         assert!(!none.take(), "a zero rate allows nothing");
+    }
+
+    #[test]
+    fn stamps_measure_intervals_in_four_bytes() {
+        assert_eq!(std::mem::size_of::<Option<Stamp>>(), 4);
+        let t0 = Instant::now() + Duration::from_secs(5);
+        let a = Stamp::of(t0);
+        let b = Stamp::of(t0 + Duration::from_millis(120_250));
+        assert_eq!(a.until(b), Duration::from_millis(120_250));
+        assert_eq!(b.until(a), Duration::ZERO, "not later: zero");
+        assert_eq!(a.until(a), Duration::ZERO);
+        // Across the u32 wrap (~49.7 days after the epoch): still the right interval.
+        let near = Stamp(std::num::NonZeroU32::new(u32::MAX - 10).unwrap());
+        let past = Stamp(std::num::NonZeroU32::new(20).unwrap());
+        assert_eq!(near.until(past), Duration::from_millis(31));
     }
 
     #[test]

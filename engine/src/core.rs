@@ -820,6 +820,7 @@ impl Core {
     pub(crate) fn sweep_connections(&self, now: Instant) {
         let cfg = &self.shared.config;
         let activity = Duration::from_secs(cfg.activity_timeout_secs.into());
+        let stamp = crate::conn::Stamp::of(now);
         for conn in self.conns.borrow().values() {
             if conn
                 .write_started
@@ -834,22 +835,22 @@ impl Core {
                 // SSE clients send nothing: a comment heartbeat keeps proxies from timing the
                 // stream out (`last_read` holds the last heartbeat's time), and a dead client
                 // shows as a failed write or a closed read.
-                if now.saturating_duration_since(conn.last_read.get()) >= cfg.sse_heartbeat {
-                    conn.last_read.set(now);
+                if conn.last_read.get().until(stamp) >= cfg.sse_heartbeat {
+                    conn.last_read.set(stamp);
                     conn.push(crate::sse::heartbeat());
                 }
                 continue;
             }
             match conn.ping_sent.get() {
-                Some(t) if now.saturating_duration_since(t) >= cfg.pong_timeout => {
+                Some(t) if t.until(stamp) >= cfg.pong_timeout => {
                     conn.close(
                         ringcast_protocol::close::PONG_TIMEOUT,
                         "Pong reply not received in time",
                         CloseReason::PongTimeout,
                     );
                 }
-                None if now.saturating_duration_since(conn.last_read.get()) >= activity => {
-                    conn.ping_sent.set(Some(now));
+                None if conn.last_read.get().until(stamp) >= activity => {
+                    conn.ping_sent.set(Some(stamp));
                     if conn.user_socket {
                         // Plain JSON clients answer a WebSocket ping (any frame counts).
                         conn.push(ringcast_protocol::ws::ping_frame(b""));
