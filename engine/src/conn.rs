@@ -34,7 +34,7 @@ use crate::msg::{AppIdx, ChanKey, MemberInfo, Msg};
 use crate::shared::App;
 use crate::tls::{ClientStream, ConnReader, ConnWriter, Received};
 
-/// What a `Conn` may take (checked by a unit test; 272 bytes in the debug test profile): an
+/// What a `Conn` may take (checked by a unit test; 280 bytes in the debug test profile): an
 /// idle connection's bytes are mostly this struct and its task (tests/idle_memory.rs).
 #[cfg(test)]
 const CONN_BYTES_BUDGET: usize = 300;
