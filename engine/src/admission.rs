@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use ringcast_protocol::client_addr::{any_contains, canonical, IpCidr};
 
-/// Slots per sketch table (a power of two). 2 tables x 65536 x (4 + 8) bytes = 1.5 MiB.
+/// Slots per sketch table (a power of two). 2 tables x 65536 x (4 + 4 + 8) bytes = 2 MiB.
 const SLOTS: usize = 1 << 16;
 
 /// Why a connection was refused before it cost anything.
@@ -38,16 +38,20 @@ pub enum Refusal {
     Origin,
     /// A trusted proxy sent no valid PROXY protocol header.
     ProxyHeader,
+    /// The client address has `max_handshakes_in_flight_per_ip` connections still sending
+    /// their request head (one address cannot fill the process-wide handshake cap).
+    IpHandshakes,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::Connections,
         Refusal::Handshakes,
         Refusal::IpConnections,
         Refusal::IpRate,
         Refusal::Origin,
         Refusal::ProxyHeader,
+        Refusal::IpHandshakes,
     ];
 
     /// The `reason` label.
@@ -59,6 +63,7 @@ impl Refusal {
             Refusal::IpRate => "new_connections_per_ip_per_sec",
             Refusal::Origin => "origin_not_allowed",
             Refusal::ProxyHeader => "bad_proxy_header",
+            Refusal::IpHandshakes => "max_handshakes_in_flight_per_ip",
         }
     }
 }
@@ -165,6 +170,8 @@ pub struct AdmissionConfig {
     pub max_connections: usize,
     /// Connections accepted whose request head has not been read yet; 0 = unlimited.
     pub max_handshakes_in_flight: usize,
+    /// Of those, from one client address (IPv6: per /64); 0 = unlimited.
+    pub max_handshakes_in_flight_per_ip: u32,
     /// Open connections per client address (IPv6: per /64); 0 = unlimited.
     pub max_connections_per_ip: u32,
     /// New connections per client address per second; 0 = unlimited.
@@ -183,11 +190,13 @@ pub(crate) struct Admission {
     connections: AtomicUsize,
     handshakes: AtomicUsize,
     conns: [Box<[AtomicU32]>; 2],
+    /// Handshakes in flight per address (same slots as `conns`).
+    handshakes_ip: [Box<[AtomicU32]>; 2],
     /// `(second << 32) | count` per slot.
     rate: [Box<[AtomicU64]>; 2],
     hasher: [ahash::RandomState; 2],
     epoch: Instant,
-    refused: [AtomicU64; 6],
+    refused: [AtomicU64; Refusal::ALL.len()],
 }
 
 /// Holds one open connection in the process-wide count.
@@ -199,12 +208,21 @@ impl Drop for ConnPermit<'_> {
     }
 }
 
-/// Holds one handshake in flight.
-pub(crate) struct HandshakePermit<'a>(&'a Admission);
+/// Holds one handshake in flight, and, once its client address is known
+/// ([`Admission::admit_handshake_ip`]), that address's count of handshakes in flight.
+pub(crate) struct HandshakePermit<'a> {
+    adm: &'a Admission,
+    ip_slots: Option<[usize; 2]>,
+}
 
 impl Drop for HandshakePermit<'_> {
     fn drop(&mut self) {
-        self.0.handshakes.fetch_sub(1, Relaxed);
+        self.adm.handshakes.fetch_sub(1, Relaxed);
+        if let Some(slots) = self.ip_slots {
+            for (t, s) in slots.iter().enumerate() {
+                self.adm.handshakes_ip[t][*s].fetch_sub(1, Relaxed);
+            }
+        }
     }
 }
 
@@ -279,6 +297,7 @@ impl Admission {
             connections: AtomicUsize::new(0),
             handshakes: AtomicUsize::new(0),
             conns: [table(), table()],
+            handshakes_ip: [table(), table()],
             rate: [table(), table()],
             hasher: [
                 ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]),
@@ -315,7 +334,10 @@ impl Admission {
             .map(|_| ConnPermit(self))
             .ok_or(Refusal::Connections)?;
         let h = take(&self.handshakes, self.config.max_handshakes_in_flight)
-            .map(|_| HandshakePermit(self))
+            .map(|_| HandshakePermit {
+                adm: self,
+                ip_slots: None,
+            })
             .ok_or(Refusal::Handshakes)?;
         Ok((c, h))
     }
@@ -333,11 +355,7 @@ impl Admission {
         {
             return Ok(None);
         }
-        let key = ip_key(client);
-        let slots = [
-            (self.hasher[0].hash_one(key) as usize) & (SLOTS - 1),
-            (self.hasher[1].hash_one(key) as usize) & (SLOTS - 1),
-        ];
+        let slots = self.slots(client);
         if cfg.new_connections_per_ip_per_sec > 0 {
             let now = self.epoch.elapsed().as_secs() as u32;
             let seen = slots
@@ -361,6 +379,48 @@ impl Admission {
             return Err(Refusal::IpConnections); // the permit's drop undoes the increments
         }
         Ok(Some(permit))
+    }
+
+    /// Counts `permit`'s handshake against `client`'s `max_handshakes_in_flight_per_ip`
+    /// until the permit is dropped (the request head is in). Exempt addresses and a limit of
+    /// 0 are not counted. A permit is counted against one address at most: a second call
+    /// does nothing.
+    pub fn admit_handshake_ip(
+        &self,
+        permit: &mut HandshakePermit<'_>,
+        client: IpAddr,
+    ) -> Result<(), Refusal> {
+        let limit = self.config.max_handshakes_in_flight_per_ip;
+        if limit == 0
+            || permit.ip_slots.is_some()
+            || any_contains(&self.config.limit_exempt, client)
+        {
+            return Ok(());
+        }
+        let slots = self.slots(client);
+        let open = slots
+            .iter()
+            .enumerate()
+            .map(|(t, s)| self.handshakes_ip[t][*s].fetch_add(1, Relaxed) + 1)
+            .min()
+            .unwrap_or(0);
+        if open > limit {
+            for (t, s) in slots.iter().enumerate() {
+                self.handshakes_ip[t][*s].fetch_sub(1, Relaxed);
+            }
+            return Err(Refusal::IpHandshakes);
+        }
+        permit.ip_slots = Some(slots);
+        Ok(())
+    }
+
+    /// The sketch slots an address is counted in, one per table.
+    fn slots(&self, client: IpAddr) -> [usize; 2] {
+        let key = ip_key(client);
+        [
+            (self.hasher[0].hash_one(key) as usize) & (SLOTS - 1),
+            (self.hasher[1].hash_one(key) as usize) & (SLOTS - 1),
+        ]
     }
 }
 
@@ -401,6 +461,7 @@ mod tests {
         AdmissionConfig {
             max_connections: 0,
             max_handshakes_in_flight: 0,
+            max_handshakes_in_flight_per_ip: 0,
             max_connections_per_ip: 0,
             new_connections_per_ip_per_sec: 0,
             limit_exempt: Vec::new(),
@@ -519,5 +580,70 @@ mod tests {
             }
         }
         assert!((3..=6).contains(&passed), "{passed}");
+    }
+
+    #[test]
+    fn per_ip_handshakes_in_flight() {
+        let a = Admission::new(
+            AdmissionConfig {
+                max_handshakes_in_flight: 10,
+                max_handshakes_in_flight_per_ip: 2,
+                limit_exempt: vec!["10.0.0.0/8".parse().unwrap()],
+                ..cfg()
+            },
+            [11, 12, 13, 14],
+        );
+        let ip1 = ip("1.1.1.1");
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (_c, mut h) = a.accept().unwrap();
+            a.admit_handshake_ip(&mut h, ip1).unwrap();
+            // Counted once however often it is asked.
+            a.admit_handshake_ip(&mut h, ip1).unwrap();
+            held.push(h);
+        }
+        let (_c, mut third) = a.accept().unwrap();
+        assert_eq!(
+            a.admit_handshake_ip(&mut third, ip1).err(),
+            Some(Refusal::IpHandshakes)
+        );
+        drop(third);
+        // The refused one took nothing: still exactly two handshakes in flight.
+        assert_eq!(a.in_use().1, 2);
+        // Another address, and exempt addresses, are not held back by 1.1.1.1.
+        let (_c, mut other) = a.accept().unwrap();
+        a.admit_handshake_ip(&mut other, ip("1.1.1.2")).unwrap();
+        let mut exempt = Vec::new();
+        for _ in 0..5 {
+            let (_c, mut h) = a.accept().unwrap();
+            a.admit_handshake_ip(&mut h, ip("10.1.1.1")).unwrap();
+            exempt.push(h);
+        }
+        // A head that arrives (the permit is dropped) gives the address its slot back.
+        held.pop();
+        let (_c, mut again) = a.accept().unwrap();
+        a.admit_handshake_ip(&mut again, ip1).unwrap();
+        // IPv6: one /64 is one client.
+        drop((held, again, other, exempt));
+        let (_c, mut v1) = a.accept().unwrap();
+        let (_c, mut v2) = a.accept().unwrap();
+        let (_c, mut v3) = a.accept().unwrap();
+        a.admit_handshake_ip(&mut v1, ip("2001:db8::1")).unwrap();
+        a.admit_handshake_ip(&mut v2, ip("2001:db8::2")).unwrap();
+        assert_eq!(
+            a.admit_handshake_ip(&mut v3, ip("2001:db8::3")).err(),
+            Some(Refusal::IpHandshakes)
+        );
+        assert_eq!(
+            Refusal::IpHandshakes.label(),
+            "max_handshakes_in_flight_per_ip"
+        );
+        let unlimited = Admission::new(cfg(), [1, 1, 1, 1]);
+        let mut all = Vec::new();
+        for _ in 0..100 {
+            let (_c, mut h) = unlimited.accept().unwrap();
+            unlimited.admit_handshake_ip(&mut h, ip1).unwrap();
+            all.push(h);
+        }
     }
 }

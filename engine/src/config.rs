@@ -37,6 +37,10 @@ pub mod defaults {
     /// Subscribe/unsubscribe/sign-in messages one connection may send per second; past it the
     /// message is refused with `pusher:error` (subscribe floods).
     pub const CONTROL_MESSAGES_PER_SEC: u32 = 100;
+    /// `pusher:ping` messages and WebSocket ping frames one connection may send per minute,
+    /// with a burst of one minute's worth; past it the connection is closed with 4301
+    /// (ping floods; engine/src/ping_budget.rs). 0 = unlimited.
+    pub const PINGS_PER_MINUTE: u32 = 30;
     /// Time a client has to send a complete HTTP request head.
     pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
     /// On SIGINT/SIGTERM: time given to connections to receive their 4200 close before exit.
@@ -120,6 +124,9 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 0;
     /// `[admission]`: connections whose request head has not arrived yet (slow-loris bound).
     pub const MAX_HANDSHAKES_IN_FLIGHT: usize = 4_096;
+    /// `[admission]`: of those, from one client address (IPv6: per /64), so one address
+    /// cannot fill the process-wide cap with slow-loris connections.
+    pub const MAX_HANDSHAKES_IN_FLIGHT_PER_IP: u32 = 64;
     /// `[admission]`: open connections per client address (IPv6: per /64).
     pub const MAX_CONNECTIONS_PER_IP: u32 = 1_000;
     /// `[admission]`: new connections per client address per second.
@@ -135,6 +142,7 @@ pub mod defaults {
 pub struct RawAdmission {
     pub max_connections: Option<usize>,
     pub max_handshakes_in_flight: Option<usize>,
+    pub max_handshakes_in_flight_per_ip: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
     pub new_connections_per_ip_per_sec: Option<u32>,
     pub limit_exempt: Option<Vec<String>>,
@@ -164,6 +172,9 @@ impl RawAdmission {
             max_handshakes_in_flight: self
                 .max_handshakes_in_flight
                 .unwrap_or(defaults::MAX_HANDSHAKES_IN_FLIGHT),
+            max_handshakes_in_flight_per_ip: self
+                .max_handshakes_in_flight_per_ip
+                .unwrap_or(defaults::MAX_HANDSHAKES_IN_FLIGHT_PER_IP),
             max_connections_per_ip: self
                 .max_connections_per_ip
                 .unwrap_or(defaults::MAX_CONNECTIONS_PER_IP),
@@ -196,6 +207,7 @@ pub struct RawConfig {
     pub max_message_bytes: Option<usize>,
     pub max_subscriptions_per_connection: Option<usize>,
     pub control_messages_per_sec: Option<u32>,
+    pub pings_per_minute: Option<u32>,
     pub handshake_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
     pub mesh_queue_capacity: Option<usize>,
@@ -353,6 +365,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub max_subscriptions_per_connection: usize,
     pub control_messages_per_sec: u32,
+    /// Pings (`pusher:ping` and WebSocket pings) per connection per minute; 0 = unlimited.
+    pub pings_per_minute: u32,
     pub handshake_timeout: Duration,
     pub shutdown_grace: Duration,
     pub mesh_queue_capacity: usize,
@@ -544,6 +558,7 @@ impl RawConfig {
                 .control_messages_per_sec
                 .unwrap_or(defaults::CONTROL_MESSAGES_PER_SEC)
                 .max(1),
+            pings_per_minute: self.pings_per_minute.unwrap_or(defaults::PINGS_PER_MINUTE),
             handshake_timeout: Duration::from_millis(
                 self.handshake_timeout_ms
                     .unwrap_or(defaults::HANDSHAKE_TIMEOUT_MS)

@@ -67,6 +67,8 @@ pub(crate) struct ConnState {
     gen: u32,
     client_events: TokenBucket,
     control: TokenBucket,
+    /// `pusher:ping` messages and WebSocket pings (`pings_per_minute`, ping_budget.rs).
+    pings: crate::ping_budget::PingBudget,
     /// Signed in by a `?token=` without the `write` permission: no client events.
     read_only: bool,
     /// Signed in by a `?token=` without the `read` permission: no subscriptions.
@@ -83,6 +85,7 @@ impl ConnState {
             gen: 0,
             client_events: TokenBucket::new(client_events_per_sec),
             control: TokenBucket::new(control_per_sec),
+            pings: Default::default(),
             read_only: false,
             no_read: false,
             no_presence: false,
@@ -483,7 +486,7 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
     // handshake permit until the request head is in).
     let shared = core.shared.clone();
     let adm = &shared.admission;
-    let (conn_permit, handshake_permit) = match adm.accept() {
+    let (conn_permit, mut handshake_permit) = match adm.accept() {
         Ok(p) => p,
         Err(r) => {
             adm.refuse(r);
@@ -494,7 +497,10 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
     let proxied = peer.is_some_and(|p| adm.is_trusted_proxy(p));
     let mut ip_permit = None;
     if let (Some(p), false) = (peer, proxied) {
-        match adm.admit_ip(p) {
+        match adm.admit_ip(p).and_then(|permit| {
+            adm.admit_handshake_ip(&mut handshake_permit, p)
+                .map(|_| permit)
+        }) {
             Ok(permit) => ip_permit = permit,
             Err(r) => {
                 adm.refuse(r);
@@ -515,6 +521,12 @@ pub(crate) async fn handle(core: Rc<Core>, stream: TcpStream) {
                 let limit = shared.config.handshake_timeout;
                 match Box::pin(read_proxy_header(&mut tcp, limit)).await {
                     Ok((source, rest)) => {
+                        if let Some(Err(r)) =
+                            source.map(|c| adm.admit_handshake_ip(&mut handshake_permit, c))
+                        {
+                            adm.refuse(r);
+                            return;
+                        }
                         proxy_header = Some(source);
                         initial = rest;
                     }
@@ -627,7 +639,7 @@ async fn handshake<'a>(
     mut stream: ClientStream,
     peer: Peer,
     adm: &'a Admission,
-    handshake_permit: HandshakePermit<'a>,
+    mut handshake_permit: HandshakePermit<'a>,
     ip_permit: &mut Option<IpPermit<'a>>,
 ) -> Option<Accepted> {
     let _ = stream.set_nodelay(true);
@@ -663,6 +675,12 @@ async fn handshake<'a>(
                 Ok(None) => continue,
                 Ok(Some(h)) => {
                     proxy_source = h.source.map(|a| a.ip());
+                    if let Some(Err(r)) =
+                        proxy_source.map(|c| adm.admit_handshake_ip(&mut handshake_permit, c))
+                    {
+                        adm.refuse(r);
+                        return None;
+                    }
                     head_buf.drain(..h.len);
                     want_proxy_header = false;
                     if head_buf.is_empty() {
@@ -1220,7 +1238,8 @@ fn on_frame(core: &Core, conn: &Rc<Conn>, app: &App, msg: Message) -> bool {
                     ));
                 }
             }
-            true
+            // A message that closed the connection (a ping over budget) ends the reading.
+            !conn.is_closing()
         }
         Message::Binary(_) => {
             conn.push(pusher::error_frame(
@@ -1231,6 +1250,9 @@ fn on_frame(core: &Core, conn: &Rc<Conn>, app: &App, msg: Message) -> bool {
             true
         }
         Message::Ping(p) => {
+            if !ping_allowed(core, conn) {
+                return false;
+            }
             conn.push(ws::pong_frame(&p));
             true
         }
@@ -1247,9 +1269,27 @@ fn on_frame(core: &Core, conn: &Rc<Conn>, app: &App, msg: Message) -> bool {
     }
 }
 
+/// Spends one ping of the connection's `pings_per_minute` budget; over it the connection is
+/// closed with 4301 and counted as `ping_rate_limit` (ping_budget.rs), and false returned.
+fn ping_allowed(core: &Core, conn: &Conn) -> bool {
+    let now = crate::ping_budget::clock_us(core.shared.now());
+    let per_minute = core.shared.config.pings_per_minute;
+    if conn.state.borrow_mut().pings.allow(now, per_minute) {
+        return true;
+    }
+    conn.set_end_reason(CloseReason::PingRateLimit);
+    conn.close(
+        crate::ping_budget::CLOSE_CODE,
+        crate::ping_budget::CLOSE_REASON,
+        CloseReason::PingRateLimit,
+    );
+    false
+}
+
 fn on_message(core: &Core, conn: &Rc<Conn>, app: &App, m: ClientMessage) {
     let d = app.config.dialect;
     match m {
+        ClientMessage::Ping if !ping_allowed(core, conn) => {}
         ClientMessage::Ping => conn.push(pusher::pong_frame(d)),
         ClientMessage::Pong => {}
         ClientMessage::Subscribe {

@@ -37,6 +37,7 @@ mod maps;
 mod mesh;
 mod metrics;
 mod msg;
+mod ping_budget;
 mod read_scratch;
 mod server;
 mod shared;

@@ -34,10 +34,12 @@ pub enum CloseReason {
     Terminated,
     /// The handshake (HTTP request head) was malformed, too large or too slow.
     BadHandshake,
+    /// More pings than `pings_per_minute` (4301).
+    PingRateLimit,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::ClientClosed,
         CloseReason::IoError,
         CloseReason::ProtocolError,
@@ -50,6 +52,7 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::Terminated,
         CloseReason::BadHandshake,
+        CloseReason::PingRateLimit,
     ];
 
     /// Label used in metrics.
@@ -67,6 +70,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Terminated => "terminated",
             CloseReason::BadHandshake => "bad_handshake",
+            CloseReason::PingRateLimit => "ping_rate_limit",
         }
     }
 

@@ -433,6 +433,118 @@ fn pings_are_answered() {
     }
 }
 
+/// Pings `c` up to `n` times, alternating WebSocket pings and pusher:ping when `mixed`, each
+/// once the previous one was answered (so the server has read all that was sent when it
+/// closes, and the close frame is not lost to a reset). Returns the pongs received and the
+/// close frame's code and reason, if the server closed.
+fn ping_until_closed(c: &mut Client, n: usize, mixed: bool) -> (usize, Option<(u16, String)>) {
+    for i in 0..n {
+        if mixed && i % 2 == 0 {
+            c.ws.send(tungstenite::Message::Ping(b"x".to_vec().into()))
+                .unwrap();
+        } else {
+            c.send(json!({"event": "pusher:ping", "data": {}}));
+        }
+        match c.ws.read().unwrap() {
+            tungstenite::Message::Pong(p) => assert_eq!(&p[..], b"x"),
+            tungstenite::Message::Text(t) => {
+                let m: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(m["event"], "pusher:pong", "{m}");
+            }
+            tungstenite::Message::Close(f) => {
+                return (i, f.map(|f| (u16::from(f.code), f.reason.to_string())));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    (n, None)
+}
+
+/// A ping flood (pusher:ping or WebSocket pings) is closed with 4301 and counted; a bystander
+/// on the same server keeps being served.
+#[test]
+fn ping_floods_are_closed_with_4301_and_counted() {
+    let s = Server::start(2, "pings_per_minute = 10");
+    let mut bystander = s.connect();
+    bystander.subscribe("news");
+    for mixed in [false, true] {
+        let mut flood = s.connect();
+        let (pongs, close) = ping_until_closed(&mut flood, 200, mixed);
+        // The burst (ten) is answered, then the connection is closed: far fewer than 200.
+        assert!((10..200).contains(&pongs), "{pongs} pongs");
+        assert_eq!(close, Some((4301, "Ping rate limit exceeded".to_string())));
+    }
+    // WebSocket ping frames alone.
+    let mut ws_flood = s.connect();
+    let mut closed = None;
+    for i in 0..200 {
+        ws_flood
+            .ws
+            .send(tungstenite::Message::Ping(b"x".to_vec().into()))
+            .unwrap();
+        match ws_flood.ws.read().unwrap() {
+            tungstenite::Message::Pong(_) => {}
+            tungstenite::Message::Close(f) => {
+                closed = Some((i, f.map(|f| u16::from(f.code))));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let (pongs, code) = closed.expect("a WebSocket ping flood is closed");
+    assert!(pongs >= 10, "{pongs}");
+    assert_eq!(code, Some(4301));
+    s.wait_metrics("the three floods counted", |m| {
+        m.closed_by("ping_rate_limit") == 3
+    });
+    publish(&s, "news", "update", "{\"n\":1}");
+    assert_eq!(bystander.recv_event("update")["data"], "{\"n\":1}");
+    bystander.assert_nothing_pending();
+    assert_eq!(s.handle().metrics().closed_by("ping_rate_limit"), 3);
+}
+
+/// pusher:ping messages and WebSocket ping frames spend one budget: ten of each at ten a
+/// minute is over it (separate budgets would answer all twenty).
+#[test]
+fn pusher_and_websocket_pings_share_one_budget() {
+    let s = Server::start(1, "pings_per_minute = 10");
+    let mut c = s.connect();
+    let (pongs, close) = ping_until_closed(&mut c, 20, true);
+    assert!(pongs < 20, "{pongs} pongs");
+    assert_eq!(close.map(|c| c.0), Some(4301));
+}
+
+/// A client pinging at the allowed rate is never closed: a whole burst, then one ping per
+/// interval for 100 intervals on the engine's clock (moved forward, nothing sleeps).
+#[test]
+fn pinging_at_the_allowed_rate_is_never_closed() {
+    let s = Server::start(1, "pings_per_minute = 60");
+    let h = s.handle();
+    let mut c = s.connect();
+    for _ in 0..60 {
+        c.send(json!({"event": "pusher:ping", "data": {}}));
+    }
+    for _ in 0..60 {
+        assert_eq!(c.recv()["event"], "pusher:pong");
+    }
+    for i in 0..100 {
+        h.advance_clock(std::time::Duration::from_secs(1));
+        if i % 2 == 0 {
+            c.send(json!({"event": "pusher:ping", "data": {}}));
+            assert_eq!(c.recv()["event"], "pusher:pong", "ping {i}");
+        } else {
+            c.ws.send(tungstenite::Message::Ping(b"r".to_vec().into()))
+                .unwrap();
+            match c.ws.read().unwrap() {
+                tungstenite::Message::Pong(p) => assert_eq!(&p[..], b"r"),
+                other => panic!("expected pong to ping {i}, got {other:?}"),
+            }
+        }
+    }
+    c.subscribe("still-here");
+    assert_eq!(h.metrics().closed_by("ping_rate_limit"), 0);
+}
+
 #[test]
 fn silent_client_is_pinged_then_closed_with_4201() {
     let s = Server::start(1, "activity_timeout = 1\npong_timeout = 1");

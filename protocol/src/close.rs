@@ -47,7 +47,8 @@ pub const RECONNECT: u16 = 4200;
 pub const PONG_TIMEOUT: u16 = 4201;
 /// Pusher: closed after inactivity (pusher-js reconnects immediately).
 pub const INACTIVITY: u16 = 4202;
-/// Pusher: client event rate limit exceeded. Send as `pusher:error` code, never as a close code.
+/// Pusher: client event rate limit exceeded, sent as a `pusher:error` code. Ringcast also closes
+/// a connection over its ping budget with it (the 4300-4399 range: reconnect after a back-off).
 pub const CLIENT_EVENT_RATE: u16 = 4301;
 /// Pusher: watchlist limit exceeded. Send as `pusher:error` code, never as a close code.
 pub const WATCHLIST_LIMIT: u16 = 4302;
