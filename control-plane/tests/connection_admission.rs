@@ -2,7 +2,8 @@
 //! (close 4009 after the upgrade, which pusher-js treats as "refused, do not reconnect"),
 //! per-address caps on concurrent and new connections for WebSocket and HTTP alike,
 //! process-wide caps on handshakes in flight and connections, and the client address behind
-//! trusted proxies (`X-Forwarded-For`, PROXY protocol v1), each refusal counted by reason.
+//! trusted proxies (`X-Forwarded-For`, PROXY protocol v1), handshakes in flight per address,
+//! each refusal counted by reason.
 
 mod common;
 
@@ -319,4 +320,112 @@ fn proxy_protocol_names_the_client_and_is_required_from_trusted_proxies() {
     assert_eq!(ask(b""), "");
     let refusals = s.handle().admission_refusals();
     assert!(refusals.contains(&("bad_proxy_header", 1)), "{refusals:?}");
+}
+
+/// A TCP connection to `to` from the loopback address `from` (Linux accepts any 127.0.0.0/8
+/// source on the loopback interface).
+fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: SocketAddr = format!("{from}:0").parse().unwrap();
+    sock.bind(&src.into()).unwrap();
+    sock.connect(&to.into()).unwrap();
+    let t: TcpStream = sock.into();
+    t.set_read_timeout(Some(WAIT)).unwrap();
+    t
+}
+
+/// A full WebSocket connection from `from`: upgrade, then `connection_established`.
+fn websocket_from(from: &str, to: SocketAddr) -> Value {
+    let stream = connect_from(from, to);
+    let url = format!("ws://{to}/app/{KEY}?protocol=7&client=rust&version=1.0");
+    let (mut ws, _) = tungstenite::client(url.as_str(), stream).expect("upgrade");
+    match ws.read().unwrap() {
+        Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// One address holding stalled handshakes (slow-loris) cannot take more than
+/// `max_handshakes_in_flight_per_ip` of the process-wide handshake slots: its extra
+/// connections are refused at accept and counted, while another address still connects.
+#[test]
+fn handshakes_in_flight_are_capped_per_address() {
+    let s = server(
+        "[admission]\nmax_handshakes_in_flight = 100\nmax_handshakes_in_flight_per_ip = 3\n\
+         new_connections_per_ip_per_sec = 0\nlimit_exempt = []",
+        1,
+    );
+    // Three connections from 127.0.0.1 that never send their request head.
+    let stalled: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.1", s.addr)).collect();
+    s.eventually("three handshakes in flight", || {
+        metric(&s, "ringcast_handshakes_in_flight") == 3
+    });
+    // The fourth and fifth from the same address: closed without a word, counted.
+    for _ in 0..2 {
+        let mut t = connect_from("127.0.0.1", s.addr);
+        let _ = t.write_all(b"GET /health HTTP/1.1\r\n\r\n");
+        let mut b = [0u8; 64];
+        assert!(matches!(t.read(&mut b), Ok(0) | Err(_)), "refused");
+    }
+    assert_eq!(refused(&s, "max_handshakes_in_flight_per_ip"), 2);
+    // Another address is not held back: a WebSocket connects, and its own stalled
+    // handshakes are its own.
+    let first = websocket_from("127.0.0.2", s.addr);
+    assert_eq!(first["event"], "pusher:connection_established", "{first}");
+    let _others: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.2", s.addr)).collect();
+    s.eventually("six handshakes in flight", || {
+        metric(&s, "ringcast_handshakes_in_flight") == 6
+    });
+    // One of 127.0.0.1's heads arrives: its slot is given back and the address connects.
+    let mut done = stalled.into_iter().next().unwrap();
+    done.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = done.read_to_end(&mut out);
+    assert!(out.starts_with(b"HTTP/1.1 200"));
+    let first = websocket_from("127.0.0.1", s.addr);
+    assert_eq!(first["event"], "pusher:connection_established", "{first}");
+    assert_eq!(refused(&s, "max_handshakes_in_flight_per_ip"), 2);
+}
+
+/// Behind a trusted proxy the proxy itself is not one address holding every handshake: its
+/// connections count against the clients its PROXY headers name, from the header on.
+#[test]
+fn handshakes_per_address_behind_a_trusted_proxy_count_the_named_client() {
+    let s = server(
+        "[admission]\ntrusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = true\n\
+         max_handshakes_in_flight_per_ip = 2\nnew_connections_per_ip_per_sec = 0\nlimit_exempt = []",
+        1,
+    );
+    // The proxy's own connections before any header: not counted per address (four > 2).
+    let _pending: Vec<TcpStream> = (0..4).map(|_| connect_from("127.0.0.1", s.addr)).collect();
+    s.eventually("four handshakes in flight", || {
+        metric(&s, "ringcast_handshakes_in_flight") == 4
+    });
+    // Three connections naming 9.9.9.9 with no request head after the header: one is refused.
+    let _named: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut t = connect_from("127.0.0.1", s.addr);
+            t.write_all(b"PROXY TCP4 9.9.9.9 10.0.0.1 4000 6001\r\n")
+                .unwrap();
+            t
+        })
+        .collect();
+    s.eventually("one of 9.9.9.9's handshakes refused", || {
+        refused(&s, "max_handshakes_in_flight_per_ip") == 1
+    });
+    // Another client through the same proxy is served.
+    let mut t = connect_from("127.0.0.1", s.addr);
+    t.write_all(
+        b"PROXY TCP4 8.8.8.8 10.0.0.1 4000 6001\r\nGET /health HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = t.read_to_end(&mut out);
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(refused(&s, "max_handshakes_in_flight_per_ip"), 1);
 }
