@@ -166,6 +166,41 @@ fn presence_churn_is_seen_exactly_once_by_every_resident() {
     e.shutdown_and_join();
 }
 
+/// The race behind the once-flaky test above, made certain: with no hold a churner's leave is
+/// due the instant its join is sent, so it must wait for the join's `subscription_succeeded`
+/// (a leave that overtakes a pending join cancels it, and the server then sends no ack).
+/// Before the harness waited, a loaded machine (or a zero hold) counted missing acks.
+#[test]
+fn presence_leaves_wait_for_the_join_to_be_answered() {
+    let e = engine();
+    let url = format!("ws://{}", e.local_addr());
+    let dir = tmp("presence-hold0");
+    let v = run(
+        &[
+            "presence",
+            "--ws-url",
+            &url,
+            "--residents",
+            "2",
+            "--churners",
+            "4",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--hold-ms",
+            "0",
+        ],
+        &dir.join("out.json"),
+        Duration::from_secs(60),
+    );
+    let r = &v["results"][0];
+    assert_eq!(r["correct"], true, "{r}");
+    assert_eq!(r["joins_acked"].as_u64(), Some(20), "{r}");
+    assert_eq!(r["removed_seen"].as_u64(), Some(40), "{r}");
+    e.shutdown_and_join();
+}
+
 #[test]
 fn rest_publishing_against_the_floor_is_exact() {
     // The floor speaks the REST trigger endpoint (unsigned); the harness signs anyway.

@@ -2,7 +2,9 @@
 //!
 //! Per channel, `residents` members join first and stay for the whole run; `churners`
 //! connections then join and leave on a fixed open-loop schedule: join number `g` (channel
-//! `g % channels`) is intended at `t0 + g / rate` with user id `j{g}` and leaves `hold` later.
+//! `g % channels`) is intended at `t0 + g / rate` with user id `j{g}` and leaves `hold` later,
+//! but never before the server answered the join (a leave sent while the join is pending
+//! cancels it, and the server then owes no `subscription_succeeded`).
 //! Every resident must see `member_added` and `member_removed` for every join of its channel
 //! exactly once; latency is measured from the intended join/leave time, which the user id
 //! encodes, so no clock has to travel in the message.
@@ -251,6 +253,12 @@ async fn churner(l: Rc<Local>, m: usize) {
     let (mut rh, mut wh) = s.into_split();
     let lr = l.clone();
     let residents = p.residents as u64;
+    // This churner's answered joins (subscription_succeeded or an error): a leave is sent only
+    // once its join was answered. A leave sent while the join is still pending cancels it on
+    // the server, which then owes (and sends) no subscription_succeeded: under load that made
+    // `joins_acked` fall short although the server was right.
+    let answered = Rc::new(Cell::new(0u64));
+    let answered_r = answered.clone();
     monoio::spawn(async move {
         let _guard = guard;
         loop {
@@ -261,6 +269,7 @@ async fn churner(l: Rc<Local>, m: usize) {
                 if let Frame::Text(t) = f {
                     if let Some((ev, data)) = net::event_of(t) {
                         if ev == "pusher_internal:subscription_succeeded" {
+                            answered_r.set(answered_r.get() + 1);
                             lr.acked.set(lr.acked.get() + 1);
                             let d = net::data_object(&data);
                             let count = d
@@ -271,6 +280,7 @@ async fn churner(l: Rc<Local>, m: usize) {
                                 lr.short.set(lr.short.get() + 1);
                             }
                         } else if ev == "pusher:error" || ev == "pusher:subscription_error" {
+                            answered_r.set(answered_r.get() + 1);
                             lr.errors.set(lr.errors.get() + 1);
                             lr.ctl.error(format!("churner: {ev} {data}"));
                         }
@@ -296,6 +306,7 @@ async fn churner(l: Rc<Local>, m: usize) {
     let hold = p.hold.as_nanos() as u64;
     let mut g = first;
     let mut seq = 0u32;
+    let mut my_joins = 0u64;
     while g < spec.events {
         if l.ctl.stop.load(Relaxed) || now_ns() > spec.deadline_ns {
             break;
@@ -316,6 +327,16 @@ async fn churner(l: Rc<Local>, m: usize) {
             return;
         }
         l.sent.set(l.sent.get() + 1);
+        // The leave is due `hold` after the intended join, but never before the join was
+        // answered (bounded by the per-operation timeout).
+        my_joins += 1;
+        let want = my_joins;
+        if !wait_until(|| answered.get() >= want, p.timeout).await {
+            l.ctl.error(format!(
+                "churner {m}: join j{g} not answered within {:?}",
+                p.timeout
+            ));
+        }
         gen::sleep_until_ns(join_at + hold).await;
         let mut out = Vec::new();
         seq = seq.wrapping_add(1);
@@ -330,6 +351,19 @@ async fn churner(l: Rc<Local>, m: usize) {
     while !l.ctl.stop.load(Relaxed) {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Polls `done` (every millisecond, on this thread's runtime) until it holds or `limit`
+/// passes; whether it held.
+async fn wait_until(done: impl Fn() -> bool, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= until {
+            return false;
+        }
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
 }
 
 async fn thread_main(
@@ -465,7 +499,10 @@ pub fn run(plan: PresencePlan, label: &str, quiet: bool) -> anyhow::Result<Prese
     let events = ((plan.rate * plan.duration.as_secs_f64()).round() as u64).max(1);
     let t0_ns = now_ns() + 200_000_000;
     let end_ns = t0_ns + plan.duration.as_nanos() as u64 + plan.hold.as_nanos() as u64;
-    let drain = Duration::from_secs(3);
+    // How long past the schedule's end the run waits for the last member events (and a late
+    // churner may still send its joins): the per-operation timeout, not a fixed few seconds,
+    // so a loaded machine is waited for. A run that sees everything ends as soon as it has.
+    let drain = plan.timeout.max(Duration::from_secs(3));
     ctl.start_phase(PhaseSpec {
         phase: 1,
         rate: plan.rate,
