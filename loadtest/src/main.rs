@@ -399,6 +399,13 @@ struct AbuseArgs {
     /// Milliseconds between two readings of the server's RSS and open files.
     #[arg(long, default_value_t = 100)]
     sample_ms: u64,
+    /// Pin the abusers' thread to these CPUs (e.g. `1` or `2-3`), apart from the server's.
+    #[arg(long)]
+    attack_cpus: Option<String>,
+    /// Pin the honest clients' generator threads to these CPUs (one thread per CPU unless
+    /// --threads); replaces --cpus for this command.
+    #[arg(long)]
+    honest_cpus: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -833,11 +840,25 @@ fn server_pid(c: &Common, target: &Target) -> Option<u32> {
 fn abuse_cmd(a: AbuseArgs) -> anyhow::Result<()> {
     use ringcast_loadtest::scenario::abuse::{self, AbusePlan, Attack};
     use ringcast_loadtest::scenario::abuse_run::{self, AbuseRun};
-    let c = &a.common;
+    anyhow::ensure!(
+        a.common.cpus.is_none() || a.honest_cpus.is_none(),
+        "give --honest-cpus or --cpus, not both (they both pin the honest clients)"
+    );
+    let mut common = a.common.clone();
+    if a.honest_cpus.is_some() {
+        common.cpus = a.honest_cpus.clone();
+    }
+    let c = &common;
+    let attack_cpus = a
+        .attack_cpus
+        .as_deref()
+        .map(procfs::parse_cpu_list)
+        .transpose()?;
     let target = c.target()?;
     let pid = server_pid(c, &target);
     let sampler = pid.map(|p| Sampler::start(p, Duration::from_millis(a.sample_ms.max(10))));
     let plan = a.load.plan(c, target.clone(), a.load.subscribers)?;
+    let honest_cpus = plan.gen.cpus.clone();
     let honest_channels = (0..plan.channels).map(|i| plan.channel(i)).collect();
     let attacks = if a.attacks.is_empty() {
         Attack::ALL.to_vec()
@@ -853,6 +874,7 @@ fn abuse_cmd(a: AbuseArgs) -> anyhow::Result<()> {
             flood_rate: a.flood_rate,
             honest_channels,
             timeout: Duration::from_secs(c.timeout),
+            cpus: attack_cpus,
         },
         attacks,
         together: !a.no_together,
@@ -862,6 +884,7 @@ fn abuse_cmd(a: AbuseArgs) -> anyhow::Result<()> {
         max_p99_ratio: a.max_p99_ratio,
         max_rss_bytes: a.max_rss_mb << 20,
         max_open_files: a.max_open_files,
+        honest_cpus,
         quiet: c.quiet,
     };
     let mut s = Session::start(plan, a.load.procs, pid, &c.label, c.quiet)?;

@@ -220,6 +220,29 @@ pub fn sharing(gen_cpus: Option<&[usize]>, server_pid: Option<u32>) -> String {
     )
 }
 
+/// Restricts the calling thread to `cpus` (it may run on any of them).
+pub fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
+    if cpus.is_empty() {
+        return Err(std::io::Error::other("no CPUs given"));
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside the set for ids below
+    // CPU_SETSIZE (checked first); sched_setaffinity(0, ...) only reads the set, which lives
+    // across the call, and applies to the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            if c >= libc::CPU_SETSIZE as usize {
+                return Err(std::io::Error::other(format!("CPU {c} out of range")));
+            }
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Online CPU count.
 pub fn cpus() -> usize {
     std::thread::available_parallelism()

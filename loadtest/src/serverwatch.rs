@@ -15,23 +15,40 @@ use crate::procfs;
 /// Counter samples by `name{labels}` (exactly as the exposition writes them).
 pub type Counters = BTreeMap<String, f64>;
 
-/// Reads `GET {prefix}/metrics` (Prometheus text format) from `addr`, bounded by `timeout`.
+/// Reads `GET {prefix}/metrics` (Prometheus text format) from `addr`, over TLS when `tls`
+/// (trusting the system's roots and `ca`), bounded by `timeout`.
 pub fn fetch_metrics(
     addr: SocketAddr,
     host: &str,
     prefix: &str,
+    tls: Option<Option<&std::path::Path>>,
     timeout: Duration,
 ) -> anyhow::Result<Counters> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    let s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {prefix}/metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
+    let req = format!("GET {prefix}/metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let mut buf = Vec::new();
     // Bounded: the server closes (Connection: close); the read timeout ends a stall.
-    s.take(64 << 20).read_to_end(&mut buf)?;
+    match tls {
+        None => {
+            let mut s = s;
+            s.write_all(req.as_bytes())?;
+            s.take(64 << 20).read_to_end(&mut buf)?;
+        }
+        Some(ca) => {
+            let config = crate::tls::client_config(ca).map_err(|e| anyhow::anyhow!(e))?;
+            let conn = rustls::ClientConnection::new(config, crate::tls::server_name(host)?)?;
+            let mut s = rustls::StreamOwned::new(conn, s);
+            s.write_all(req.as_bytes())?;
+            // A server that closes without close_notify after the whole answer is fine.
+            match s.take(64 << 20).read_to_end(&mut buf) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text
         .split_once("\r\n\r\n")

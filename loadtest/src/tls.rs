@@ -190,17 +190,22 @@ impl TlsState {
     }
 }
 
-/// Runs the client side of a handshake with `host` (its certificate's name or IP address).
-pub async fn connect(tcp: TcpStream, host: &str, ca: Option<&Path>) -> io::Result<Stream> {
-    let config = client_config(ca).map_err(io::Error::other)?;
+/// The name a certificate must carry for `host` (`host[:port]`, `[v6]:port`).
+pub fn server_name(host: &str) -> io::Result<ServerName<'static>> {
     let name = host
         .rsplit_once(':')
         .filter(|(_, p)| p.parse::<u16>().is_ok())
         .map_or(host, |(h, _)| h)
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let name = ServerName::try_from(name.to_string())
-        .map_err(|e| io::Error::other(format!("TLS server name {name:?}: {e}")))?;
+    ServerName::try_from(name.to_string())
+        .map_err(|e| io::Error::other(format!("TLS server name {name:?}: {e}")))
+}
+
+/// Runs the client side of a handshake with `host` (its certificate's name or IP address).
+pub async fn connect(tcp: TcpStream, host: &str, ca: Option<&Path>) -> io::Result<Stream> {
+    let config = client_config(ca).map_err(io::Error::other)?;
+    let name = server_name(host)?;
     let session = ClientConnection::new(config, name).map_err(io::Error::other)?;
     let mut tcp = tcp;
     let mut tls = TlsState::new(Rc::new(RefCell::new(session)));

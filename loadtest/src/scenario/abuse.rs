@@ -8,6 +8,12 @@
 //! Abusers connect from their own loopback source addresses (`AbusePlan::sources`, by default
 //! 127.0.0.64 and up) so that a server configured with `loadtest/abuse.toml` applies its
 //! per-address limits to them and not to the honest clients (127.0.0.1-4, exempt there).
+//!
+//! Against a `wss://` target the abusers speak TLS like the honest clients (`--tls-ca`): every
+//! attack that completes a request head or a WebSocket handshake does it inside a TLS session
+//! (slow-loris dribbles its head after the TLS handshake); half-open connections stay raw TCP,
+//! which on a TLS port is a connection that never sends its ClientHello. The abuser thread can
+//! be pinned to CPUs of its own (`AbusePlan::cpus`, `--attack-cpus`).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -16,12 +22,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use serde::Serialize;
 
 use crate::clock::unix_secs;
 use crate::net::{self, Target};
+use crate::tls::Stream;
 use crate::wsframe::{self, Frame, FrameReader};
 
 /// Every attack the harness knows, in the order they run one after another.
@@ -119,6 +126,8 @@ pub struct AbusePlan {
     pub honest_channels: Vec<String>,
     /// Longest wait for one connect or handshake.
     pub timeout: Duration,
+    /// CPUs the abuser thread may run on (None: not pinned).
+    pub cpus: Option<Vec<usize>>,
 }
 
 impl AbusePlan {
@@ -182,6 +191,9 @@ pub fn counted_by(outcome: &str) -> Option<&'static [&'static str]> {
     if outcome.starts_with("close 4100") {
         return Some(&["ringcast_slow_consumer_closes_total"]);
     }
+    if outcome.starts_with("close 4301") {
+        return Some(&["ringcast_connections_closed_total{reason=\"ping_rate_limit\"}"]);
+    }
     if outcome.starts_with("close 4201") {
         return Some(&["ringcast_connections_closed_total{reason=\"pong_timeout\"}"]);
     }
@@ -231,6 +243,16 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("abusers".into())
         .spawn(move || {
+            if let Some(cpus) = &plan.cpus {
+                if let Err(e) = crate::procfs::pin_current_thread(cpus) {
+                    return vec![AttackResult {
+                        attack: "runtime".into(),
+                        attempts: 0,
+                        outcomes: [(format!("cannot pin the abusers to CPUs {cpus:?}: {e}"), 1)]
+                            .into(),
+                    }];
+                }
+            }
             let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                 .with_entries(4096)
                 .enable_timer()
@@ -345,17 +367,43 @@ impl Cx {
         }
     }
 
+    /// [`Self::tcp`], then a TLS handshake with `host` when `tls` (bounded like the connect);
+    /// a failed handshake is recorded as an outcome.
+    async fn stream(&self, w: usize, dst: SocketAddr, tls: bool, host: &str) -> Option<Stream> {
+        let tcp = self.tcp(w, dst).await?;
+        if !tls {
+            return Some(Stream::Plain(tcp));
+        }
+        let limit = self
+            .plan
+            .timeout
+            .min(self.left())
+            .max(Duration::from_millis(1));
+        let ca = self.plan.target.tls_ca.as_deref();
+        match monoio::time::timeout(limit, crate::tls::connect(tcp, host, ca)).await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                self.saw(format!("refused: TLS handshake failed ({})", io_kind(&e)));
+                None
+            }
+            Err(_) => {
+                self.saw("TLS handshake timed out");
+                None
+            }
+        }
+    }
+
     /// A WebSocket connection with `pusher:connection_established` read, or None (the outcome
     /// recorded).
-    async fn ws(&self, w: usize) -> Option<(TcpStream, FrameReader)> {
+    async fn ws(&self, w: usize) -> Option<(Stream, FrameReader)> {
         self.ws_id(w).await.map(|(s, rd, _)| (s, rd))
     }
 
     /// [`Self::ws`] and the socket id the server gave.
-    async fn ws_id(&self, w: usize) -> Option<(TcpStream, FrameReader, String)> {
+    async fn ws_id(&self, w: usize) -> Option<(Stream, FrameReader, String)> {
         let t = &self.plan.target;
         let ep = t.ws_for(w);
-        let mut s = self.tcp(w, ep.addr).await?;
+        let mut s = self.stream(w, ep.addr, ep.tls, &ep.host).await?;
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -561,7 +609,7 @@ async fn watch<R: AsyncReadRent>(cx: &Cx, r: &mut R, rd: &mut FrameReader) -> St
 /// watches the answers; records how the connection ended.
 async fn flood(
     cx: Rc<Cx>,
-    s: TcpStream,
+    s: Stream,
     rd: FrameReader,
     mut next: impl FnMut(u64) -> Option<Vec<u8>>,
 ) {
@@ -645,7 +693,7 @@ async fn worker(cx: Rc<Cx>, w: usize, n: usize) {
             let Some((mut s, mut rd, sid)) = cx.ws_id(w).await else {
                 return;
             };
-            set_rcvbuf(&s, 4096);
+            set_rcvbuf(s.tcp(), 4096);
             let chans = &plan.honest_channels;
             let ch = [chans[w % chans.len().max(1)].clone()];
             let sub = net::subscribe_all(&mut s, &mut rd, &plan.target, &sid, &ch, w as u32);
@@ -828,7 +876,7 @@ async fn worker(cx: Rc<Cx>, w: usize, n: usize) {
 async fn slow_loris(cx: &Cx, w: usize) {
     let t = &cx.plan.target;
     let ep = t.ws_for(w);
-    let Some(s) = cx.tcp(w, ep.addr).await else {
+    let Some(s) = cx.stream(w, ep.addr, ep.tls, &ep.host).await else {
         cx.pause(Duration::from_millis(50)).await;
         return;
     };
@@ -869,7 +917,7 @@ async fn slow_loris(cx: &Cx, w: usize) {
 /// One wrongly signed `POST /apps/{id}/events` on a new connection.
 async fn bad_signature(cx: &Cx, w: usize) {
     let t = &cx.plan.target;
-    let Some(mut s) = cx.tcp(w, t.api_addr).await else {
+    let Some(mut s) = cx.stream(w, t.api_addr, t.api_tls, &t.api_host).await else {
         return;
     };
     // Like the attack: a head announcing a 1 MB body, then only its first KiB (the

@@ -2,7 +2,10 @@
 //! attack of [`super::abuse`] one after another, then beside all of them at once, on one
 //! connected [`Session`]. Per phase: the honest p99 and loss beside the quiet run's, the
 //! server's peak RSS and open files (`/proc/PID`), what the abusers saw and what the server's
-//! `/metrics` counted; then the goals as PASS/FAIL lines.
+//! `/metrics` counted; then the goals as PASS/FAIL lines. The report's `sharing`
+//! section says how the machine was shared: the CPUs of the server, the abusers
+//! (`--attack-cpus`) and the honest clients (`--honest-cpus`), which of them overlap, and the
+//! load average.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,7 +46,80 @@ pub struct AbuseRun {
     pub max_rss_bytes: u64,
     /// Goal: the server's peak open files (None: not checked, only the return to baseline).
     pub max_open_files: Option<u64>,
+    /// CPUs the honest clients' generator threads are pinned to (None: not pinned).
+    pub honest_cpus: Option<Vec<usize>>,
     pub quiet: bool,
+}
+
+/// How the machine was shared during the run.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Sharing {
+    /// Online CPUs.
+    pub cpus: usize,
+    /// CPUs the server's threads may run on (`/proc/PID`), when its pid is known.
+    pub server_cpus: Option<Vec<usize>>,
+    /// CPUs the abuser thread was pinned to (None: not pinned).
+    pub attack_cpus: Option<Vec<usize>>,
+    /// CPUs the honest generator threads were pinned to (None: not pinned).
+    pub honest_cpus: Option<Vec<usize>>,
+    /// Load average (1, 5, 15 min) at the start: other tenants of the machine.
+    pub load_avg_before: String,
+    /// The same in words, with the overlaps.
+    pub summary: String,
+}
+
+impl Sharing {
+    pub fn new(
+        attack: Option<&[usize]>,
+        honest: Option<&[usize]>,
+        server_pid: Option<u32>,
+    ) -> Sharing {
+        use std::collections::BTreeSet;
+        let server: Option<BTreeSet<usize>> =
+            server_pid.and_then(|p| crate::procfs::process_cpus(&p.to_string()));
+        let set = |c: Option<&[usize]>| c.map(|c| c.iter().copied().collect::<BTreeSet<_>>());
+        let (a, h) = (set(attack), set(honest));
+        let list = |s: &BTreeSet<usize>| {
+            s.iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let side = |name: &str, s: &Option<BTreeSet<usize>>, what: &str| match s {
+            Some(s) => format!("{name} on CPU {}", list(s)),
+            None => format!("{name} {what}"),
+        };
+        let overlap = |x: &str,
+                       a: &Option<BTreeSet<usize>>,
+                       y: &str,
+                       b: &Option<BTreeSet<usize>>| match (a, b) {
+            (Some(a), Some(b)) if a.is_disjoint(b) => format!("{x} and {y}: separate cores"),
+            (Some(a), Some(b)) => format!(
+                "{x} and {y}: SHARED CPU {}",
+                list(&a.intersection(b).copied().collect())
+            ),
+            _ => format!("{x} and {y}: may share cores (not both pinned)"),
+        };
+        let load = crate::procfs::loadavg();
+        let summary = format!(
+            "{} CPUs; {}; {}; {}; {}; {}; {}; load average {load}",
+            crate::procfs::cpus(),
+            side("server", &server, "CPUs unknown (no --server-pid)"),
+            side("attackers", &a, "unpinned"),
+            side("honest clients", &h, "unpinned"),
+            overlap("server", &server, "attackers", &a),
+            overlap("server", &server, "honest clients", &h),
+            overlap("attackers", &a, "honest clients", &h),
+        );
+        Sharing {
+            cpus: crate::procfs::cpus(),
+            server_cpus: server.map(|s| s.into_iter().collect()),
+            attack_cpus: attack.map(<[usize]>::to_vec),
+            honest_cpus: honest.map(<[usize]>::to_vec),
+            load_avg_before: load,
+            summary,
+        }
+    }
 }
 
 /// One phase of the run.
@@ -83,6 +159,8 @@ pub struct Goal {
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct AbuseReport {
     pub server_pid: Option<u32>,
+    /// How the machine was shared (CPUs of the server, abusers and honest clients).
+    pub sharing: Sharing,
     pub baseline: Option<ProcSample>,
     pub phases: Vec<AbusePhase>,
     pub goals: Vec<Goal>,
@@ -93,6 +171,7 @@ fn scrape(t: &Target) -> Counters {
         t.api_addr,
         &t.api_host,
         &t.api_path_prefix,
+        t.api_tls.then_some(t.tls_ca.as_deref()),
         Duration::from_secs(10),
     )
     .unwrap_or_default()
@@ -132,6 +211,10 @@ pub fn run(
         schedule.push(("all-together".into(), r.attacks.clone()));
     }
     let pid = sampler.map(|s| s.pid);
+    let sharing = Sharing::new(r.plan.cpus.as_deref(), r.honest_cpus.as_deref(), pid);
+    if !r.quiet {
+        eprintln!("[abuse] sharing: {}", sharing.summary);
+    }
     let mut baseline: Option<ProcSample> = None;
     let mut quiet_p99 = None;
     for (name, attacks) in schedule {
@@ -212,6 +295,7 @@ pub fn run(
     let goals = goals(r, &phases, baseline);
     Ok(AbuseReport {
         server_pid: pid,
+        sharing,
         baseline,
         phases,
         goals,
@@ -383,7 +467,7 @@ pub fn phase_text(p: &AbusePhase) -> String {
 
 /// The whole report as text (phases, then the goals).
 pub fn text(rep: &AbuseReport) -> String {
-    let mut s = String::new();
+    let mut s = format!("sharing: {}\n", rep.sharing.summary);
     if let Some(b) = rep.baseline {
         s.push_str(&format!(
             "server pid {}: after the quiet run {} MiB RSS, {} open files\n",
