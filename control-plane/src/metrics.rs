@@ -335,7 +335,7 @@ pub fn render(m: &MetricsSnapshot, stats: &Stats, rest: &RestMetrics, app_ids: &
     o.family(
         "ringcast_connections_closed_total",
         "counter",
-        "WebSocket connections closed, by reason (terminated = 4009 via the API, slow_consumer_* = 4100, pong_timeout = 4201, shutdown = 4200).",
+        "WebSocket connections closed, by reason (terminated = 4009 via the API, slow_consumer_* = 4100, pong_timeout = 4201, shutdown = 4200, ping_rate_limit = 4301).",
     );
     for (reason, n) in &m.closed {
         o.sample(

@@ -174,9 +174,12 @@ pub fn counted_by(outcome: &str) -> Option<&'static [&'static str]> {
         "ringcast_connections_closed_total{reason=\"protocol_error\"}",
         "ringcast_protocol_errors_total",
     ];
+    // On a TLS port a connection that never finishes its TLS handshake (half-open) is closed
+    // at the handshake timeout without a 408 and counted there.
     const ACCEPT: &[&str] = &[
         "ringcast_connections_refused_total",
         "ringcast_connections_closed_total{reason=\"bad_handshake\"}",
+        "ringcast_tls_handshakes_total{listener=\"public\",result=\"timeout\"}",
     ];
     const HEAD: &[&str] = &[
         "ringcast_connections_closed_total{reason=\"bad_handshake\"}",

@@ -18,8 +18,9 @@ use crate::net::Target;
 use crate::serverwatch::{self, Counters, ProcSample, Sampler};
 
 /// The counters a phase's report shows (what the server counted), by prefix.
-pub const WATCHED: [&str; 10] = [
+pub const WATCHED: [&str; 11] = [
     "ringcast_connections_refused_total",
+    "ringcast_tls_handshakes_total",
     "ringcast_http_refused_total",
     "ringcast_connections_closed_total",
     "ringcast_slow_consumer_closes_total",
