@@ -51,10 +51,12 @@ impl PingBudget {
 }
 
 /// Microseconds of the engine clock (`Shared::now`, which tests move forward) since a
-/// process-wide origin taken at the first call. Monotonic.
+/// process-wide origin: the real monotonic clock at the first call. An engine's clock is the
+/// real one plus a non-negative offset, so every engine's `now` is at or past the origin,
+/// whichever engine (with whatever offset) called first. Monotonic.
 pub(crate) fn clock_us(now: Instant) -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    let origin = *ORIGIN.get_or_init(|| now);
+    let origin = *ORIGIN.get_or_init(Instant::now);
     now.saturating_duration_since(origin).as_micros() as u64
 }
 
@@ -129,9 +131,14 @@ mod tests {
 
     #[test]
     fn clock_is_monotonic_from_its_origin() {
+        // A clock moved forward (a test engine's) calling first does not stall the others.
+        let ahead = Instant::now() + std::time::Duration::from_secs(500);
+        let _ = clock_us(ahead);
         let now = Instant::now();
         let a = clock_us(now);
         let b = clock_us(now + std::time::Duration::from_secs(3));
+        // Had the origin been taken from the clock ahead, both would read 0.
         assert_eq!(b - a, 3 * S);
+        assert!(clock_us(ahead) > b);
     }
 }
