@@ -263,7 +263,9 @@ fn frame_bigger_than_the_scratch(c: &mut Raw) {
     c.expect_pongs(2);
 }
 
-const BIG: &str = "max_message_bytes = 1048576\n";
+/// Large messages, and pings unlimited: pings are the probe here (hundreds per connection,
+/// far past the default `pings_per_minute` budget, which engine/tests/engine.rs tests).
+const BIG: &str = "max_message_bytes = 1048576\npings_per_minute = 0\n";
 
 #[test]
 fn plaintext_frames_decode_across_every_receive_boundary() {
