@@ -5,9 +5,11 @@
 #
 #   bash fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]     (default 60 s, every target)
 #
-# New inputs that raise coverage go to fuzz/corpus/<target>/ (check in the interesting ones);
-# a crash is written to fuzz/artifacts/<target>/ and must become a corpus file (a regression
-# test: fuzz/targets/tests/corpus.rs runs every corpus file in the normal test suite).
+# New inputs that raise coverage go to a work corpus (fuzz/libfuzzer/target/corpus/<target>/, or
+# FUZZ_WORK_DIR); check the interesting ones in under fuzz/corpus/<target>/. A crash is written
+# to fuzz/artifacts/<target>/, makes this script exit 1, and must become a corpus file (a
+# regression test: fuzz/targets/tests/corpus.rs runs every corpus file in the normal test suite).
+# scripts/test.sh (and so CI) runs every target for a few seconds with this script.
 set -euo pipefail
 cd "$(dirname "$0")/libfuzzer"
 SECS="${1:-60}"
@@ -24,13 +26,29 @@ export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$(pwd)/target}"
 TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
 cargo build --release --bins --target "$TRIPLE"
 BIN="$CARGO_TARGET_DIR/$TRIPLE/release"
+# New inputs go to a work corpus beside the build (not the checked-in seeds, which are read only
+# here); copy the interesting ones into fuzz/corpus/<target>/ by hand.
+WORK="${FUZZ_WORK_DIR:-$CARGO_TARGET_DIR/corpus}"
+FAILED_TARGETS=()
 for t in "${TARGETS[@]}"; do
-  mkdir -p "../artifacts/$t" "../corpus/$t"
+  mkdir -p "../artifacts/$t" "$WORK/$t"
   echo "==> $t for ${SECS}s"
-  "$BIN/$t" "../corpus/$t" \
+  LOG="$WORK/$t.log"
+  set +e
+  "$BIN/$t" "$WORK/$t" "../corpus/$t" \
     -max_total_time="$SECS" -max_len=8192 -timeout=10 -rss_limit_mb=1024 \
-    -artifact_prefix="../artifacts/$t/" -print_final_stats=1 2>&1 \
-    | grep -E '^#[0-9]+ +DONE|^stat::|ERROR|panicked|SUMMARY|^==[0-9]+==' || true
+    -artifact_prefix="../artifacts/$t/" -print_final_stats=1 >"$LOG" 2>&1
+  rc=$?
+  set -e
+  grep -E '^#[0-9]+ +DONE|^stat::|ERROR|panicked|SUMMARY|^==[0-9]+==' "$LOG" || true
+  if [ "$rc" -ne 0 ]; then
+    echo "!! $t: libFuzzer exited $rc (a crash, a property failure or a timeout): the input is in fuzz/artifacts/$t/"
+    FAILED_TARGETS+=("$t")
+  fi
   # Coverage reached over the corpus now:
-  "$BIN/$t" "../corpus/$t" -runs=0 2>&1 | grep -oE 'INITED cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' || true
+  "$BIN/$t" "$WORK/$t" "../corpus/$t" -runs=0 2>&1 | grep -oE 'INITED cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' || true
 done
+if [ ${#FAILED_TARGETS[@]} -ne 0 ]; then
+  echo "fuzz: failures in ${FAILED_TARGETS[*]}"
+  exit 1
+fi

@@ -6,6 +6,7 @@
 # Steps: toolchain check -> brokers (apt-get redis-server/nats-server/openssl when missing)
 #        -> cargo fmt --check -> clippy -D warnings -> cargo build --bin ringcast
 #        -> Rust tests (cargo nextest, or cargo test if nextest is missing)
+#        -> every fuzz target for 5 s (fuzz/run.sh: instrumented build, libFuzzer; fails on a crash)
 #        -> npm ci in tests/js (only when node_modules is missing or stale)
 #        -> apt-get install chromium when missing (the dashboard test drives it)
 #        -> real-client JS tests (node --test) against target/debug/ringcast
@@ -17,7 +18,8 @@
 # Environment knobs:
 #   RINGCAST_REST_TESTS=1   also run the JS tests listed in JS_TESTS_NEED_REST (none at present)
 #   RINGCAST_JS_TESTS="a.test.mjs b.test.mjs"   run exactly these JS test files (names in tests/js/)
-#   RINGCAST_SKIP_RUST=1    skip fmt/clippy/Rust tests (still builds the binary); for iterating on JS tests
+#   RINGCAST_SKIP_RUST=1    skip fmt/clippy/Rust tests and the fuzz step (still builds the binary); for iterating on JS tests
+#   RINGCAST_SKIP_FUZZ=1    skip the brief fuzz run (fuzz/run.sh); RINGCAST_FUZZ_SECS=N to run each target N s
 #   RINGCAST_BIN=/path      server binary for the JS tests (default: <target dir>/debug/ringcast)
 set -euo pipefail
 
@@ -207,6 +209,13 @@ if [[ "${RINGCAST_SKIP_RUST:-0}" != 1 ]]; then
         awk '{p+=$1; f+=$2; s+=$3} END {print p+0, f+0, s+0}')
     fi
   fi
+fi
+
+# Every fuzz target for a few seconds (issue 12): an instrumented build of the parsers, then
+# libFuzzer from the checked-in seeds; a crash or property failure fails this step.
+if [[ "${RINGCAST_SKIP_RUST:-0}" != 1 && "${RINGCAST_SKIP_FUZZ:-0}" != 1 ]]; then
+  run_step "fuzz targets, ${RINGCAST_FUZZ_SECS:-5}s each (fuzz/run.sh)" "$LOG_DIR/fuzz.log" \
+    timeout 1800 bash fuzz/run.sh "${RINGCAST_FUZZ_SECS:-5}" || true
 fi
 
 # ---------------------------------------------------------------------------------------------
