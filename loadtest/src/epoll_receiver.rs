@@ -109,6 +109,17 @@ struct Conn<T> {
     _extra: T,
 }
 
+impl<T> Conn<T> {
+    /// What a handler is told about this connection at clock reading `now`.
+    fn ctx(&self, now: u64) -> Ctx {
+        Ctx {
+            key: self.key,
+            now,
+            fd: self.fd.as_raw_fd(),
+        }
+    }
+}
+
 /// What one [`EpollSet::poll`] saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Polled {
@@ -324,11 +335,7 @@ fn service<T>(
     now: u64,
     on: &mut impl FnMut(&Ctx, Got<'_>) -> bool,
 ) -> bool {
-    let ctx = Ctx {
-        key: c.key,
-        now,
-        fd: c.fd.as_raw_fd(),
-    };
+    let ctx = c.ctx(now);
     for _ in 0..READS_PER_WAKE {
         // SAFETY: recv writes at most `buf.len()` bytes into `buf`, which we borrow mutably.
         let r = unsafe {
@@ -414,11 +421,7 @@ fn feed<T>(
     now: u64,
     on: &mut impl FnMut(&Ctx, Got<'_>) -> bool,
 ) -> bool {
-    let ctx = Ctx {
-        key: c.key,
-        now,
-        fd: c.fd.as_raw_fd(),
-    };
+    let ctx = c.ctx(now);
     let mut off = 0;
     if !c.carry.is_empty() {
         // The carried bytes: a frame that straddled reads (or, right after `add`, whatever

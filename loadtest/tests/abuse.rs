@@ -232,6 +232,36 @@ fn allowed_cpus() -> Vec<usize> {
     out
 }
 
+/// The flags every small abuse run in these tests shares: 10 honest subscribers at 20 ev/s
+/// for 1 s, 2 connections per attack from 24 abuser addresses, and tolerances so wide that the
+/// loaded test machine's timing never decides a goal (counts are what is checked).
+fn small_run(pid: &str) -> [&str; 22] {
+    [
+        "--subscribers",
+        "10",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--drain",
+        "3",
+        "--abuse-connections",
+        "2",
+        "--flood-rate",
+        "100",
+        "--abuse-sources",
+        "24",
+        "--timeout",
+        "5",
+        "--server-pid",
+        pid,
+        "--max-p99-ratio",
+        "1000000",
+        "--max-publish-lag-ms",
+        "100000",
+    ]
+}
+
 /// Every phase delivered exactly what was expected to the honest clients, none closed.
 fn assert_honest_whole(rep: &serde_json::Value) {
     let phases = rep["phases"].as_array().expect("phases");
@@ -262,38 +292,21 @@ fn pinned_abuse_run_records_the_sharing_and_keeps_honest_clients_whole() {
     let (attack, honest) = (cpus[cpus.len() - 1], cpus[0]);
     let v = run(
         &[
-            "abuse",
-            "--ws-url",
-            &url,
-            "--attacks",
-            "ping-flood,malformed-json",
-            "--attack-cpus",
-            &attack.to_string(),
-            "--honest-cpus",
-            &honest.to_string(),
-            "--subscribers",
-            "10",
-            "--rate",
-            "20",
-            "--duration",
-            "1",
-            "--drain",
-            "3",
-            "--abuse-connections",
-            "2",
-            "--flood-rate",
-            "100",
-            "--abuse-sources",
-            "24",
-            "--timeout",
-            "5",
-            "--server-pid",
-            &pid,
-            "--max-p99-ratio",
-            "1000000",
-            "--max-publish-lag-ms",
-            "100000",
-        ],
+            &[
+                "abuse",
+                "--ws-url",
+                &url,
+                "--attacks",
+                "ping-flood,malformed-json",
+                "--attack-cpus",
+                &attack.to_string(),
+                "--honest-cpus",
+                &honest.to_string(),
+            ][..],
+            // The run's size and the tolerances every small abuse run shares.
+            &small_run(&pid),
+        ]
+        .concat(),
         &dir.join("out.json"),
         Duration::from_secs(120),
     );
@@ -343,37 +356,20 @@ fn abuse_run_over_tls_keeps_honest_clients_whole() {
     let pid = std::process::id().to_string();
     let v = run(
         &[
-            "abuse",
-            "--ws-url",
-            &url,
-            "--tls-ca",
-            ca.to_str().expect("utf-8 path"),
-            "--attacks",
-            "slow-loris,ping-flood,bad-signature,malformed-json",
-            "--no-together",
-            "--subscribers",
-            "10",
-            "--rate",
-            "20",
-            "--duration",
-            "1",
-            "--drain",
-            "3",
-            "--abuse-connections",
-            "2",
-            "--flood-rate",
-            "100",
-            "--abuse-sources",
-            "24",
-            "--timeout",
-            "5",
-            "--server-pid",
-            &pid,
-            "--max-p99-ratio",
-            "1000000",
-            "--max-publish-lag-ms",
-            "100000",
-        ],
+            &[
+                "abuse",
+                "--ws-url",
+                &url,
+                "--tls-ca",
+                ca.to_str().expect("utf-8 path"),
+                "--attacks",
+                "slow-loris,ping-flood,bad-signature,malformed-json",
+                "--no-together",
+            ][..],
+            // The run's size and the tolerances every small abuse run shares.
+            &small_run(&pid),
+        ]
+        .concat(),
         &dir.join("out.json"),
         Duration::from_secs(120),
     );
