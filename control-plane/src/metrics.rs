@@ -460,6 +460,11 @@ pub fn render(m: &MetricsSnapshot, stats: &Stats, rest: &RestMetrics, app_ids: &
             "Connections handed from a flush pass to the io_uring writer after a partial write or EAGAIN.",
             m.flush_slow_paths,
         ),
+        (
+            "ringcast_flush_yields_total",
+            "Times a flush pass let its core's other tasks run after writing for one slice (1 ms).",
+            m.flush_yields,
+        ),
     ] {
         o.single(name, "counter", help, v);
     }

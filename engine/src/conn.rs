@@ -164,7 +164,7 @@ impl Conn {
     /// Queues a frame (a reference-count bump, not a copy). Over the byte budget the connection
     /// is closed as a slow consumer and its queue dropped.
     #[inline]
-    pub fn push(&self, frame: Bytes) {
+    pub fn push(self: &Rc<Self>, frame: Bytes) {
         let mut out = self.out.borrow_mut();
         if out.closing.is_some() || out.done {
             return;
@@ -190,6 +190,11 @@ impl Conn {
             self.notify();
             return;
         } else {
+            if out.frames.len() == 1 && !out.frames.spilled() {
+                // A second frame before the pass: under load several more follow, so the
+                // queue goes from inline straight to room for 8 (one allocation, not 3).
+                out.frames.reserve(7);
+            }
             out.frames.push(frame);
         }
         drop(out);
@@ -197,7 +202,7 @@ impl Conn {
     }
 
     /// Asks the writer to flush what is queued, then send a close frame and end the connection.
-    pub fn close(&self, code: u16, reason: &str, why: CloseReason) {
+    pub fn close(self: &Rc<Self>, code: u16, reason: &str, why: CloseReason) {
         let mut out = self.out.borrow_mut();
         if out.closing.is_some() || out.done {
             return;
@@ -215,11 +220,11 @@ impl Conn {
     /// Output is due: the flush pass's connections are put on the core's dirty list once (no
     /// wake-up per connection); a connection a writer task holds wakes that task.
     #[inline]
-    pub(crate) fn notify(&self) {
+    pub(crate) fn notify(self: &Rc<Self>) {
         match self.wstate.get() {
             crate::flush::WState::Idle => {
                 self.wstate.set(crate::flush::WState::Queued);
-                crate::flush::mark(self.id());
+                crate::flush::mark(self.clone());
             }
             crate::flush::WState::Queued => {}
             crate::flush::WState::Task => self.wake_writer(),
@@ -1271,7 +1276,7 @@ fn on_frame(core: &Core, conn: &Rc<Conn>, app: &App, msg: Message) -> bool {
 
 /// Spends one ping of the connection's `pings_per_minute` budget; over it the connection is
 /// closed with 4301 and counted as `ping_rate_limit` (ping_budget.rs), and false returned.
-fn ping_allowed(core: &Core, conn: &Conn) -> bool {
+fn ping_allowed(core: &Core, conn: &Rc<Conn>) -> bool {
     let now = crate::ping_budget::clock_us(core.shared.now());
     let per_minute = core.shared.config.pings_per_minute;
     if conn.state.borrow_mut().pings.allow(now, per_minute) {
@@ -1349,7 +1354,7 @@ fn on_message(core: &Core, conn: &Rc<Conn>, app: &App, m: ClientMessage) {
 
 fn sub_error(
     core: &Core,
-    conn: &Conn,
+    conn: &Rc<Conn>,
     d: Dialect,
     channel: &str,
     kind: &str,
@@ -1678,7 +1683,7 @@ pub(crate) fn token_signin(core: &Core, conn: &Rc<Conn>, app: &App, claims: jwt:
 
 fn client_event(
     core: &Core,
-    conn: &Conn,
+    conn: &Rc<Conn>,
     app: &App,
     event: &str,
     channel: &str,
@@ -1799,7 +1804,7 @@ fn client_event(
 
 /// Push-back on a client event: refused (and told) while the mesh toward its owner is
 /// congested, so nothing has to be dropped further on.
-fn admit_client_event(core: &Core, conn: &Conn, d: Dialect, key: &ChanKey) -> bool {
+fn admit_client_event(core: &Core, conn: &Rc<Conn>, d: Dialect, key: &ChanKey) -> bool {
     if core.admits(core.shared.owner_of(key)) {
         return true;
     }
@@ -1916,6 +1921,9 @@ pub(crate) async fn write_loop(
 /// Undoes everything the connection holds: subscriptions (local and at the owners), sign-in,
 /// quota, counters.
 pub(crate) fn cleanup(core: &Core, conn: &Conn) {
+    // A flush pass may still hold the connection on its dirty list: it writes only
+    // connections in the pass model, and this one no longer is.
+    conn.wstate.set(crate::flush::WState::Task);
     let st = std::mem::replace(&mut *conn.state.borrow_mut(), ConnState::new(1, 1));
     for (name, sub) in st.subs {
         let key = ChanKey {

@@ -35,6 +35,10 @@ use crate::msg::{
 };
 use crate::shared::Shared;
 
+/// From this many subscribers of a channel on a core, `Core::deliver` gives them a core-local
+/// copy of the frame (one allocation and copy per event per core) rather than the shared one.
+pub(crate) const LOCAL_COPY_MIN_SUBSCRIBERS: usize = 32;
+
 /// Signed-in connections on a core: (app, user id) -> connection ids.
 type UserIndex = CoreMap<(AppIdx, Arc<str>), Vec<u64>>;
 
@@ -1440,7 +1444,8 @@ impl Core {
 
     // ---------------------------------------------------------------- subscriber side
 
-    /// Appends `frame` (shared, not copied) to every local subscriber's outbound queue.
+    /// Appends `frame` (shared, not copied per subscriber) to every local subscriber's
+    /// outbound queue.
     pub(crate) fn deliver(
         &self,
         key: &ChanKey,
@@ -1450,6 +1455,17 @@ impl Core {
     ) {
         let subs = self.subs.borrow();
         let Some(list) = subs.get(key) else { return };
+        // The frame arrives shared by every core; each local subscriber's queue takes a
+        // reference and the flush pass drops it. With many subscribers here the core takes
+        // its own copy first, so those counts stay in this core's cache instead of every
+        // core bouncing one atomic count between them.
+        let local;
+        let frame = if list.len() >= LOCAL_COPY_MIN_SUBSCRIBERS {
+            local = Bytes::copy_from_slice(frame);
+            &local
+        } else {
+            frame
+        };
         let mut n = 0u64;
         let mut alt: Option<Option<Bytes>> = None;
         let mut sse: Option<Option<Bytes>> = None;

@@ -62,10 +62,11 @@ pub(crate) enum Writer {
     Away(JoinHandle<()>),
 }
 
-/// A core's dirty list: ids of connections with output due. One per worker thread (a core
-/// is one thread), so `Conn::push` reaches it without a pointer in every connection.
+/// A core's dirty list: the connections with output due (held, so a pass reaches each one
+/// without a map lookup). One per worker thread (a core is one thread), so `Conn::push`
+/// reaches it without a pointer in every connection.
 struct FlushQueue {
-    dirty: RefCell<Vec<u64>>,
+    dirty: RefCell<Vec<Rc<Conn>>>,
     /// The flush loop, parked on an empty list.
     waker: Cell<Option<Waker>>,
 }
@@ -81,10 +82,10 @@ thread_local! {
 
 /// Puts a connection on its core's dirty list (once: the caller moved it `Idle` -> `Queued`).
 /// Wakes the flush loop only when the list was empty: one wake-up per pass.
-pub(crate) fn mark(id: u64) {
+pub(crate) fn mark(conn: Rc<Conn>) {
     QUEUE.with(|q| {
         let mut d = q.dirty.borrow_mut();
-        d.push(id);
+        d.push(conn);
         if d.len() == 1 {
             drop(d);
             if let Some(w) = q.waker.take() {
@@ -186,37 +187,168 @@ pub(crate) async fn flush_loop(core: Rc<Core>) {
             monoio::time::sleep(window).await;
         }
         let start: Instant = core.shared.now();
-        pass.run(&core);
+        pass.run(&core).await;
         let end = core.shared.now();
         last_pass = end.saturating_duration_since(start);
         last_end = end;
     }
 }
 
-/// A pass's scratch, reused: the dirty ids taken from the list, and the iovec of the write
-/// being made (emptied after every write, so no pointer outlives its frame).
-#[derive(Default)]
+/// A pass's scratch, reused: the dirty connections taken from the list, and the write being
+/// made; and how long it writes before letting other tasks run.
 struct Pass {
-    ids: Vec<u64>,
-    iov: Vec<libc::iovec>,
+    conns: Vec<Rc<Conn>>,
+    scratch: Scratch,
+    slice: Duration,
+}
+
+impl Default for Pass {
+    fn default() -> Self {
+        Pass {
+            conns: Vec::new(),
+            scratch: Scratch::default(),
+            slice: PASS_SLICE,
+        }
+    }
 }
 
 impl Pass {
-    fn run(&mut self, core: &Rc<Core>) {
-        QUEUE.with(|q| std::mem::swap(&mut *q.dirty.borrow_mut(), &mut self.ids));
+    async fn run(&mut self, core: &Rc<Core>) {
+        QUEUE.with(|q| std::mem::swap(&mut *q.dirty.borrow_mut(), &mut self.conns));
         core.metrics().flush_passes.inc();
-        for id in self.ids.drain(..) {
-            let Some(conn) = core.conns.borrow().get(&id).cloned() else {
-                continue;
-            };
+        let n = self.conns.len();
+        let mut slice_start = core.shared.now();
+        for i in 0..n {
+            if i > 0 && i % SLICE_CHECK_EVERY == 0 {
+                let now = core.shared.now();
+                if now.saturating_duration_since(slice_start) >= self.slice {
+                    // A pass over 10,000 sockets takes tens of milliseconds: it lets the
+                    // core's other tasks run every slice. Events read meanwhile join the
+                    // queues of the connections this pass has not reached yet (so those get
+                    // them in this pass, not the next), and handshakes, pings and REST
+                    // replies on this core do not wait for the whole pass.
+                    core.metrics().flush_yields.inc();
+                    yield_now().await;
+                    slice_start = core.shared.now();
+                }
+            }
+            // While this connection's write is in the kernel, the next ones' state comes
+            // into the cache (at 10,000 connections a pass otherwise waits on memory for
+            // every one of them).
+            if let Some(c) = self.conns.get(i + 2) {
+                prefetch(Rc::as_ptr(c).cast());
+            }
+            if let Some(c) = self.conns.get(i + 1) {
+                if let Ok(out) = c.out.try_borrow() {
+                    prefetch(out.frames.as_ptr().cast());
+                }
+            }
+            let conn = &self.conns[i];
             // A writer task may have taken it since it was marked (slow path, the end).
             if conn.wstate.get() != WState::Queued {
                 continue;
             }
             conn.wstate.set(WState::Idle);
-            flush_direct(core, &conn, &mut self.iov);
+            flush_direct(core, conn, &mut self.scratch);
         }
+        self.conns.clear();
+        // The run's frames are not kept alive past the pass.
+        self.scratch.run.clear();
     }
+}
+
+/// How long a pass writes before it lets the core's other tasks run ([`Pass::run`]).
+pub(crate) const PASS_SLICE: Duration = Duration::from_millis(1);
+
+/// A pass reads the clock once per this many connections.
+const SLICE_CHECK_EVERY: usize = 32;
+
+/// Lets every other ready task on the core run (and the ring's completions be reaped) before
+/// this one continues.
+///
+/// A monoio task that wakes itself while it is polled goes back to the *front* of the queue
+/// and runs again at once, so waking ourselves would yield to nobody. Instead a small task at
+/// the back of the queue holds the waker: everything queued before it runs first, and the
+/// runtime reaps the ring while tasks keep coming.
+fn yield_now() -> impl std::future::Future<Output = ()> {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            let waker = cx.waker().clone();
+            monoio::spawn(async move { waker.wake() });
+            Poll::Pending
+        }
+    })
+}
+
+/// A hint to bring `p`'s cache line in; no effect on what the program computes.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and reads nothing the program can observe, whatever
+    // the address; SSE is part of the x86_64 baseline.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Largest run ([`Run`]) built, in bytes; bigger writes go out as one iovec entry per frame.
+pub(crate) const RUN_MAX_BYTES: usize = 64 * 1024;
+
+/// The frames of the write being made as one contiguous buffer, kept for the next
+/// connection: on a hot channel every subscriber on a core has the same frames due in a pass,
+/// so the copy is made once per pass and each write is one buffer, as in the C floor (one
+/// iovec entry, no per-frame walk in the kernel's copy).
+///
+/// A connection's frames match the run when they are the same `Bytes` (same address and
+/// length): the run holds clones of them, so neither can be freed and reused while it is
+/// kept, and equal address and length is then equal content.
+#[derive(Default)]
+pub(crate) struct Run {
+    frames: Vec<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl Run {
+    fn matches(&self, frames: &[Bytes]) -> bool {
+        self.frames.len() == frames.len()
+            && self
+                .frames
+                .iter()
+                .zip(frames)
+                .all(|(a, b)| a.as_ptr() == b.as_ptr() && a.len() == b.len())
+    }
+
+    /// The run for `frames` (`total` bytes), built unless it already is.
+    fn of(&mut self, frames: &[Bytes], total: usize) -> &[u8] {
+        if !self.matches(frames) {
+            self.frames.clear();
+            self.frames.extend(frames.iter().cloned());
+            self.buf.clear();
+            self.buf.reserve(total);
+            for f in frames {
+                self.buf.extend_from_slice(f);
+            }
+        }
+        &self.buf
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.frames.clear();
+    }
+}
+
+/// What a write is made with: the iovec (emptied after every write, so no pointer outlives
+/// its frame) and the pass's run.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub(crate) iov: Vec<libc::iovec>,
+    pub(crate) run: Run,
 }
 
 /// What one direct write did.
@@ -243,9 +375,10 @@ pub(crate) enum Direct {
 /// caller acts on the result (metrics, slow path, socket shutdown).
 pub(crate) fn write_due(
     conn: &Conn,
-    iov: &mut Vec<libc::iovec>,
+    scratch: &mut Scratch,
     send: impl FnOnce(&[libc::iovec]) -> io::Result<usize>,
 ) -> Direct {
+    let Scratch { iov, run } = scratch;
     let mut out = conn.out.borrow_mut();
     if out.done {
         return Direct::Nothing;
@@ -263,11 +396,22 @@ pub(crate) fn write_due(
     iov.clear();
     let mut frame_bytes = 0;
     for f in out.frames[..take].iter().chain(close.as_ref()) {
-        iov.push(libc::iovec {
-            iov_base: f.as_ptr() as *mut libc::c_void,
-            iov_len: f.len(),
-        });
         frame_bytes += f.len();
+    }
+    if take >= 2 && close.is_none() && frame_bytes <= RUN_MAX_BYTES {
+        // Several frames: one contiguous buffer, shared with the next connections.
+        let buf = run.of(&out.frames[..take], frame_bytes);
+        iov.push(libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        });
+    } else {
+        for f in out.frames[..take].iter().chain(close.as_ref()) {
+            iov.push(libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            });
+        }
     }
     let total = frame_bytes;
     let frame_bytes = frame_bytes - close.as_ref().map_or(0, Bytes::len);
@@ -352,8 +496,26 @@ pub(crate) fn write_due(
     }
 }
 
-/// One nonblocking `sendmsg` of `iov` on `fd`.
+/// One nonblocking `send` of `iov` on `fd`: `send(2)` for one buffer (the common case: a run
+/// or a single frame; the kernel then copies no iovec array in), `sendmsg(2)` for several.
 fn sendmsg(fd: std::os::fd::RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
+    if let [one] = iov {
+        // SAFETY: the pointer and length come from a live `Bytes` or the pass's run buffer,
+        // held by the caller for the duration of this call; send only reads them.
+        let n = unsafe {
+            libc::send(
+                fd,
+                one.iov_base,
+                one.iov_len,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        return if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        };
+    }
     // SAFETY: an all-zero msghdr is valid (no name, no control data); the iovec pointer and
     // count come from a live slice whose entries point into `Bytes` the caller's queue holds
     // for the duration of this call, and sendmsg only reads them.
@@ -371,9 +533,9 @@ fn sendmsg(fd: std::os::fd::RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
 }
 
 /// One pass's write for one connection, and what follows from it.
-pub(crate) fn flush_direct(core: &Rc<Core>, conn: &Rc<Conn>, iov: &mut Vec<libc::iovec>) {
+pub(crate) fn flush_direct(core: &Rc<Core>, conn: &Rc<Conn>, scratch: &mut Scratch) {
     let fd = conn.fd;
-    let r = write_due(conn, iov, |v| sendmsg(fd, v));
+    let r = write_due(conn, scratch, |v| sendmsg(fd, v));
     let m = core.metrics();
     let (frames, bytes) = match r {
         Direct::Nothing => return,
@@ -428,10 +590,10 @@ mod tests {
     use ringcast_protocol::{close, ws, SocketId};
 
     /// A socket-less connection in the pass model.
-    fn conn() -> Conn {
+    fn conn() -> Rc<Conn> {
         let c = Conn::detached(SocketId::new(1, 1), 0, 1 << 20);
         c.wstate.set(WState::Idle);
-        c
+        Rc::new(c)
     }
 
     fn frame(s: &str) -> Bytes {
@@ -464,7 +626,8 @@ mod tests {
         c.push(frame("a"));
         assert_eq!(c.wstate.get(), WState::Queued);
         c.push(frame("b"));
-        let ids = QUEUE.with(|q| std::mem::take(&mut *q.dirty.borrow_mut()));
+        let ids: Vec<u64> =
+            QUEUE.with(|q| q.dirty.borrow_mut().drain(..).map(|c| c.id()).collect());
         assert_eq!(ids, vec![1], "one entry for two frames");
     }
 
@@ -474,11 +637,11 @@ mod tests {
         for f in ["one", "two", "three"] {
             c.push(frame(f));
         }
-        let mut iov = Vec::new();
+        let mut iov = Scratch::default();
         let mut calls = 0;
         let r = write_due(&c, &mut iov, |v| {
             calls += 1;
-            assert_eq!(v.len(), 3);
+            assert_eq!(v.len(), 1, "one contiguous buffer");
             assert_eq!(gather(v), b"onetwothree");
             Ok(11)
         });
@@ -498,7 +661,59 @@ mod tests {
             "an idle connection holds no queue heap"
         );
         assert_eq!(out.bytes, 0);
-        assert!(iov.is_empty(), "no pointer outlives the write");
+        assert!(iov.iov.is_empty(), "no pointer outlives the write");
+    }
+
+    #[test]
+    fn connections_with_the_same_frames_share_one_buffer_built_once() {
+        let (a, b, other) = (conn(), conn(), conn());
+        let f1 = frame("event-1;");
+        let f2 = frame("event-2;");
+        for c in [&a, &b] {
+            c.push(f1.clone());
+            c.push(f2.clone());
+        }
+        // Same bytes, but other `Bytes`: not the run, its own.
+        other.push(frame("event-1;"));
+        other.push(frame("event-X;"));
+        let mut s = Scratch::default();
+        let mut bases = Vec::new();
+        for c in [&a, &b, &other] {
+            let r = write_due(c, &mut s, |v| {
+                assert_eq!(v.len(), 1);
+                bases.push((v[0].iov_base as usize, gather(v)));
+                Ok(v[0].iov_len)
+            });
+            assert!(matches!(r, Direct::Complete { frames: 2, .. }), "{r:?}");
+        }
+        assert_eq!(bases[0].1, b"event-1;event-2;");
+        assert_eq!(
+            bases[0], bases[1],
+            "the second write reuses the first one's buffer"
+        );
+        assert_eq!(bases[2].1, b"event-1;event-X;", "different frames: rebuilt");
+        // A partial write of the shared buffer keeps the rest in order, as with frames.
+        for c in [&a, &b] {
+            c.push(f1.clone());
+            c.push(f2.clone());
+        }
+        let r = write_due(&a, &mut s, |_| Ok(10));
+        assert_eq!(
+            r,
+            Direct::Partial {
+                frames: 1,
+                bytes: 10
+            }
+        );
+        assert_eq!(queued_bytes(&a), b"ent-2;");
+        let r = write_due(&b, &mut s, |v| {
+            assert_eq!(gather(v), b"event-1;event-2;");
+            Ok(16)
+        });
+        assert!(matches!(r, Direct::Complete { frames: 2, .. }), "{r:?}");
+        // The pass lets go of the frames at its end.
+        s.run.clear();
+        assert!(s.run.frames.is_empty());
     }
 
     #[test]
@@ -507,7 +722,7 @@ mod tests {
         for f in ["alpha", "beta", "gamma"] {
             c.push(frame(f));
         }
-        let mut iov = Vec::new();
+        let mut iov = Scratch::default();
         // 5 + 2: "alpha" and "be" went out.
         let r = write_due(&c, &mut iov, |_| Ok(7));
         assert_eq!(
@@ -546,7 +761,7 @@ mod tests {
         c.close(close::RECONNECT, "bye", CloseReason::Shutdown);
         // Nothing is queued after the close.
         c.push(frame("too-late"));
-        let mut iov = Vec::new();
+        let mut iov = Scratch::default();
         let expect = [
             &b"last-event"[..],
             &ws::close_frame(close::RECONNECT, "bye"),
@@ -582,7 +797,7 @@ mod tests {
             CloseReason::SlowConsumerDeadline,
         );
         let cf = ws::close_frame(close::SLOW_CONSUMER, "slow");
-        let mut iov = Vec::new();
+        let mut iov = Scratch::default();
         let r = write_due(&c, &mut iov, |_| Ok(3));
         assert_eq!(
             r,
@@ -606,7 +821,7 @@ mod tests {
     fn a_failed_write_ends_the_connection_as_an_io_error() {
         let c = conn();
         c.push(frame("x"));
-        let mut iov = Vec::new();
+        let mut iov = Scratch::default();
         let r = write_due(&c, &mut iov, |_| {
             Err(io::Error::from(io::ErrorKind::BrokenPipe))
         });
@@ -621,8 +836,8 @@ mod tests {
         for _ in 0..MAX_IOV + 10 {
             c.push(frame("f"));
         }
-        let mut iov = Vec::new();
-        let r = write_due(&c, &mut iov, |v| Ok(v.len()));
+        let mut iov = Scratch::default();
+        let r = write_due(&c, &mut iov, |v| Ok(v.iter().map(|v| v.iov_len).sum()));
         assert_eq!(
             r,
             Direct::Complete {
@@ -679,6 +894,79 @@ mod tests {
     }
 
     #[test]
+    fn a_long_pass_lets_other_tasks_run_and_their_events_join_the_rest_of_the_pass() {
+        use std::os::fd::AsRawFd;
+        const CONNS: usize = 200;
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let core = test_core();
+            let mut peers = Vec::new();
+            let mut conns = Vec::new();
+            for _ in 0..CONNS {
+                let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+                ours.set_nonblocking(true).unwrap();
+                let conn = Rc::new(Conn::new_sse(&core, 0, "k".into(), ours.as_raw_fd()));
+                conn.wstate.set(WState::Idle);
+                core.conns.borrow_mut().insert(conn.id(), conn.clone());
+                conns.push(conn);
+                peers.push((ours, theirs));
+            }
+            for c in &conns {
+                c.push(Bytes::from_static(b"a"));
+            }
+            // A zero slice: the pass lets other tasks run every SLICE_CHECK_EVERY writes.
+            let pass_core = core.clone();
+            let pass = monoio::spawn(async move {
+                let mut pass = Pass {
+                    slice: Duration::ZERO,
+                    ..Pass::default()
+                };
+                pass.run(&pass_core).await;
+            });
+            // Spawned after the pass: it runs only when the pass lets it. It publishes "b".
+            let probe_core = core.clone();
+            let probe_conns = conns.clone();
+            let probe = monoio::spawn(async move {
+                let written = probe_core.metrics().flush_writes.get();
+                for c in &probe_conns {
+                    c.push(Bytes::from_static(b"b"));
+                }
+                written
+            });
+            pass.await;
+            let written_before_probe = probe.await;
+            assert_eq!(
+                written_before_probe, SLICE_CHECK_EVERY as u64,
+                "the probe ran after the pass's first slice, not after the whole pass"
+            );
+            // Connections the pass had not reached took "b" in the same write as "a"; the
+            // ones it had written are due again, for the next pass.
+            let m = core.metrics();
+            assert_eq!(m.flush_writes.get(), CONNS as u64);
+            assert_eq!(m.flush_frames.get(), (2 * CONNS - SLICE_CHECK_EVERY) as u64);
+            assert!(m.flush_yields.get() >= 1);
+            let due: Vec<u64> = QUEUE.with(|q| q.dirty.borrow().iter().map(|c| c.id()).collect());
+            let first: Vec<u64> = conns[..SLICE_CHECK_EVERY].iter().map(|c| c.id()).collect();
+            assert_eq!(due, first);
+            Pass::default().run(&core).await;
+            assert_eq!(
+                m.flush_frames.get(),
+                2 * CONNS as u64,
+                "every frame went out once"
+            );
+            for (_, theirs) in &mut peers {
+                use std::io::Read;
+                let mut got = [0u8; 2];
+                theirs.read_exact(&mut got).unwrap();
+                assert_eq!(&got, b"ab", "in order, once each");
+            }
+        });
+    }
+
+    #[test]
     fn a_full_socket_goes_to_the_slow_path_and_comes_back_with_order_kept() {
         use std::io::Read;
         const FRAMES: usize = 200;
@@ -731,7 +1019,7 @@ mod tests {
                 conn.push(f.clone());
             }
             let mut pass = Pass::default();
-            pass.run(&core);
+            pass.run(&core).await;
             // 200 KiB do not fit a 4 KiB socket: the pass wrote a prefix and handed over.
             assert_eq!(conn.wstate.get(), WState::Task);
             assert_eq!(core.metrics().flush_slow_paths.get(), 1);
@@ -754,7 +1042,7 @@ mod tests {
             // Back in the pass model: the next frame goes out in a pass, after the others.
             conn.push(Bytes::from_static(b"after"));
             assert_eq!(conn.wstate.get(), WState::Queued);
-            pass.run(&core);
+            pass.run(&core).await;
             assert_eq!(conn.wstate.get(), WState::Idle);
         });
         assert!(

@@ -142,6 +142,8 @@ pub struct CoreMetrics {
     pub flush_writes: Counter,
     pub flush_frames: Counter,
     pub flush_slow_paths: Counter,
+    /// Times a pass let the core's other tasks run after writing for a slice (`PASS_SLICE`).
+    pub flush_yields: Counter,
 }
 
 impl CoreMetrics {
@@ -204,6 +206,7 @@ impl Metrics {
             flush_writes: self.sum(|c| &c.flush_writes),
             flush_frames: self.sum(|c| &c.flush_frames),
             flush_slow_paths: self.sum(|c| &c.flush_slow_paths),
+            flush_yields: self.sum(|c| &c.flush_yields),
         }
     }
 }
@@ -246,6 +249,8 @@ pub struct MetricsSnapshot {
     pub flush_writes: u64,
     pub flush_frames: u64,
     pub flush_slow_paths: u64,
+    /// Pass slices ended to let other tasks run (all cores).
+    pub flush_yields: u64,
 }
 
 impl MetricsSnapshot {

@@ -439,7 +439,7 @@ fn response_head(allow_origin: Option<&str>) -> Bytes {
 /// `ringcast:reset`, then every stream gets `ringcast:subscribed` `{channel, last_seq}`: from
 /// here the channel is live. On a single-channel stream it carries `id: <last_seq>`, so a
 /// client that saw no event yet still resumes exactly.
-pub(crate) fn on_subscribed(conn: &Conn, key: &ChanKey, replay: Replay) {
+pub(crate) fn on_subscribed(conn: &Rc<Conn>, key: &ChanKey, replay: Replay) {
     let single = conn.state.borrow().subs.len() == 1;
     let id = single.then_some(replay.head);
     let channel = key.name.as_str();

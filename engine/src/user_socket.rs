@@ -91,7 +91,7 @@ pub(crate) fn start(core: &Core, conn: &Rc<Conn>, app: &App, claims: jwt::Claims
 }
 
 /// One text message from the client.
-pub(crate) fn on_text(core: &Core, conn: &Conn, app: &App, text: &[u8]) {
+pub(crate) fn on_text(core: &Core, conn: &Rc<Conn>, app: &App, text: &[u8]) {
     let reply = match serde_json::from_slice::<Value>(text) {
         Ok(Value::Object(m)) => match m.get("type").and_then(Value::as_str) {
             Some("ping") => json!({"type": "pong"}),
