@@ -1695,19 +1695,25 @@ fn summary(key: &ChanKey, ch: Option<&OwnedChannel>) -> ChannelSummary {
     }
 }
 
-/// Gives other tasks on this core a turn.
-async fn yield_now() {
+/// Gives every other ready task on this core a turn (and lets the runtime reap the ring)
+/// before the caller continues.
+///
+/// A monoio task that wakes itself while it is polled goes back to the *front* of the queue
+/// and runs again at once, so waking ourselves would yield to nobody. Instead a small task at
+/// the back of the queue holds the waker: everything queued before it runs first, and the
+/// runtime reaps the ring while tasks keep coming.
+pub(crate) fn yield_now() -> impl std::future::Future<Output = ()> {
     let mut yielded = false;
     std::future::poll_fn(move |cx| {
         if yielded {
             Poll::Ready(())
         } else {
             yielded = true;
-            cx.waker().wake_by_ref();
+            let waker = cx.waker().clone();
+            monoio::spawn(async move { waker.wake() });
             Poll::Pending
         }
     })
-    .await
 }
 
 #[cfg(test)]
@@ -1721,6 +1727,29 @@ mod tests {
     use crate::shared::{EngineObserver, Placement};
     use ringcast_protocol::ChannelName;
     use std::sync::Mutex;
+
+    #[test]
+    fn yield_now_lets_the_tasks_queued_behind_run_first() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .expect("runtime");
+        let order = rt.block_on(async {
+            let order = Rc::new(RefCell::new(Vec::new()));
+            let o = order.clone();
+            let a = monoio::spawn(async move {
+                o.borrow_mut().push("a1");
+                yield_now().await;
+                o.borrow_mut().push("a2");
+            });
+            let o = order.clone();
+            let b = monoio::spawn(async move { o.borrow_mut().push("b") });
+            a.await;
+            b.await;
+            Rc::try_unwrap(order).unwrap().into_inner()
+        });
+        // A task that wakes itself runs again at once in monoio (a1, a2, b): no yield at all.
+        assert_eq!(order, ["a1", "b", "a2"]);
+    }
 
     #[derive(Default)]
     struct Seen(Mutex<Vec<String>>);

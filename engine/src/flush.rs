@@ -228,7 +228,7 @@ impl Pass {
                     // them in this pass, not the next), and handshakes, pings and REST
                     // replies on this core do not wait for the whole pass.
                     core.metrics().flush_yields.inc();
-                    yield_now().await;
+                    crate::core::yield_now().await;
                     slice_start = core.shared.now();
                 }
             }
@@ -262,27 +262,6 @@ pub(crate) const PASS_SLICE: Duration = Duration::from_millis(1);
 
 /// A pass reads the clock once per this many connections.
 const SLICE_CHECK_EVERY: usize = 32;
-
-/// Lets every other ready task on the core run (and the ring's completions be reaped) before
-/// this one continues.
-///
-/// A monoio task that wakes itself while it is polled goes back to the *front* of the queue
-/// and runs again at once, so waking ourselves would yield to nobody. Instead a small task at
-/// the back of the queue holds the waker: everything queued before it runs first, and the
-/// runtime reaps the ring while tasks keep coming.
-fn yield_now() -> impl std::future::Future<Output = ()> {
-    let mut yielded = false;
-    std::future::poll_fn(move |cx| {
-        if yielded {
-            Poll::Ready(())
-        } else {
-            yielded = true;
-            let waker = cx.waker().clone();
-            monoio::spawn(async move { waker.wake() });
-            Poll::Pending
-        }
-    })
-}
 
 /// A hint to bring `p`'s cache line in; no effect on what the program computes.
 #[inline(always)]
