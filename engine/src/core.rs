@@ -298,6 +298,7 @@ impl Core {
     /// The core's mesh task: handles everything addressed to this core, parks when idle.
     pub(crate) async fn drain_loop(self: Rc<Self>) {
         const BUDGET: usize = 4096;
+        let mut turn = DrainTurn::default();
         loop {
             let mut did = 0;
             // Peers.
@@ -328,13 +329,14 @@ impl Core {
                 }
             }
             self.flush();
-            if did >= BUDGET {
-                // Let connection tasks run between large batches.
-                yield_now().await;
-                continue;
-            }
-            if did > 0 {
-                continue;
+            match turn.after_batch(did, BUDGET) {
+                DrainNext::Yield => {
+                    // Let connection tasks and the flush pass run.
+                    yield_now().await;
+                    continue;
+                }
+                DrainNext::Again => continue,
+                DrainNext::Park => {}
             }
             if self.tx.borrow().has_overflow() {
                 // A peer ring is full: retry shortly instead of parking indefinitely.
@@ -1695,6 +1697,41 @@ fn summary(key: &ChanKey, ch: Option<&OwnedChannel>) -> ChannelSummary {
     }
 }
 
+/// What the drain task does after a batch ([`DrainTurn::after_batch`]).
+#[derive(Debug, PartialEq, Eq)]
+enum DrainNext {
+    /// Give the core's other tasks a turn, then drain again.
+    Yield,
+    /// Drain again at once (work arrived while this batch ran).
+    Again,
+    /// Nothing was there: wait for a wake-up.
+    Park,
+}
+
+/// The drain task's budget across batches: it yields once it has handled `budget` messages
+/// since its last yield, whether they came in one large batch or in many small ones (a steady
+/// stream of small batches must not keep the connection tasks and the flush pass waiting).
+#[derive(Default)]
+struct DrainTurn {
+    since_yield: usize,
+}
+
+impl DrainTurn {
+    fn after_batch(&mut self, did: usize, budget: usize) -> DrainNext {
+        if did == 0 {
+            self.since_yield = 0;
+            return DrainNext::Park;
+        }
+        self.since_yield += did;
+        if self.since_yield >= budget {
+            self.since_yield = 0;
+            DrainNext::Yield
+        } else {
+            DrainNext::Again
+        }
+    }
+}
+
 /// Gives every other ready task on this core a turn (and lets the runtime reap the ring)
 /// before the caller continues.
 ///
@@ -1727,6 +1764,24 @@ mod tests {
     use crate::shared::{EngineObserver, Placement};
     use ringcast_protocol::ChannelName;
     use std::sync::Mutex;
+
+    #[test]
+    fn the_drain_yields_after_its_budget_even_in_small_batches() {
+        let mut t = DrainTurn::default();
+        // One large batch.
+        assert_eq!(t.after_batch(4096, 4096), DrainNext::Yield);
+        // A steady stream of small batches: again and again, then a yield at the budget.
+        for _ in 0..40 {
+            assert_eq!(t.after_batch(100, 4096), DrainNext::Again);
+        }
+        assert_eq!(t.after_batch(100, 4096), DrainNext::Yield);
+        assert_eq!(t.after_batch(100, 4096), DrainNext::Again);
+        // Nothing there: park, and the count starts over.
+        assert_eq!(t.after_batch(0, 4096), DrainNext::Park);
+        for _ in 0..40 {
+            assert_eq!(t.after_batch(100, 4096), DrainNext::Again);
+        }
+    }
 
     #[test]
     fn yield_now_lets_the_tasks_queued_behind_run_first() {
