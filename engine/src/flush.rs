@@ -4,9 +4,14 @@
 //! `Conn::push` / `Conn::close` put a connection on its core's dirty list once
 //! ([`mark`]; `WState::Idle` -> `Queued`), with no wake-up per connection. The core's
 //! [`flush_loop`] task runs passes: a pass takes the whole dirty list and, for each connection,
-//! [`flush_direct`] makes one nonblocking `sendmsg` (`MSG_DONTWAIT | MSG_NOSIGNAL`) whose iovec
-//! holds every due frame (the shared `Bytes`, never copied) and, once every frame is in, the
-//! close frame.
+//! [`flush_direct`] makes one nonblocking write (`MSG_DONTWAIT | MSG_NOSIGNAL`) of every due
+//! frame and, once every frame is in, the close frame: a single frame is sent as it is, several
+//! as the pass's [`Run`] (one contiguous copy shared by every connection with the same frames
+//! due), a close frame or more than [`RUN_MAX_BYTES`] as an iovec of the shared `Bytes`.
+//!
+//! Every [`PASS_SLICE`] of writing, a pass lets the core's other tasks run
+//! (`core::yield_now`): events read meanwhile join the queues of the connections it has not
+//! reached yet, and nothing else on the core waits for a whole pass.
 //!
 //! - Complete: done; the queue's vector is released, so an idle connection holds no queue heap.
 //! - Partial write or `EAGAIN`: the written prefix is dropped (a partly written frame is cut
