@@ -36,7 +36,8 @@ use crate::msg::{
 use crate::shared::Shared;
 
 /// From this many subscribers of a channel on a core, `Core::deliver` gives them a core-local
-/// copy of the frame (one allocation and copy per event per core) rather than the shared one.
+/// copy of the frame (one allocation and copy per event per core) rather than the shared one;
+/// never on a one-worker server, where no other core touches the count.
 pub(crate) const LOCAL_COPY_MIN_SUBSCRIBERS: usize = 32;
 
 /// Signed-in connections on a core: (app, user id) -> connection ids.
@@ -1460,9 +1461,9 @@ impl Core {
         // The frame arrives shared by every core; each local subscriber's queue takes a
         // reference and the flush pass drops it. With many subscribers here the core takes
         // its own copy first, so those counts stay in this core's cache instead of every
-        // core bouncing one atomic count between them.
+        // core bouncing one atomic count between them (with one core there is no other).
         let local;
-        let frame = if list.len() >= LOCAL_COPY_MIN_SUBSCRIBERS {
+        let frame = if list.len() >= LOCAL_COPY_MIN_SUBSCRIBERS && self.shared.config.workers > 1 {
             local = Bytes::copy_from_slice(frame);
             &local
         } else {

@@ -21,7 +21,7 @@
 //!   While it runs, the slow-consumer policy applies exactly as before: the byte budget
 //!   (`Conn::push`, 4100 `slow_consumer_budget`), the write deadline (`write_started`, enforced
 //!   by the core's sweep, `slow_consumer_deadline`).
-//! - Close: the close frame goes last in the same `sendmsg` as the frames before it
+//! - Close: the close frame goes last in the same write as the frames before it
 //!   (close-after-flush), or, if the socket is full, after them on the slow path; then the
 //!   socket is shut down, which ends the reader, which runs [`finish`].
 //!
@@ -354,7 +354,7 @@ pub(crate) enum Direct {
     Failed,
 }
 
-/// One write of everything due on `conn`, through `send` (a nonblocking `sendmsg` in the
+/// One write of everything due on `conn`, through `send` ([`send_iov`] in the
 /// engine; a fake in the tests). Updates the queue, the byte count and the close state; the
 /// caller acts on the result (metrics, slow path, socket shutdown).
 pub(crate) fn write_due(
@@ -482,7 +482,7 @@ pub(crate) fn write_due(
 
 /// One nonblocking `send` of `iov` on `fd`: `send(2)` for one buffer (the common case: a run
 /// or a single frame; the kernel then copies no iovec array in), `sendmsg(2)` for several.
-fn sendmsg(fd: std::os::fd::RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
+fn send_iov(fd: std::os::fd::RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
     if let [one] = iov {
         // SAFETY: the pointer and length come from a live `Bytes` or the pass's run buffer,
         // held by the caller for the duration of this call; send only reads them.
@@ -519,7 +519,7 @@ fn sendmsg(fd: std::os::fd::RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
 /// One pass's write for one connection, and what follows from it.
 pub(crate) fn flush_direct(core: &Rc<Core>, conn: &Rc<Conn>, scratch: &mut Scratch) {
     let fd = conn.fd;
-    let r = write_due(conn, scratch, |v| sendmsg(fd, v));
+    let r = write_due(conn, scratch, |v| send_iov(fd, v));
     let m = core.metrics();
     let (frames, bytes) = match r {
         Direct::Nothing => return,
@@ -695,9 +695,17 @@ mod tests {
             Ok(16)
         });
         assert!(matches!(r, Direct::Complete { frames: 2, .. }), "{r:?}");
-        // The pass lets go of the frames at its end.
+        // The pass lets go of the frames at its end: nothing but this test holds them then.
+        let r = write_due(&a, &mut s, |v| Ok(v.iter().map(|v| v.iov_len).sum()));
+        assert!(matches!(r, Direct::Complete { frames: 1, .. }), "{r:?}");
+        QUEUE.with(|q| q.dirty.borrow_mut().clear());
+        drop((a, b, other));
+        assert!(!f1.is_unique(), "the run holds the frame during the pass");
         s.run.clear();
-        assert!(s.run.frames.is_empty());
+        assert!(
+            f1.is_unique() && f2.is_unique(),
+            "the run released its frames"
+        );
     }
 
     #[test]
