@@ -442,7 +442,7 @@ pub fn render(m: &MetricsSnapshot, stats: &Stats, rest: &RestMetrics, app_ids: &
         ),
         (
             "ringcast_flush_windowed_passes_total",
-            "Flush passes that first waited out the coalescing window (flush_window_us) because passes were backing up.",
+            "Flush passes that first waited out the coalescing window (flush_window_us, flush_window_ratio_pct) because passes were backing up.",
             m.flush_windowed_passes,
         ),
         (

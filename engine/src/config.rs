@@ -56,13 +56,24 @@ pub mod defaults {
     pub const MESH_OVERFLOW_LIMIT: usize = 1 << 20;
     /// Entries in the queue from the process (REST, control plane) into each core.
     pub const INJECT_QUEUE_CAPACITY: usize = 65_536;
-    /// Upper bound of the flush pass's coalescing window, in microseconds (engine/src/flush.rs):
-    /// while a core's flush passes back up, the next pass waits this long so that more events
-    /// share one write per socket. Never applied after a quiet period. 0 = never wait.
+    /// The flush pass's shortest coalescing window, in microseconds (engine/src/flush.rs):
+    /// while a core's flush passes back up (each took at least this long and the core then
+    /// stayed quiet for less than the pass took), the next pass first waits at least this long
+    /// so that more events share one write per socket. Never applied after a quiet period.
+    /// 0 = never wait.
     pub const FLUSH_WINDOW_US: u64 = 1_000;
-    /// The largest `flush_window_us` accepted (100 ms): a larger window would be added latency,
-    /// not coalescing.
+    /// The largest `flush_window_us` accepted (100 ms), and the longest window the ratio below
+    /// can make: a longer wait would be added latency, not coalescing.
     pub const FLUSH_WINDOW_US_MAX: u64 = 100_000;
+    /// While passes back up, the window is also this percentage of the previous pass's
+    /// duration (the longer of the two applies, at most `FLUSH_WINDOW_US_MAX`): a core that
+    /// spends 60 ms per pass waits 15 ms before the next one, so each socket's write carries
+    /// about 1.25 times the frames, for a fixed share of latency. Measured in
+    /// docs/benchmarks.md ("Proportional coalescing window"). 0 = the fixed `flush_window_us`
+    /// only.
+    pub const FLUSH_WINDOW_RATIO_PCT: u32 = 25;
+    /// The largest `flush_window_ratio_pct` accepted: the wait never exceeds the pass itself.
+    pub const FLUSH_WINDOW_RATIO_PCT_MAX: u32 = 100;
 
     /// The embedded default app, used when no config file declares any app.
     pub const DEFAULT_APP_ID: &str = "app-id";
@@ -212,8 +223,10 @@ pub struct RawConfig {
     pub shutdown_grace_ms: Option<u64>,
     pub mesh_queue_capacity: Option<usize>,
     pub mesh_overflow_limit: Option<usize>,
-    /// Bound of the flush pass's coalescing window (`defaults::FLUSH_WINDOW_US`).
+    /// The flush pass's shortest coalescing window (`defaults::FLUSH_WINDOW_US`).
     pub flush_window_us: Option<u64>,
+    /// The window as a percentage of the previous pass (`defaults::FLUSH_WINDOW_RATIO_PCT`).
+    pub flush_window_ratio_pct: Option<u32>,
     pub history_max_bytes_per_core: Option<usize>,
     pub cache_max_entries_per_core: Option<usize>,
     /// Seconds between SSE heartbeat comments (`defaults::SSE_HEARTBEAT_SECS`).
@@ -371,8 +384,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub mesh_queue_capacity: usize,
     pub mesh_overflow_limit: usize,
-    /// Bound of the flush pass's coalescing window (zero: passes never wait).
+    /// The flush pass's shortest coalescing window (zero: passes never wait).
     pub flush_window: Duration,
+    /// The coalescing window as a percentage of the previous pass (0: the fixed window only).
+    pub flush_window_ratio_pct: u32,
     pub history_max_bytes_per_core: usize,
     pub cache_max_entries_per_core: usize,
     /// Interval of the SSE streams' `: heartbeat` comment.
@@ -509,6 +524,15 @@ impl RawConfig {
                 defaults::FLUSH_WINDOW_US_MAX
             ));
         }
+        let flush_window_ratio_pct = self
+            .flush_window_ratio_pct
+            .unwrap_or(defaults::FLUSH_WINDOW_RATIO_PCT);
+        if flush_window_ratio_pct > defaults::FLUSH_WINDOW_RATIO_PCT_MAX {
+            return err(format!(
+                "flush_window_ratio_pct must be at most {}, got {flush_window_ratio_pct}",
+                defaults::FLUSH_WINDOW_RATIO_PCT_MAX
+            ));
+        }
         let mut apps = Vec::new();
         if self.apps.is_empty() {
             apps.push(AppConfig::embedded_default());
@@ -574,6 +598,7 @@ impl RawConfig {
                 .unwrap_or(defaults::MESH_OVERFLOW_LIMIT)
                 .max(1),
             flush_window: Duration::from_micros(flush_window_us),
+            flush_window_ratio_pct,
             history_max_bytes_per_core: self
                 .history_max_bytes_per_core
                 .unwrap_or(defaults::HISTORY_MAX_BYTES_PER_CORE),
@@ -848,6 +873,32 @@ mod tests {
         );
         let e = w("flush_window_us = 100001").unwrap_err().to_string();
         assert!(e.contains("flush_window_us must be at most 100000"), "{e}");
+    }
+
+    #[test]
+    fn flush_window_ratio_defaults_accepts_zero_and_rejects_above_100() {
+        let w = |t: &str| RawConfig::from_toml(t).unwrap().resolve(1);
+        assert_eq!(
+            w("").unwrap().flush_window_ratio_pct,
+            defaults::FLUSH_WINDOW_RATIO_PCT
+        );
+        assert_eq!(
+            w("flush_window_ratio_pct = 0")
+                .unwrap()
+                .flush_window_ratio_pct,
+            0
+        );
+        assert_eq!(
+            w("flush_window_ratio_pct = 100")
+                .unwrap()
+                .flush_window_ratio_pct,
+            100
+        );
+        let e = w("flush_window_ratio_pct = 101").unwrap_err().to_string();
+        assert!(
+            e.contains("flush_window_ratio_pct must be at most 100"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -102,22 +102,35 @@ pub(crate) fn mark(conn: Rc<Conn>) {
 
 /// The wait before a pass.
 ///
-/// - `max`: `flush_window_us` (zero disables the window);
+/// - `min`: `flush_window_us` (zero disables the window);
+/// - `ratio_pct`: `flush_window_ratio_pct`;
 /// - `last_pass`: how long the previous pass took;
 /// - `quiet`: from the end of the previous pass until this pass's work woke the flush loop.
 ///
-/// The rule: passes are *backing up* when the previous pass took at least `max` and the core
+/// The rule: passes are *backing up* when the previous pass took at least `min` and the core
 /// then stayed quiet for less time than that pass took (it spends more than half its time
-/// flushing). Only then does the next pass wait `max`; otherwise it runs at once. So a core
-/// that is idle between events never delays them, and a saturated one trades at most `max`
-/// of latency per pass for several frames per write.
-pub(crate) fn coalescing_window(max: Duration, last_pass: Duration, quiet: Duration) -> Duration {
-    if !max.is_zero() && last_pass >= max && quiet < last_pass {
-        max
-    } else {
-        Duration::ZERO
+/// flushing). Only then does the next pass wait: `ratio_pct` percent of the previous pass,
+/// at least `min`, at most [`WINDOW_MAX`]; otherwise it runs at once. So a core that is idle
+/// between events never delays them, and a saturated one trades a fixed share of latency for
+/// proportionally more frames per write: a pass over 5,000 sockets that took 60 ms is
+/// followed by a 30 ms wait, so each socket's next write carries the frames of 90 ms instead
+/// of 60 ms, and the CPU that the writes no longer need goes to the core's other work (or
+/// the machine's other threads).
+pub(crate) fn coalescing_window(
+    min: Duration,
+    ratio_pct: u32,
+    last_pass: Duration,
+    quiet: Duration,
+) -> Duration {
+    if min.is_zero() || last_pass < min || quiet >= last_pass {
+        return Duration::ZERO;
     }
+    (last_pass * ratio_pct / 100).clamp(min, WINDOW_MAX.max(min))
 }
+
+/// The longest coalescing window (`defaults::FLUSH_WINDOW_US_MAX`).
+pub(crate) const WINDOW_MAX: Duration =
+    Duration::from_micros(crate::config::defaults::FLUSH_WINDOW_US_MAX);
 
 /// Hands a new connection's writing half to the write side: plaintext to the flush pass (the
 /// half stays with the connection), TLS to a writer task of its own. Output queued before
@@ -169,7 +182,8 @@ pub(crate) async fn finish(core: &Rc<Core>, conn: &Rc<Conn>) {
 /// The core's flush task: waits for a dirty connection, applies the coalescing window, runs a
 /// pass.
 pub(crate) async fn flush_loop(core: Rc<Core>) {
-    let max = core.shared.config.flush_window;
+    let min = core.shared.config.flush_window;
+    let ratio = core.shared.config.flush_window_ratio_pct;
     let mut pass = Pass::default();
     let mut last_pass = Duration::ZERO;
     let mut last_end = core.shared.now();
@@ -186,7 +200,8 @@ pub(crate) async fn flush_loop(core: Rc<Core>) {
         })
         .await;
         let woke = core.shared.now();
-        let window = coalescing_window(max, last_pass, woke.saturating_duration_since(last_end));
+        let quiet = woke.saturating_duration_since(last_end);
+        let window = coalescing_window(min, ratio, last_pass, quiet);
         if !window.is_zero() {
             core.metrics().flush_windowed_passes.inc();
             monoio::time::sleep(window).await;
@@ -844,25 +859,51 @@ mod tests {
     #[test]
     fn the_window_is_zero_when_idle_and_applies_only_while_passes_back_up() {
         let ms = Duration::from_millis;
-        let max = ms(1);
-        // Idle core: a short pass, or a long quiet period after a long one.
+        let min = ms(1);
+        for ratio in [0, 50] {
+            // Idle core: a short pass, or a long quiet period after a long one.
+            assert_eq!(
+                coalescing_window(min, ratio, Duration::ZERO, ms(0)),
+                Duration::ZERO
+            );
+            assert_eq!(coalescing_window(min, ratio, ms(4), ms(6)), Duration::ZERO);
+            assert_eq!(
+                coalescing_window(min, ratio, Duration::from_micros(900), ms(0)),
+                Duration::ZERO
+            );
+            // Disabled.
+            assert_eq!(
+                coalescing_window(Duration::ZERO, ratio, ms(40), Duration::ZERO),
+                Duration::ZERO
+            );
+        }
+        // Backing up (the pass took at least the window and the quiet was shorter than it),
+        // fixed window only.
+        assert_eq!(coalescing_window(min, 0, ms(4), ms(1)), min);
+        assert_eq!(coalescing_window(min, 0, ms(40), Duration::ZERO), min);
+    }
+
+    #[test]
+    fn while_passes_back_up_the_window_is_a_share_of_the_last_pass_within_its_bounds() {
+        let ms = Duration::from_millis;
+        let min = ms(1);
+        // Half of a 60 ms pass; a quarter of a 40 ms pass.
+        assert_eq!(coalescing_window(min, 50, ms(60), ms(2)), ms(30));
+        assert_eq!(coalescing_window(min, 25, ms(40), Duration::ZERO), ms(10));
+        // Never shorter than `flush_window_us`: half of a 1.5 ms pass is below it.
         assert_eq!(
-            coalescing_window(max, Duration::ZERO, ms(0)),
-            Duration::ZERO
+            coalescing_window(min, 50, Duration::from_micros(1500), Duration::ZERO),
+            min
         );
-        assert_eq!(coalescing_window(max, ms(4), ms(6)), Duration::ZERO);
+        assert_eq!(coalescing_window(ms(20), 50, ms(30), ms(1)), ms(20));
+        // Never longer than the cap, however long the pass.
         assert_eq!(
-            coalescing_window(max, Duration::from_micros(900), ms(0)),
-            Duration::ZERO
+            coalescing_window(min, 100, Duration::from_secs(5), Duration::ZERO),
+            WINDOW_MAX
         );
-        // Backing up: the pass took at least the window and the quiet was shorter than it.
-        assert_eq!(coalescing_window(max, ms(4), ms(1)), max);
-        assert_eq!(coalescing_window(max, ms(40), Duration::ZERO), max);
-        // Disabled.
-        assert_eq!(
-            coalescing_window(Duration::ZERO, ms(40), Duration::ZERO),
-            Duration::ZERO
-        );
+        assert_eq!(WINDOW_MAX, ms(100));
+        // A quiet core still never waits, however long its last pass.
+        assert_eq!(coalescing_window(min, 50, ms(60), ms(61)), Duration::ZERO);
     }
 
     /// A real core (one, no peers) for the socket test below.

@@ -43,7 +43,11 @@ fn seq_of(m: &Value) -> usize {
 fn many_subscribers_receive_every_event_in_order() {
     const SUBS: usize = 40;
     const EVENTS: usize = 300;
-    for toml in ["flush_window_us = 0", "flush_window_us = 1000"] {
+    for toml in [
+        "flush_window_us = 0",
+        "flush_window_us = 1000\nflush_window_ratio_pct = 0",
+        "flush_window_us = 1000\nflush_window_ratio_pct = 100",
+    ] {
         let s = Server::start(2, toml);
         let mut clients: Vec<Client> = (0..SUBS).map(|_| s.connect()).collect();
         for c in clients.iter_mut() {
