@@ -232,6 +232,18 @@ struct LoadArgs {
     /// CPUs for the floor server's workers (e.g. `0,1`).
     #[arg(long)]
     floor_cpus: Option<String>,
+    /// Run the publishers on the subscriber-reading threads, as before the publisher thread
+    /// existed. By default they get a generator thread of their own (beside the --threads
+    /// subscriber threads; pinned to the next --cpus entry in turn), so that reading thousands
+    /// of sockets on busy cores does not start them late.
+    #[arg(long)]
+    publishers_on_receiver_threads: bool,
+    /// Nice value the publisher thread asks for (0: unchanged). Raising the priority needs
+    /// root or CAP_SYS_NICE; without it the run goes on at the default priority and says so
+    /// in its notes. A publisher thread mostly sleeps, so this costs the server nothing but
+    /// lets it start on time when the cores are busy.
+    #[arg(long, default_value_t = -10, allow_hyphen_values = true)]
+    publisher_nice: i32,
 }
 
 impl LoadArgs {
@@ -261,6 +273,8 @@ impl LoadArgs {
             setup_concurrency: self.setup_concurrency,
             setup_timeout: Duration::from_secs(c.timeout),
             gen: c.gen()?,
+            publisher_thread: !self.publishers_on_receiver_threads,
+            publisher_nice: self.publisher_nice,
         })
     }
 }

@@ -688,6 +688,7 @@ mod tests {
             rest: None,
             publish_lag: Default::default(),
             publish_wait_server: Default::default(),
+            notes: Vec::new(),
             gen_cpu_us_per_delivery: None,
             machine_sharing: String::new(),
             server_failures: Vec::new(),

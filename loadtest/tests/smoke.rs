@@ -47,8 +47,65 @@ fn fanout_with_client_events_delivers_everything_and_measures_the_floor() {
         assert_exact(r);
         // 90 events over 3 channels, 20 subscribers each.
         assert_eq!(r["loss"]["expected"].as_u64(), Some(90 * 20));
+        // By default the publishers ran on a thread of their own (the note says at what
+        // priority, or that raising it was refused).
+        assert!(
+            notes(r)
+                .iter()
+                .any(|n| n.starts_with("publishers on a thread of their own")),
+            "{:?}",
+            r["notes"]
+        );
     }
     assert!(v["ratio_to_floor"]["deliveries_per_sec"].as_f64().is_some());
+    e.shutdown_and_join();
+}
+
+fn notes(r: &serde_json::Value) -> Vec<&str> {
+    r["notes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn publishers_on_the_receiver_threads_still_deliver_everything() {
+    let e = engine();
+    let url = format!("ws://{}", e.local_addr());
+    let dir = tmp("fanout-shared-threads");
+    let v = run(
+        &[
+            "fanout",
+            "--ws-url",
+            &url,
+            "--subscribers",
+            "40",
+            "--channels",
+            "2",
+            "--rate",
+            "40",
+            "--duration",
+            "1",
+            "--publishers",
+            "3",
+            "--publishers-on-receiver-threads",
+            "--drain",
+            "2",
+        ],
+        &dir.join("out.json"),
+        Duration::from_secs(60),
+    );
+    let r = &v["results"].as_array().expect("results")[0];
+    assert_exact(r);
+    // 40 events over 2 channels, 20 subscribers each.
+    assert_eq!(r["loss"]["expected"].as_u64(), Some(40 * 20));
+    assert!(
+        !notes(r)
+            .iter()
+            .any(|n| n.starts_with("publishers on a thread")),
+        "{:?}",
+        r["notes"]
+    );
     e.shutdown_and_join();
 }
 

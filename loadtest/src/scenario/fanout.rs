@@ -79,6 +79,16 @@ pub struct FanoutPlan {
     pub setup_concurrency: usize,
     pub setup_timeout: Duration,
     pub gen: GenConfig,
+    /// Publishers run on a generator thread of their own (index `gen.threads`, after the
+    /// subscriber threads), which reads no subscriber: a thread that also reads thousands of
+    /// sockets starts its publishers late once the cores are busy (older plans: false, the
+    /// publishers share the subscriber threads).
+    #[serde(default)]
+    pub publisher_thread: bool,
+    /// The nice value the publisher thread asks for (0: unchanged); best effort, see
+    /// [`raise_priority`].
+    #[serde(default)]
+    pub publisher_nice: i32,
 }
 
 /// Process `index` of `count` (`--procs`): it runs subscriber `i` if `i % count == index` and
@@ -111,19 +121,72 @@ impl Part {
     }
 }
 
+/// Which generator thread of this process runs which connection: `threads` subscriber threads
+/// (spread by [`Part::mine`]) and, with `publisher_thread`, one more thread (index `threads`)
+/// that runs every publisher of the process and no subscriber.
+#[derive(Clone, Copy, Debug)]
+pub struct Placement {
+    pub part: Part,
+    pub threads: usize,
+    pub publisher_thread: bool,
+}
+
+impl Placement {
+    /// Subscribers (of `n`) run by thread `t`: none on the publisher thread.
+    pub fn subscribers(self, n: usize, t: usize) -> impl Iterator<Item = usize> {
+        let n = if self.publisher_thread && t == self.threads {
+            0
+        } else {
+            n
+        };
+        self.part.mine(n, t, self.threads)
+    }
+
+    /// Publishers (of `n`) run by thread `t`: all of this process's on the publisher thread if
+    /// there is one (none elsewhere), else spread like the subscribers.
+    pub fn publishers(self, n: usize, t: usize) -> impl Iterator<Item = usize> {
+        let (n, t, threads) = match (self.publisher_thread, t == self.threads) {
+            (false, _) => (n, t, self.threads),
+            (true, true) => (n, 0, 1),
+            (true, false) => (0, 0, 1),
+        };
+        self.part.mine(n, t, threads)
+    }
+}
+
 impl FanoutPlan {
     pub fn channel(&self, c: usize) -> String {
         format!("{}{c}", self.channel_prefix)
     }
 
+    /// Generator threads of this process: the subscriber threads, and the publisher thread if
+    /// the plan has one.
+    pub fn threads(&self) -> usize {
+        self.gen.threads + usize::from(self.publisher_thread)
+    }
+
+    /// Is thread `t` the publishers' own thread?
+    pub fn is_publisher_thread(&self, t: usize) -> bool {
+        self.publisher_thread && t == self.gen.threads
+    }
+
+    /// Which thread of this process runs which connection.
+    pub fn placement(&self) -> Placement {
+        Placement {
+            part: self.part,
+            threads: self.gen.threads,
+            publisher_thread: self.publisher_thread,
+        }
+    }
+
     /// Global subscriber numbers run by generator thread `t` of this process.
     pub fn my_subscribers(&self, t: usize) -> impl Iterator<Item = usize> {
-        self.part.mine(self.subscribers, t, self.gen.threads)
+        self.placement().subscribers(self.subscribers, t)
     }
 
     /// Global publisher numbers run by generator thread `t` of this process.
     pub fn my_publishers(&self, t: usize) -> impl Iterator<Item = usize> {
-        self.part.mine(self.publishers, t, self.gen.threads)
+        self.placement().publishers(self.publishers, t)
     }
 
     pub(crate) fn event_name(&self) -> &'static str {
@@ -292,6 +355,18 @@ async fn thread_main(
     ctl: Arc<Ctl>,
     tx: mpsc::Sender<ThreadResult>,
 ) {
+    if plan.is_publisher_thread(idx) && plan.publisher_nice != 0 {
+        match raise_priority(plan.publisher_nice) {
+            Ok(()) => ctl.note(format!(
+                "publishers on a thread of their own at nice {}",
+                plan.publisher_nice
+            )),
+            Err(e) => ctl.note(format!(
+                "publishers on a thread of their own; nice {} refused ({e}), left at the default priority",
+                plan.publisher_nice
+            )),
+        }
+    }
     let subs: Vec<(usize, usize)> = plan
         .my_subscribers(idx)
         .map(|i| (i, i % plan.channels))
@@ -895,6 +970,9 @@ pub struct PhaseResult {
     /// Publish lag (p99, the generator's own) above which the phase is the generator's fault.
     #[serde(default = "behind_ms")]
     pub max_publish_lag_ms: f64,
+    /// The generator's notes on this phase (e.g. where the publishers ran, at what priority).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 fn one() -> usize {
@@ -951,10 +1029,16 @@ impl LocalGen {
     /// up; `progress` is called about once a second meanwhile.
     pub fn start(plan: FanoutPlan, mut progress: impl FnMut(Progress)) -> anyhow::Result<LocalGen> {
         let plan = Arc::new(plan);
-        let ctl = Ctl::new(plan.gen.threads);
+        let ctl = Ctl::new(plan.threads());
         let (tx, rx) = mpsc::channel();
         let (p2, c2) = (plan.clone(), ctl.clone());
-        let threads = gen::spawn(&plan.gen, ctl.clone(), move |i| {
+        // The publisher thread, if any, is the last one (pinned like the others: `--cpus`
+        // entry `threads % len`).
+        let gen_cfg = GenConfig {
+            threads: plan.threads(),
+            cpus: plan.gen.cpus.clone(),
+        };
+        let threads = gen::spawn(&gen_cfg, ctl.clone(), move |i| {
             thread_main(i, p2.clone(), c2.clone(), tx.clone())
         })?;
         let g = LocalGen {
@@ -970,7 +1054,7 @@ impl LocalGen {
             + Duration::from_millis((total as u64).saturating_mul(5).min(600_000));
         let t0 = Instant::now();
         let mut last = Instant::now();
-        while g.ctl.ready.load(Relaxed) < g.plan.gen.threads {
+        while g.ctl.ready.load(Relaxed) < g.plan.threads() {
             if t0.elapsed() > limit {
                 anyhow::bail!("setup did not finish within {limit:?}");
             }
@@ -1050,7 +1134,7 @@ impl LocalGen {
             phase,
             ..Default::default()
         };
-        for _ in 0..self.plan.gen.threads {
+        for _ in 0..self.plan.threads() {
             let tr = match self.rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(t) => t,
                 Err(_) => anyhow::bail!("a generator thread did not report phase {phase}"),
@@ -1276,6 +1360,7 @@ impl Session {
             rest: part.rest.clone(),
             publish_lag: Latency::from_buckets(&part.lag_gen).summary(),
             publish_wait_server: Latency::from_buckets(&part.lag_server).summary(),
+            notes: part.notes.clone(),
             gen_cpu_us_per_delivery: (part.loss.delivered > 0)
                 .then(|| part.gen_cpu_s * 1e6 / part.loss.delivered as f64),
             machine_sharing: sharing,
@@ -1325,6 +1410,20 @@ impl Session {
     }
 }
 
+/// Asks for nice value `nice` for the calling thread (Linux: a thread's own priority).
+/// Raising it (a negative value) needs `CAP_SYS_NICE` or a matching `RLIMIT_NICE`; the caller
+/// reports a refusal and goes on.
+pub fn raise_priority(nice: i32) -> std::io::Result<()> {
+    let tid = crate::procfs::gettid();
+    // SAFETY: setpriority(2) reads its three integer arguments only.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// A generator thread busier than this fraction of a core was the bottleneck.
 pub const SATURATION: f64 = 0.90;
 
@@ -1332,3 +1431,53 @@ pub const SATURATION: f64 = 0.90;
 /// (p99, while the server was not holding them back) make a phase's latency figures the
 /// generator's, not the server's.
 pub const BEHIND_MS: f64 = 10.0;
+
+#[cfg(test)]
+mod placement_tests {
+    use super::{Part, Placement};
+
+    /// `f(t)` for every thread `t` below `threads`.
+    fn per_thread(threads: usize, f: impl Fn(usize) -> Vec<usize>) -> Vec<Vec<usize>> {
+        (0..threads).map(f).collect()
+    }
+
+    #[test]
+    fn the_publisher_thread_runs_every_publisher_and_no_subscriber() {
+        let p = Placement {
+            part: Part::default(),
+            threads: 2,
+            publisher_thread: true,
+        };
+        let subs = per_thread(3, |t| p.subscribers(10, t).collect());
+        let pubs = per_thread(3, |t| p.publishers(3, t).collect());
+        assert_eq!(subs, vec![vec![0, 2, 4, 6, 8], vec![1, 3, 5, 7, 9], vec![]]);
+        assert_eq!(pubs, vec![vec![], vec![], vec![0, 1, 2]]);
+    }
+
+    #[test]
+    fn without_it_publishers_share_the_subscriber_threads_as_before() {
+        let p = Placement {
+            part: Part::default(),
+            threads: 2,
+            publisher_thread: false,
+        };
+        let subs = per_thread(2, |t| p.subscribers(4, t).collect());
+        let pubs = per_thread(2, |t| p.publishers(3, t).collect());
+        assert_eq!(subs, vec![vec![0, 2], vec![1, 3]]);
+        assert_eq!(pubs, vec![vec![0, 2], vec![1]]);
+    }
+
+    #[test]
+    fn in_several_processes_each_publisher_thread_runs_its_process_share() {
+        let p = |index| Placement {
+            part: Part { index, count: 2 },
+            threads: 1,
+            publisher_thread: true,
+        };
+        assert_eq!(p(0).publishers(5, 1).collect::<Vec<_>>(), vec![0, 2, 4]);
+        assert_eq!(p(1).publishers(5, 1).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(p(1).subscribers(5, 0).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(p(1).subscribers(5, 1).count(), 0);
+        assert_eq!(p(0).publishers(5, 0).count(), 0);
+    }
+}
