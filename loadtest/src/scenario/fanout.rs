@@ -162,12 +162,18 @@ impl FanoutPlan {
     /// Generator threads of this process: the subscriber threads, and the publisher thread if
     /// the plan has one.
     pub fn threads(&self) -> usize {
-        self.gen.threads + usize::from(self.publisher_thread)
+        self.gen.threads + usize::from(self.has_publisher_thread())
+    }
+
+    /// Does this process run a publisher thread? Only if the plan asks for one and the
+    /// process has publishers (a `--procs` worker may have none).
+    pub fn has_publisher_thread(&self) -> bool {
+        self.publisher_thread && self.part.share(self.publishers) > 0
     }
 
     /// Is thread `t` the publishers' own thread?
     pub fn is_publisher_thread(&self, t: usize) -> bool {
-        self.publisher_thread && t == self.gen.threads
+        self.has_publisher_thread() && t == self.gen.threads
     }
 
     /// Which thread of this process runs which connection.
@@ -175,7 +181,7 @@ impl FanoutPlan {
         Placement {
             part: self.part,
             threads: self.gen.threads,
-            publisher_thread: self.publisher_thread,
+            publisher_thread: self.has_publisher_thread(),
         }
     }
 
