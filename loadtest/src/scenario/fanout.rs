@@ -132,20 +132,21 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// Is thread `t` the publishers' own thread?
+    pub fn is_publisher_thread(self, t: usize) -> bool {
+        self.publisher_thread && t == self.threads
+    }
+
     /// Subscribers (of `n`) run by thread `t`: none on the publisher thread.
     pub fn subscribers(self, n: usize, t: usize) -> impl Iterator<Item = usize> {
-        let n = if self.publisher_thread && t == self.threads {
-            0
-        } else {
-            n
-        };
+        let n = if self.is_publisher_thread(t) { 0 } else { n };
         self.part.mine(n, t, self.threads)
     }
 
     /// Publishers (of `n`) run by thread `t`: all of this process's on the publisher thread if
     /// there is one (none elsewhere), else spread like the subscribers.
     pub fn publishers(self, n: usize, t: usize) -> impl Iterator<Item = usize> {
-        let (n, t, threads) = match (self.publisher_thread, t == self.threads) {
+        let (n, t, threads) = match (self.publisher_thread, self.is_publisher_thread(t)) {
             (false, _) => (n, t, self.threads),
             (true, true) => (n, 0, 1),
             (true, false) => (0, 0, 1),
@@ -173,7 +174,7 @@ impl FanoutPlan {
 
     /// Is thread `t` the publishers' own thread?
     pub fn is_publisher_thread(&self, t: usize) -> bool {
-        self.has_publisher_thread() && t == self.gen.threads
+        self.placement().is_publisher_thread(t)
     }
 
     /// Which thread of this process runs which connection.
